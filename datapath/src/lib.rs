@@ -1,0 +1,5 @@
+//! The LUN data path: the TCMU command ring, SCSI disk emulation over an `iomodes`
+//! backing store, and the `ietd-datapath` event loop.
+
+pub mod params;
+pub mod ring;

@@ -1,0 +1,118 @@
+//! The typed configuration model: what ietd.conf, the allow files and ietadm requests
+//! describe. The state model keeps targets in exactly this form, so a config file and a
+//! run of ietadm commands end in the same place.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::PathBuf;
+
+use datapath::params::LunParams;
+use serde::{Deserialize, Serialize};
+
+use super::params::Params;
+
+/// A place in a file, for diagnostics ("file:line").
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SourceLoc {
+    pub file: PathBuf,
+    pub line: usize,
+}
+
+impl fmt::Display for SourceLoc {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.file.display(), self.line)
+    }
+}
+
+/// A CHAP secret. Its `Debug` and `Display` never show the value, so it cannot reach a
+/// log by accident; use [`Secret::expose`] where the value must really be written.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(s: impl Into<String>) -> Secret {
+        Secret(s.into())
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
+
+/// One CHAP account.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Account {
+    pub user: String,
+    pub password: Secret,
+}
+
+/// The accounts of a target, or of discovery (tid 0).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Accounts {
+    /// Initiators must authenticate with one of these (IET allows several; LIO keeps one
+    /// per ACL/TPG — the provisioner says how it maps them).
+    pub incoming: Vec<Account>,
+    /// The target authenticates itself with this one (mutual CHAP).
+    pub outgoing: Option<Account>,
+}
+
+/// One LUN of a target.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Lun {
+    pub lun: u32,
+    pub params: LunParams,
+    /// Where it was defined; `None` for LUNs added through ietadm.
+    pub origin: Option<SourceLoc>,
+}
+
+/// One target.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Target {
+    /// Target id; 0 while not yet assigned (config parsing), assigned by the state model.
+    pub tid: u32,
+    pub name: String,
+    /// `Alias` (IET ignored it; we publish it as LIO's TargetAlias).
+    pub alias: Option<String>,
+    /// `MaxSessions`, 0 = unlimited.
+    pub max_sessions: u32,
+    pub params: Params,
+    pub luns: BTreeMap<u32, Lun>,
+    pub accounts: Accounts,
+    /// `ietadm --op update --redirect` destination, `ip[:port]`.
+    pub redirect: Option<String>,
+    pub origin: Option<SourceLoc>,
+}
+
+impl Target {
+    pub fn new(name: impl Into<String>) -> Target {
+        Target {
+            tid: 0,
+            name: name.into(),
+            alias: None,
+            max_sessions: 0,
+            params: Params::default(),
+            luns: BTreeMap::new(),
+            accounts: Accounts::default(),
+            redirect: None,
+            origin: None,
+        }
+    }
+}
+
+/// iSNS settings (parsed and reported; ietd does not speak iSNS).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Isns {
+    pub server: Option<String>,
+    pub access_control: bool,
+}

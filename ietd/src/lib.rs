@@ -1,0 +1,5 @@
+//! ietd: the IET-compatible control daemon's library (config, state, control socket,
+//! provisioning). The `ietd` binary and the `ietadm` client are thin layers over it.
+
+pub mod conf;
+pub mod provision;

@@ -1,0 +1,87 @@
+//! Provisioning: turns state-model changes into LIO configfs objects. The state model
+//! calls only the [`Provisioner`] trait, so it does not know whether the configfs root is
+//! the kernel's `/sys/kernel/config` or a temp dir in a test.
+
+use crate::conf::model::{Accounts, Lun, Target};
+use thiserror::Error;
+
+/// A session as LIO reports it (the IET `/proc/net/iet/session` view).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Session {
+    /// IET's 64-bit ISID+TSIH value, the number `ietadm --sid` takes.
+    pub sid: u64,
+    pub initiator: String,
+    /// Negotiated session keys, IET spelling, in IET's show order.
+    pub params: Vec<(String, String)>,
+    pub connections: Vec<Connection>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Connection {
+    pub cid: u32,
+    pub ip: String,
+    /// `active`, `closing` or `unknown`.
+    pub state: String,
+    /// `none` or `crc32c`.
+    pub header_digest: String,
+    pub data_digest: String,
+}
+
+/// Why a provisioning step failed. Each carries the configfs path or object concerned.
+#[derive(Debug, Error)]
+pub enum ProvisionError {
+    #[error("{path}: {source}")]
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Invalid(String),
+    #[error("not supported by LIO: {0}")]
+    Unsupported(String),
+    #[error("{0}: not found")]
+    NotFound(String),
+    #[error("{0}: busy")]
+    Busy(String),
+}
+
+impl ProvisionError {
+    /// The errno IET's ietadm would exit with for this failure.
+    pub fn errno(&self) -> i32 {
+        match self {
+            ProvisionError::Io { source, .. } => source.raw_os_error().unwrap_or(libc::EIO),
+            ProvisionError::Invalid(_) => libc::EINVAL,
+            ProvisionError::Unsupported(_) => libc::EOPNOTSUPP,
+            ProvisionError::NotFound(_) => libc::ENOENT,
+            ProvisionError::Busy(_) => libc::EBUSY,
+        }
+    }
+}
+
+/// Everything the state model asks of the kernel side. Every method either completes or
+/// leaves nothing half-made behind (it rolls back what it created).
+pub trait Provisioner: Send {
+    /// Creates the target with its TPG, parameters, portals, ACLs, auth and LUNs, and
+    /// enables it.
+    fn create_target(&mut self, target: &Target) -> Result<(), ProvisionError>;
+    /// Removes the target and everything under it (reverse order of creation).
+    fn delete_target(&mut self, target: &Target) -> Result<(), ProvisionError>;
+    /// Adds `lun` (already inserted in `target.luns`) to a live target.
+    fn add_lun(&mut self, target: &Target, lun: &Lun) -> Result<(), ProvisionError>;
+    /// Removes LUN number `lun` from a live target (`target.luns` still holds it).
+    fn delete_lun(&mut self, target: &Target, lun: u32) -> Result<(), ProvisionError>;
+    /// Re-applies the target's parameters, alias and accounts.
+    fn update_target(&mut self, target: &Target) -> Result<(), ProvisionError>;
+    /// Applies the discovery (tid 0) accounts.
+    fn update_discovery(&mut self, discovery: &Accounts) -> Result<(), ProvisionError>;
+    /// Sessions currently logged in to the target.
+    fn sessions(&self, target: &Target) -> Result<Vec<Session>, ProvisionError>;
+    /// Drops one connection (and the session, if it was the last).
+    fn delete_connection(
+        &mut self,
+        target: &Target,
+        sid: u64,
+        cid: u32,
+    ) -> Result<(), ProvisionError>;
+}
