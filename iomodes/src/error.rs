@@ -62,6 +62,9 @@ pub enum OpenError {
         size: u64,
         block_size: u32,
     },
+    /// nullio: `blocks * block_size` does not fit in 64 bits.
+    #[error("{blocks} blocks of {block_size} bytes do not fit in 64 bits")]
+    TooLarge { blocks: u64, block_size: u32 },
     #[error("invalid block size {block_size} (must be 512, 1024, 2048 or 4096)")]
     BadBlockSize { block_size: u32 },
     #[error("{path}: block size {block_size} is smaller than the device's logical block size {device_block_size}")]
@@ -82,5 +85,20 @@ pub enum OpenError {
         path: PathBuf,
         #[source]
         source: std::io::Error,
+    },
+}
+
+/// Something about a store that opened fine but that an operator should hear about
+/// (ietd logs these with the Lun line's location).
+#[derive(Debug, Clone, Error, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum OpenWarning {
+    /// The backing size is not a whole number of blocks; the tail is not part of the LUN.
+    #[error("{path}: size {size} is not a multiple of the {block_size}-byte block; the last {ignored_bytes} bytes are not used")]
+    SizeNotBlockMultiple {
+        path: PathBuf,
+        size: u64,
+        block_size: u32,
+        ignored_bytes: u64,
     },
 }

@@ -10,10 +10,16 @@
 //! write-zeroes. Write-through and read-only are policies applied at open time over the
 //! same small interface, not separate implementations.
 
+mod backing;
+mod blockio;
 mod error;
+mod fileio;
+mod nullio;
 mod spec;
+mod store;
+mod sys;
 
-pub use error::{IoError, OpenError};
+pub use error::{IoError, OpenError, OpenWarning};
 pub use spec::{IoMode, IoType, StoreSpec};
 
 use std::io::{IoSlice, IoSliceMut};
@@ -107,8 +113,191 @@ pub trait BackingStore: Send + Sync {
     }
 }
 
-/// Opens the store described by `spec`.
+/// A freshly opened store and the warnings its opening produced.
+pub struct Opened {
+    pub store: Box<dyn BackingStore>,
+    pub warnings: Vec<OpenWarning>,
+}
+
+/// Opens the store described by `spec`, dropping warnings (see [`open_with_warnings`]).
 pub fn open(spec: &StoreSpec) -> Result<Box<dyn BackingStore>, OpenError> {
-    let _ = spec;
-    unimplemented!("iomodes::open is being written")
+    open_with_warnings(spec).map(|o| o.store)
+}
+
+/// Opens the store described by `spec`.
+///
+/// - `fileio`: the file or block device read-write (read-only for `ro`); block size
+///   `spec.block_size` or 512.
+/// - `blockio`: the same with `O_DIRECT`; block size `spec.block_size` or the device's
+///   logical block size, never smaller than it ([`OpenError::BlockSizeBelowDevice`]).
+///   Fails with [`OpenError::DirectIoUnsupported`] where O_DIRECT does not work (tmpfs).
+/// - `nullio`: no path; `spec.blocks` or 64 GiB worth; only the default `IOMode` (`wt`).
+///
+/// Block devices are opened exclusively (`O_EXCL`, [`OpenError::Busy`] when mounted or
+/// claimed) for both fileio and blockio. A size that is not a whole number of blocks is
+/// rounded down and reported as [`OpenWarning::SizeNotBlockMultiple`].
+pub fn open_with_warnings(spec: &StoreSpec) -> Result<Opened, OpenError> {
+    if let Some(bs) = spec.block_size {
+        check_block_size(bs)?;
+    }
+    if spec.blocks.is_some() && spec.io_type != IoType::NullIo {
+        return Err(OpenError::InvalidForType {
+            what: "Blocks",
+            io_type: spec.io_type.as_str(),
+        });
+    }
+    match spec.io_type {
+        IoType::NullIo => open_null(spec),
+        IoType::FileIo => open_file(spec),
+        IoType::BlockIo => open_direct(spec),
+    }
+}
+
+fn check_block_size(block_size: u32) -> Result<(), OpenError> {
+    match block_size {
+        512 | 1024 | 2048 | 4096 => Ok(()),
+        _ => Err(OpenError::BadBlockSize { block_size }),
+    }
+}
+
+/// IET's nullio default: 64 GiB whatever the block size.
+const NULLIO_DEFAULT_BYTES: u64 = 1 << 36;
+
+fn open_null(spec: &StoreSpec) -> Result<Opened, OpenError> {
+    if spec.io_mode != IoMode::default() {
+        return Err(OpenError::InvalidForType {
+            what: "IOMode",
+            io_type: IoType::NullIo.as_str(),
+        });
+    }
+    let block_size = spec.block_size.unwrap_or(512);
+    let blocks = spec
+        .blocks
+        .unwrap_or(NULLIO_DEFAULT_BYTES / u64::from(block_size));
+    if blocks == 0 {
+        return Err(OpenError::TooSmall {
+            path: spec.path.clone(),
+            size: 0,
+            block_size,
+        });
+    }
+    if blocks.checked_mul(u64::from(block_size)).is_none() {
+        return Err(OpenError::TooLarge { blocks, block_size });
+    }
+    let geometry = Geometry {
+        block_size,
+        blocks,
+        physical_block_size: block_size,
+    };
+    let caps = Capabilities {
+        can_write: true,
+        can_flush: false,
+        can_fua: false,
+        can_discard: true,
+        discard_zeroes: true,
+        write_cache: false,
+        rotational: false,
+        optimal_transfer_bytes: 0,
+    };
+    Ok(Opened {
+        store: Box::new(store::Store::new(
+            spec.clone(),
+            geometry,
+            caps,
+            nullio::NullIo,
+        )),
+        warnings: Vec::new(),
+    })
+}
+
+/// Geometry of a backing for `block_size`, with the rounding warning if any.
+fn geometry_of(
+    backing: &backing::Backing,
+    block_size: u32,
+) -> Result<(Geometry, Vec<OpenWarning>), OpenError> {
+    let bs = u64::from(block_size);
+    let blocks = backing.size / bs;
+    if blocks == 0 {
+        return Err(OpenError::TooSmall {
+            path: backing.path.clone(),
+            size: backing.size,
+            block_size,
+        });
+    }
+    let mut warnings = Vec::new();
+    let ignored_bytes = backing.size % bs;
+    if ignored_bytes != 0 {
+        warnings.push(OpenWarning::SizeNotBlockMultiple {
+            path: backing.path.clone(),
+            size: backing.size,
+            block_size,
+            ignored_bytes,
+        });
+    }
+    let pbs = backing.physical_block_size;
+    let physical_block_size = if pbs.is_power_of_two() && pbs > block_size {
+        pbs
+    } else {
+        block_size
+    };
+    Ok((
+        Geometry {
+            block_size,
+            blocks,
+            physical_block_size,
+        },
+        warnings,
+    ))
+}
+
+fn backed_caps(mode: IoMode, backing: &backing::Backing) -> Capabilities {
+    let writable = mode != IoMode::Ro;
+    Capabilities {
+        can_write: writable,
+        can_flush: writable,
+        can_fua: writable,
+        can_discard: writable && backing.discard,
+        // A punched hole reads back as zeroes; a discarded device range need not.
+        discard_zeroes: backing.kind == backing::Kind::File,
+        write_cache: mode == IoMode::Wb,
+        rotational: backing.rotational,
+        optimal_transfer_bytes: backing.optimal_io,
+    }
+}
+
+fn open_file(spec: &StoreSpec) -> Result<Opened, OpenError> {
+    let backing = backing::Backing::open(&spec.path, spec.io_mode, false)?;
+    let (geometry, warnings) = geometry_of(&backing, spec.block_size.unwrap_or(512))?;
+    let caps = backed_caps(spec.io_mode, &backing);
+    let engine = fileio::FileIo::new(backing);
+    Ok(Opened {
+        store: Box::new(store::Store::new(spec.clone(), geometry, caps, engine)),
+        warnings,
+    })
+}
+
+fn open_direct(spec: &StoreSpec) -> Result<Opened, OpenError> {
+    let backing = backing::Backing::open(&spec.path, spec.io_mode, true)?;
+    let align = backing
+        .dio_align()?
+        .ok_or_else(|| OpenError::DirectIoUnsupported {
+            path: spec.path.clone(),
+        })?;
+    let device_block_size = align.offset.max(512);
+    let block_size = spec.block_size.unwrap_or(device_block_size);
+    check_block_size(block_size)?;
+    if block_size < device_block_size {
+        return Err(OpenError::BlockSizeBelowDevice {
+            path: spec.path.clone(),
+            block_size,
+            device_block_size,
+        });
+    }
+    let (geometry, warnings) = geometry_of(&backing, block_size)?;
+    let caps = backed_caps(spec.io_mode, &backing);
+    let engine = blockio::BlockIo::new(backing, align);
+    Ok(Opened {
+        store: Box::new(store::Store::new(spec.clone(), geometry, caps, engine)),
+        warnings,
+    })
 }

@@ -1,0 +1,212 @@
+//! The policy layer every store goes through: validates each call against the geometry
+//! and block alignment before anything is touched, refuses modifications on `ro`, turns
+//! `wt` and FUA into "durable before return", and keeps the discard capability honest
+//! once the backing has said it cannot deallocate. Engines (`fileio`, `blockio`,
+//! `nullio`) below it only move bytes on calls that are already known to be valid.
+
+use crate::error::IoError;
+use crate::spec::{IoMode, StoreSpec};
+use crate::{BackingStore, Capabilities, Geometry, StoreStats};
+use std::io::{IoSlice, IoSliceMut};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+/// The byte mover under a [`Store`]. Every offset and length it receives is block-aligned
+/// and inside the geometry; `durable` asks for the data to be stable before return.
+pub(crate) trait Engine: Send + Sync {
+    fn read(&self, bufs: &mut [IoSliceMut<'_>], offset: u64) -> Result<(), IoError>;
+    fn write(&self, bufs: &[IoSlice<'_>], offset: u64, durable: bool) -> Result<(), IoError>;
+    fn flush(&self) -> Result<(), IoError>;
+    fn discard(&self, offset: u64, len: u64, durable: bool) -> Result<(), IoError>;
+    fn write_zeroes(
+        &self,
+        offset: u64,
+        len: u64,
+        unmap: bool,
+        durable: bool,
+    ) -> Result<(), IoError>;
+    fn stats(&self) -> StoreStats {
+        StoreStats::default()
+    }
+}
+
+/// Checks that `[offset, offset+len)` is made of whole blocks and lies inside the LUN.
+pub(crate) fn check_range(geometry: &Geometry, offset: u64, len: u64) -> Result<(), IoError> {
+    let bs = u64::from(geometry.block_size);
+    if offset % bs != 0 || len % bs != 0 {
+        return Err(IoError::Misaligned {
+            offset,
+            len,
+            block_size: geometry.block_size,
+        });
+    }
+    let size = geometry.size_bytes();
+    match offset.checked_add(len) {
+        Some(end) if end <= size => Ok(()),
+        _ => Err(IoError::OutOfRange { offset, len, size }),
+    }
+}
+
+fn buffers_len(lens: impl Iterator<Item = usize>) -> u64 {
+    lens.fold(0u64, |acc, l| acc.saturating_add(l as u64))
+}
+
+/// A backing store: geometry, mode policy and one engine.
+pub(crate) struct Store<E> {
+    spec: StoreSpec,
+    geometry: Geometry,
+    caps: Capabilities,
+    /// Starts as `caps.can_discard`; cleared for good when the backing answers a discard
+    /// with "not supported", so capabilities stop advertising it.
+    can_discard: AtomicBool,
+    engine: E,
+}
+
+impl<E: Engine> Store<E> {
+    pub(crate) fn new(spec: StoreSpec, geometry: Geometry, caps: Capabilities, engine: E) -> Self {
+        Store {
+            can_discard: AtomicBool::new(caps.can_discard),
+            spec,
+            geometry,
+            caps,
+            engine,
+        }
+    }
+
+    fn writable(&self) -> Result<(), IoError> {
+        if self.spec.io_mode == IoMode::Ro {
+            Err(IoError::WriteProtected)
+        } else {
+            Ok(())
+        }
+    }
+
+    fn write_through(&self) -> bool {
+        self.spec.io_mode == IoMode::Wt
+    }
+
+    fn note_discard_outcome(&self, r: Result<(), IoError>) -> Result<(), IoError> {
+        if r == Err(IoError::DiscardUnsupported) {
+            self.can_discard.store(false, Ordering::Relaxed);
+        }
+        r
+    }
+}
+
+impl<E: Engine> BackingStore for Store<E> {
+    fn geometry(&self) -> Geometry {
+        self.geometry
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            can_discard: self.can_discard.load(Ordering::Relaxed),
+            ..self.caps
+        }
+    }
+
+    fn spec(&self) -> &StoreSpec {
+        &self.spec
+    }
+
+    fn read_at(&self, bufs: &mut [IoSliceMut<'_>], offset: u64) -> Result<(), IoError> {
+        let len = buffers_len(bufs.iter().map(|b| b.len()));
+        check_range(&self.geometry, offset, len)?;
+        if len == 0 {
+            return Ok(());
+        }
+        self.engine.read(bufs, offset)
+    }
+
+    fn write_at(&self, bufs: &[IoSlice<'_>], offset: u64, fua: bool) -> Result<(), IoError> {
+        self.writable()?;
+        let len = buffers_len(bufs.iter().map(|b| b.len()));
+        check_range(&self.geometry, offset, len)?;
+        if len == 0 {
+            return Ok(());
+        }
+        self.engine.write(bufs, offset, fua || self.write_through())
+    }
+
+    /// On `ro` nothing can be dirty, so a flush succeeds without a syscall.
+    fn flush(&self) -> Result<(), IoError> {
+        if self.spec.io_mode == IoMode::Ro {
+            return Ok(());
+        }
+        self.engine.flush()
+    }
+
+    fn discard(&self, offset: u64, len: u64) -> Result<(), IoError> {
+        self.writable()?;
+        check_range(&self.geometry, offset, len)?;
+        if !self.can_discard.load(Ordering::Relaxed) {
+            return Err(IoError::DiscardUnsupported);
+        }
+        if len == 0 {
+            return Ok(());
+        }
+        let r = self.engine.discard(offset, len, self.write_through());
+        self.note_discard_outcome(r)
+    }
+
+    fn write_zeroes(&self, offset: u64, len: u64, may_unmap: bool) -> Result<(), IoError> {
+        self.writable()?;
+        check_range(&self.geometry, offset, len)?;
+        if len == 0 {
+            return Ok(());
+        }
+        // Unmapping only counts as zeroing where discarded ranges read back as zeroes.
+        let unmap =
+            may_unmap && self.caps.discard_zeroes && self.can_discard.load(Ordering::Relaxed);
+        self.engine
+            .write_zeroes(offset, len, unmap, self.write_through())
+    }
+
+    fn stats(&self) -> StoreStats {
+        self.engine.stats()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const G: Geometry = Geometry {
+        block_size: 512,
+        blocks: 8,
+        physical_block_size: 512,
+    };
+
+    #[test]
+    fn range_checks_alignment_then_bounds() {
+        assert_eq!(check_range(&G, 0, 4096), Ok(()));
+        assert_eq!(check_range(&G, 4096, 0), Ok(()));
+        assert_eq!(
+            check_range(&G, 1, 512),
+            Err(IoError::Misaligned {
+                offset: 1,
+                len: 512,
+                block_size: 512
+            })
+        );
+        assert_eq!(
+            check_range(&G, 0, 100),
+            Err(IoError::Misaligned {
+                offset: 0,
+                len: 100,
+                block_size: 512
+            })
+        );
+        assert_eq!(
+            check_range(&G, 3584, 1024),
+            Err(IoError::OutOfRange {
+                offset: 3584,
+                len: 1024,
+                size: 4096
+            })
+        );
+        assert!(matches!(
+            check_range(&G, u64::MAX - 511, 1024),
+            Err(IoError::OutOfRange { .. })
+        ));
+    }
+}
