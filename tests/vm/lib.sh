@@ -33,6 +33,7 @@ T_PASS=0
 T_FAIL=0
 T_CLEANUP=()
 T_LOGS=()
+T_START=$(cut -d' ' -f1 /proc/uptime)
 CFS=/sys/kernel/config/target
 IETD_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 IETD_BIN=${IETD_BIN_DIR:-$IETD_ROOT/target/debug}
@@ -141,8 +142,10 @@ _t_exit() {
             echo "# ---- last lines of $f"
             tail -n 40 "$f" | sed 's/^/#   /'
         done
-        echo "# ---- last kernel messages"
-        dmesg 2> /dev/null | tail -n 30 | sed 's/^/#   /'
+        echo "# ---- kernel messages since the test started (last 40)"
+        dmesg 2> /dev/null | awk -v t0="$T_START" '
+            { s = $0; sub(/^\[ */, "", s); sub(/\].*/, "", s) }
+            s + 0 >= t0 + 0' | tail -n 40 | sed 's/^/#   /'
     fi
     echo "$T_NAME: $T_PASS passed, $T_FAIL failed"
     [ "$T_FAIL" -eq 0 ] && exit 0
