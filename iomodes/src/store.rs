@@ -209,4 +209,59 @@ mod tests {
             Err(IoError::OutOfRange { .. })
         ));
     }
+
+    /// An engine whose backing cannot deallocate, counting the calls that reach it.
+    struct NoDiscard(std::sync::atomic::AtomicU32);
+
+    impl Engine for NoDiscard {
+        fn read(&self, _: &mut [IoSliceMut<'_>], _: u64) -> Result<(), IoError> {
+            Ok(())
+        }
+        fn write(&self, _: &[IoSlice<'_>], _: u64, _: bool) -> Result<(), IoError> {
+            Ok(())
+        }
+        fn flush(&self) -> Result<(), IoError> {
+            Ok(())
+        }
+        fn discard(&self, _: u64, _: u64, _: bool) -> Result<(), IoError> {
+            self.0.fetch_add(1, Ordering::Relaxed);
+            Err(IoError::DiscardUnsupported)
+        }
+        fn write_zeroes(&self, _: u64, _: u64, _: bool, _: bool) -> Result<(), IoError> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn first_unsupported_discard_turns_the_capability_off() {
+        let caps = Capabilities {
+            can_write: true,
+            can_flush: true,
+            can_fua: true,
+            can_discard: true,
+            discard_zeroes: true,
+            write_cache: false,
+            rotational: false,
+            optimal_transfer_bytes: 0,
+        };
+        let spec = StoreSpec {
+            path: "/x".into(),
+            io_type: crate::IoType::FileIo,
+            io_mode: IoMode::Wt,
+            block_size: None,
+            blocks: None,
+        };
+        let store = Store::new(spec, G, caps, NoDiscard(Default::default()));
+        assert!(store.capabilities().can_discard);
+        assert_eq!(store.discard(0, 512), Err(IoError::DiscardUnsupported));
+        assert!(!store.capabilities().can_discard);
+        // Later discards are answered without reaching the backing.
+        assert_eq!(store.discard(0, 512), Err(IoError::DiscardUnsupported));
+        assert_eq!(store.engine.0.load(Ordering::Relaxed), 1);
+        // Validation still comes first.
+        assert!(matches!(
+            store.discard(1, 512),
+            Err(IoError::Misaligned { .. })
+        ));
+    }
 }
