@@ -473,7 +473,7 @@ node.session.timeo.replacement_timeout = 20
 node.conn[0].timeo.noop_out_interval = 5
 node.conn[0].timeo.noop_out_timeout = 10
 EOF
-    if ! pidof iscsid > /dev/null; then
+    if ! iscsid_up; then
         iscsid || die "iscsid did not start"
         at_exit iscsi_stop
     fi
@@ -490,7 +490,8 @@ iscsid_up() {
 # iscsi_stop: log out of everything and stop iscsid.
 iscsi_stop() {
     iscsiadm -m node --logoutall=all > /dev/null 2>&1
-    iscsiadm -k 0 > /dev/null 2>&1 || killall iscsid > /dev/null 2>&1
+    iscsiadm -k 0 > /dev/null 2>&1 ||
+        { [ -s /run/iscsid.pid ] && kill "$(cat /run/iscsid.pid)" 2> /dev/null; }
     true
 }
 
