@@ -3,3 +3,4 @@
 
 pub mod params;
 pub mod ring;
+pub mod scsi;

@@ -1,0 +1,402 @@
+//! SCSI disk emulation for one LUN: parse -> validate -> execute -> complete, over an
+//! `iomodes::BackingStore`, answering with IET's identity.
+//!
+//! Where things are:
+//! - the opcode table (every supported command, its CDB usage bits and its handler):
+//!   [`cdb::OPCODES`]; CDB parsing and field checks: [`cdb::parse`];
+//! - dispatch from a typed [`cdb::Command`] to a handler: [`Lun::run`] below;
+//! - READ/WRITE/VERIFY/WRITE SAME/UNMAP/COMPARE AND WRITE/SYNC CACHE: [`io`];
+//! - INQUIRY and VPD: [`inquiry`]; MODE SENSE/SELECT: [`mode`]; REPORT SUPPORTED
+//!   OPERATION CODES / TMFs: [`opcodes`];
+//! - outcome -> status + sense: [`sense::respond`] (the only place); statistics are
+//!   counted in [`Lun::execute`] where every command finishes.
+//!
+//! Not here: REPORT LUNS, PERSISTENT RESERVE and RESERVE/RELEASE (LIO's core answers
+//! them before the ring), task management (kernel), Unit Attentions (kernel).
+
+pub mod cdb;
+pub mod inquiry;
+mod io;
+pub mod mode;
+pub mod opcodes;
+pub mod sense;
+pub mod testing;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+
+use iomodes::{BackingStore, Capabilities, Geometry};
+
+use crate::ring::{DataIov, Response};
+use cdb::Command;
+use sense::{Completion, ErrorClass, Failure};
+
+/// Who the LUN says it is (INQUIRY VPD 0x80 / 0x83).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    pub target: String,
+    pub lun: u32,
+    /// IET ScsiId bytes (configured string NUL-padded, or the MD5 default).
+    pub scsi_id: [u8; 16],
+    /// IET ScsiSN (at most 32 printable ASCII characters; longer is cut at 32).
+    pub scsi_sn: String,
+}
+
+/// Limits advertised in VPD B0 and enforced by the handlers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// MAXIMUM TRANSFER LENGTH in blocks; 0 = not reported. The datapath should set it
+    /// from the TCMU device's `hw_max_sectors` (converted to logical blocks).
+    pub max_transfer_blocks: u32,
+    /// MAXIMUM UNMAP LBA COUNT (total blocks of one UNMAP); libiscsi accepts at most 1 Mi.
+    pub max_unmap_blocks: u32,
+    /// MAXIMUM UNMAP BLOCK DESCRIPTOR COUNT.
+    pub max_unmap_descriptors: u32,
+    /// MAXIMUM WRITE SAME LENGTH in blocks; bounds the time one WRITE SAME can take.
+    pub max_write_same_blocks: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            max_transfer_blocks: 0,
+            max_unmap_blocks: 1 << 20,
+            max_unmap_descriptors: 256,
+            max_write_same_blocks: 1 << 20,
+        }
+    }
+}
+
+/// A snapshot of a LUN's counters.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LunStats {
+    pub commands: u64,
+    /// Successful READ commands and the bytes they returned.
+    pub reads: u64,
+    pub read_bytes: u64,
+    /// Successful WRITE / WRITE AND VERIFY / COMPARE AND WRITE commands and their bytes.
+    pub writes: u64,
+    pub write_bytes: u64,
+    pub flushes: u64,
+    /// Successful UNMAP and WRITE SAME commands.
+    pub unmaps: u64,
+    pub write_sames: u64,
+    /// Failed commands by class of sense key.
+    pub errors_illegal_request: u64,
+    pub errors_data_protect: u64,
+    pub errors_medium: u64,
+    pub errors_miscompare: u64,
+    pub errors_hardware: u64,
+}
+
+#[derive(Default)]
+struct Counters {
+    commands: AtomicU64,
+    reads: AtomicU64,
+    read_bytes: AtomicU64,
+    writes: AtomicU64,
+    write_bytes: AtomicU64,
+    flushes: AtomicU64,
+    unmaps: AtomicU64,
+    write_sames: AtomicU64,
+    errors_illegal_request: AtomicU64,
+    errors_data_protect: AtomicU64,
+    errors_medium: AtomicU64,
+    errors_miscompare: AtomicU64,
+    errors_hardware: AtomicU64,
+}
+
+fn bump(c: &AtomicU64, by: u64) {
+    c.fetch_add(by, Ordering::Relaxed);
+}
+
+/// One emulated disk. `Send + Sync`: the event loop runs commands of one LUN on several
+/// worker threads at once.
+pub struct Lun {
+    store: Arc<dyn BackingStore>,
+    identity: Identity,
+    geometry: Geometry,
+    caps: Capabilities,
+    limits: Limits,
+    /// Orders COMPARE AND WRITE (exclusive) against other modifying commands (shared).
+    write_order: RwLock<()>,
+    counters: Counters,
+}
+
+/// True when the command touches the backing store (must run on a worker thread).
+/// Unknown or malformed CDBs are answered without I/O, so they return false.
+pub fn needs_io(cdb: &[u8]) -> bool {
+    matches!(
+        cdb.first(),
+        Some(
+            0x08 | 0x0A // READ(6), WRITE(6)
+                | 0x28 | 0x2A | 0xA8 | 0xAA | 0x88 | 0x8A // READ/WRITE 10/12/16
+                | 0x2E | 0x8E // WRITE AND VERIFY
+                | 0x2F | 0xAF | 0x8F // VERIFY
+                | 0x35 | 0x91 // SYNCHRONIZE CACHE
+                | 0x41 | 0x93 // WRITE SAME
+                | 0x42 // UNMAP
+                | 0x89 // COMPARE AND WRITE
+                | 0x1B // START STOP UNIT (a stop flushes)
+        )
+    )
+}
+
+/// Copies in-memory Data-In (INQUIRY, MODE SENSE, ...) into the buffer, honouring the
+/// allocation length, and zeroes whatever follows so no stale bytes of a reused data
+/// block can leave, even on a ring path that ignores `data_in_len`.
+fn data_in(data: &mut DataIov<'_>, bytes: &[u8], alloc: u32) -> Completion {
+    let n = bytes.len().min(alloc as usize).min(data.len());
+    data.copy_from(&bytes[..n]);
+    data.zero_from(n);
+    Completion::data_in(n)
+}
+
+impl Lun {
+    pub fn new(store: Arc<dyn BackingStore>, identity: Identity) -> Lun {
+        let geometry = store.geometry();
+        let caps = store.capabilities();
+        Lun {
+            store,
+            identity,
+            geometry,
+            caps,
+            limits: Limits::default(),
+            write_order: RwLock::new(()),
+            counters: Counters::default(),
+        }
+    }
+
+    /// Replaces the default [`Limits`] (e.g. with the device's `hw_max_sectors`).
+    pub fn with_limits(mut self, limits: Limits) -> Lun {
+        self.limits = limits;
+        self
+    }
+
+    pub fn identity(&self) -> &Identity {
+        &self.identity
+    }
+
+    pub fn limits(&self) -> Limits {
+        self.limits
+    }
+
+    /// Parses, validates, executes and completes one command. Never panics.
+    pub fn execute(&self, cdb: &[u8], data: &mut DataIov<'_>) -> Response {
+        let parsed = cdb::parse(cdb);
+        let outcome = match &parsed {
+            Ok(cmd) => self.run(cmd, data),
+            Err(f) => Err(*f),
+        };
+        self.count(parsed.ok().as_ref(), &outcome);
+        sense::respond(&outcome)
+    }
+
+    /// Dispatch: one arm per command, naming its handler.
+    fn run(&self, cmd: &Command, data: &mut DataIov<'_>) -> Result<Completion, Failure> {
+        match *cmd {
+            Command::TestUnitReady => Ok(Completion::no_data()),
+            Command::RequestSense { descriptor, alloc } => {
+                // Sense is returned with CHECK CONDITION (autosense), so nothing is ever
+                // pending here: report NO SENSE in the format asked for.
+                let d: Vec<u8> = if descriptor {
+                    vec![0x72, 0, 0, 0, 0, 0, 0, 0]
+                } else {
+                    sense::fixed_sense(sense::key::NO_SENSE, 0, 0, None, None).to_vec()
+                };
+                Ok(data_in(data, &d, alloc))
+            }
+            Command::Inquiry { evpd, page, alloc } => {
+                let d = if evpd {
+                    inquiry::vpd(
+                        page,
+                        &self.identity,
+                        &self.geometry,
+                        &self.caps,
+                        &self.limits,
+                    )?
+                } else {
+                    inquiry::standard()
+                };
+                Ok(data_in(data, &d, alloc))
+            }
+            Command::ReadCapacity10 => {
+                let last = self.geometry.blocks.saturating_sub(1);
+                let mut d = [0u8; 8];
+                d[..4].copy_from_slice(&u32::try_from(last).unwrap_or(u32::MAX).to_be_bytes());
+                d[4..].copy_from_slice(&self.geometry.block_size.to_be_bytes());
+                Ok(data_in(data, &d, 8))
+            }
+            Command::ReadCapacity16 { alloc } => Ok(data_in(data, &self.read_capacity16(), alloc)),
+            Command::GetLbaStatus { lba, alloc } => {
+                let d = self.get_lba_status(lba)?;
+                Ok(data_in(data, &d, alloc))
+            }
+            Command::ModeSense {
+                ten,
+                dbd,
+                llbaa,
+                pc,
+                page,
+                subpage,
+                alloc,
+            } => {
+                let req = mode::SenseRequest {
+                    ten,
+                    dbd,
+                    llbaa,
+                    pc,
+                    page,
+                    subpage,
+                };
+                let d = mode::sense(&req, &self.geometry, &self.caps)?;
+                Ok(data_in(data, &d, alloc))
+            }
+            Command::ModeSelect { ten, param_len } => {
+                let mut list = vec![0u8; (param_len as usize).min(data.len())];
+                data.copy_to(&mut list);
+                if (list.len() as u32) < param_len {
+                    return Err(Failure::ParameterListLength);
+                }
+                mode::select(ten, &list, &self.geometry, &self.caps)?;
+                Ok(Completion::no_data())
+            }
+            Command::Read { lba, blocks, .. } => self.read(lba, blocks, data),
+            Command::Write { lba, blocks, fua } => self.write(lba, blocks, fua, data),
+            Command::WriteAndVerify {
+                lba,
+                blocks,
+                bytchk,
+            } => self.write_and_verify(lba, blocks, bytchk, data),
+            Command::Verify {
+                lba,
+                blocks,
+                bytchk,
+            } => self.verify(lba, blocks, bytchk, data),
+            Command::SynchronizeCache { lba, blocks } => self.synchronize_cache(lba, blocks),
+            Command::WriteSame {
+                lba,
+                blocks,
+                unmap,
+                ndob,
+                long,
+            } => self.write_same(lba, blocks, unmap, ndob, long, data),
+            Command::Unmap { param_len } => self.unmap(param_len, data),
+            Command::CompareAndWrite { lba, blocks, fua } => {
+                self.compare_and_write(lba, blocks, fua, data)
+            }
+            Command::StartStopUnit { start, no_flush } => self.start_stop_unit(start, no_flush),
+            // Only PREVENT=00b passes `cdb::parse`: the medium is not removable.
+            Command::PreventAllowMediumRemoval => Ok(Completion::no_data()),
+            Command::FormatUnit { fmtdata, longlist } => self.format_unit(fmtdata, longlist, data),
+            Command::ReportSupportedOpcodes {
+                rctd,
+                options,
+                opcode,
+                sa,
+                alloc,
+            } => {
+                let d = opcodes::report_opcodes(rctd, options, opcode, sa, &self.caps)?;
+                Ok(data_in(data, &d, alloc))
+            }
+            Command::ReportSupportedTmf { repd, alloc } => {
+                Ok(data_in(data, &opcodes::report_tmf(repd), alloc))
+            }
+        }
+    }
+
+    fn read_capacity16(&self) -> [u8; 32] {
+        let g = &self.geometry;
+        let mut d = [0u8; 32];
+        d[..8].copy_from_slice(&g.blocks.saturating_sub(1).to_be_bytes());
+        d[8..12].copy_from_slice(&g.block_size.to_be_bytes());
+        let ratio = g.physical_block_size / g.block_size.max(1);
+        if ratio.is_power_of_two() {
+            d[13] = (ratio.trailing_zeros() as u8) & 0x0F;
+        }
+        if self.caps.can_discard {
+            d[14] = 0x80; // LBPME
+            if self.caps.discard_zeroes {
+                d[14] |= 0x40; // LBPRZ
+            }
+        }
+        d
+    }
+
+    /// GET LBA STATUS: the store cannot tell us which ranges are holes, so the whole
+    /// rest of the LUN (in descriptors of at most 2^32-1 blocks) is reported mapped,
+    /// which SBC allows for a device that does not track deallocation.
+    fn get_lba_status(&self, lba: u64) -> Result<Vec<u8>, Failure> {
+        if lba >= self.geometry.blocks {
+            return Err(Failure::LbaOutOfRange);
+        }
+        let count = (self.geometry.blocks - lba).min(u64::from(u32::MAX)) as u32;
+        let mut d = vec![0u8; 24];
+        d[..4].copy_from_slice(&20u32.to_be_bytes());
+        d[8..16].copy_from_slice(&lba.to_be_bytes());
+        d[16..20].copy_from_slice(&count.to_be_bytes());
+        // d[20] PROVISIONING STATUS 0: mapped.
+        Ok(d)
+    }
+
+    fn count(&self, cmd: Option<&Command>, outcome: &Result<Completion, Failure>) {
+        let c = &self.counters;
+        bump(&c.commands, 1);
+        match outcome {
+            Err(f) => bump(
+                match f.class() {
+                    ErrorClass::IllegalRequest => &c.errors_illegal_request,
+                    ErrorClass::DataProtect => &c.errors_data_protect,
+                    ErrorClass::Medium => &c.errors_medium,
+                    ErrorClass::Miscompare => &c.errors_miscompare,
+                    ErrorClass::Hardware => &c.errors_hardware,
+                },
+                1,
+            ),
+            Ok(done) => {
+                let bs = u64::from(self.geometry.block_size);
+                match cmd {
+                    Some(Command::Read { .. }) => {
+                        bump(&c.reads, 1);
+                        bump(&c.read_bytes, u64::from(done.data_in_len.unwrap_or(0)));
+                    }
+                    Some(
+                        Command::Write { blocks, .. } | Command::WriteAndVerify { blocks, .. },
+                    ) => {
+                        bump(&c.writes, 1);
+                        bump(&c.write_bytes, u64::from(*blocks) * bs);
+                    }
+                    Some(Command::CompareAndWrite { blocks, .. }) => {
+                        bump(&c.writes, 1);
+                        bump(&c.write_bytes, u64::from(*blocks) * bs);
+                    }
+                    Some(Command::SynchronizeCache { .. }) => bump(&c.flushes, 1),
+                    Some(Command::Unmap { .. }) => bump(&c.unmaps, 1),
+                    Some(Command::WriteSame { .. }) => bump(&c.write_sames, 1),
+                    _ => {}
+                }
+            }
+        }
+    }
+
+    /// A snapshot of the counters.
+    pub fn stats(&self) -> LunStats {
+        let c = &self.counters;
+        let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        LunStats {
+            commands: g(&c.commands),
+            reads: g(&c.reads),
+            read_bytes: g(&c.read_bytes),
+            writes: g(&c.writes),
+            write_bytes: g(&c.write_bytes),
+            flushes: g(&c.flushes),
+            unmaps: g(&c.unmaps),
+            write_sames: g(&c.write_sames),
+            errors_illegal_request: g(&c.errors_illegal_request),
+            errors_data_protect: g(&c.errors_data_protect),
+            errors_medium: g(&c.errors_medium),
+            errors_miscompare: g(&c.errors_miscompare),
+            errors_hardware: g(&c.errors_hardware),
+        }
+    }
+}
