@@ -116,3 +116,14 @@ pub struct Isns {
     pub server: Option<String>,
     pub access_control: bool,
 }
+
+/// Everything the configuration files describe.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Config {
+    /// In file order, tid 0 (the state model assigns tids 1, 2, 3… in this order).
+    pub targets: Vec<Target>,
+    /// Discovery (tid 0) accounts: IncomingUser / OutgoingUser before the first Target.
+    pub discovery: Accounts,
+    pub isns: Isns,
+    pub access: super::allow::AccessRules,
+}

@@ -234,3 +234,228 @@ impl Params {
         }
     }
 }
+
+/// A session or target key value as parsed from ietd.conf or `ietadm --op update`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParsedValue {
+    /// The value to store (already replaced if it was out of range).
+    pub value: u32,
+    /// Set when the written number was out of range and replaced (IET did this
+    /// silently): the warning to show, naming the key, the range and the replacement.
+    pub replaced: Option<String>,
+}
+
+/// Parses a number the way IET's `strtol(…, 0)` reads it (decimal, `0x` hex, leading-`0`
+/// octal, optional sign), but refuses text that is not entirely a number: IET turned
+/// `abc` into 0 and `8k` into 8 without a word, which nobody means.
+pub(crate) fn parse_c_number(text: &str) -> Option<i64> {
+    let (neg, digits) = match text.as_bytes().first() {
+        Some(b'-') => (true, &text[1..]),
+        Some(b'+') => (false, &text[1..]),
+        _ => (false, text),
+    };
+    let (radix, body) = if let Some(hex) = digits
+        .strip_prefix("0x")
+        .or_else(|| digits.strip_prefix("0X"))
+    {
+        (16, hex)
+    } else if digits.len() > 1 && digits.starts_with('0') {
+        (8, &digits[1..])
+    } else {
+        (10, digits)
+    };
+    if body.is_empty() || !body.chars().all(|c| c.is_digit(radix)) {
+        return None;
+    }
+    // Anything too long for i64 is out of every range; saturate so it gets replaced.
+    let magnitude = i64::from_str_radix(body, radix).unwrap_or(i64::MAX);
+    Some(if neg { -magnitude } else { magnitude })
+}
+
+fn parse_digest(def: &ParamDef, text: &str) -> Result<u32, String> {
+    let mut bits = 0;
+    for token in text.split(',') {
+        bits |= if token.eq_ignore_ascii_case("None") {
+            DIGEST_NONE
+        } else if token.eq_ignore_ascii_case("CRC32C") {
+            DIGEST_CRC32C
+        } else {
+            return Err(format!(
+                "invalid {} value \"{text}\" (expected None, CRC32C or None,CRC32C without \
+                 spaces)",
+                def.name
+            ));
+        };
+    }
+    Ok(bits)
+}
+
+/// Parses one session/target key value as ietd.conf and `ietadm --op update` do.
+///
+/// Booleans are `Yes`/`No` (case-sensitive, as IET). Numbers out of the key's range are
+/// replaced with the minimum (the maximum for DefaultTime2Wait) exactly as IET did, and
+/// [`ParsedValue::replaced`] says so. The error string is IET's `Invalid <Key> value
+/// "<v>".` with a reason, suitable for a `file:line:` prefix or ietadm's stderr.
+pub fn parse_param_value(key: Key, text: &str) -> Result<ParsedValue, String> {
+    let def = key.def();
+    let value = match def.kind {
+        Kind::Bool => match text {
+            "Yes" => 1,
+            "No" => 0,
+            _ => {
+                return Err(format!(
+                    "invalid {} value \"{text}\" (expected Yes or No; case-sensitive)",
+                    def.name
+                ))
+            }
+        },
+        Kind::Digest => parse_digest(def, text)?,
+        Kind::Number | Kind::MarkInt => {
+            let n = parse_c_number(text)
+                .ok_or_else(|| format!("invalid {} value \"{text}\" (not a number)", def.name))?;
+            if n < i64::from(def.min) || n > i64::from(def.max) {
+                let replacement = match def.clamp {
+                    Clamp::Min => def.min,
+                    Clamp::Max => def.max,
+                };
+                return Ok(ParsedValue {
+                    value: replacement,
+                    replaced: Some(format!(
+                        "{} {text} is out of range {}..{}; replaced with {replacement}, as \
+                         IET did",
+                        def.name, def.min, def.max
+                    )),
+                });
+            }
+            // In range, so it fits in u32.
+            n as u32
+        }
+    };
+    Ok(ParsedValue {
+        value,
+        replaced: None,
+    })
+}
+
+/// Formats a value as IET's `--op show` prints it: `Yes`/`No`, decimal numbers,
+/// `None`/`CRC32C`/`None,CRC32C` for digests, `Reject`/`Irrelevant` for the marker
+/// intervals.
+pub fn format_param_value(key: Key, value: u32) -> String {
+    let def = key.def();
+    match def.kind {
+        Kind::Bool => if value != 0 { "Yes" } else { "No" }.to_string(),
+        Kind::Number => value.to_string(),
+        Kind::Digest => match (value & DIGEST_NONE != 0, value & DIGEST_CRC32C != 0) {
+            (true, true) => "None,CRC32C",
+            (false, true) => "CRC32C",
+            _ => "None",
+        }
+        .to_string(),
+        Kind::MarkInt => if value != 0 { "Reject" } else { "Irrelevant" }.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(name: &str) -> Key {
+        Key::lookup(name).unwrap_or_else(|| panic!("{name} is a key"))
+    }
+
+    #[test]
+    fn booleans_case_sensitive() {
+        let k = key("initialr2t");
+        assert_eq!(parse_param_value(k, "Yes").map(|v| v.value), Ok(1));
+        assert_eq!(parse_param_value(k, "No").map(|v| v.value), Ok(0));
+        let e = parse_param_value(k, "yes").expect_err("lowercase refused");
+        assert!(e.contains("InitialR2T") && e.contains("\"yes\""), "{e}");
+    }
+
+    #[test]
+    fn numbers_like_strtol_but_strict() {
+        let k = key("MaxRecvDataSegmentLength");
+        assert_eq!(parse_param_value(k, "65536").map(|v| v.value), Ok(65536));
+        assert_eq!(parse_param_value(k, "0x10000").map(|v| v.value), Ok(65536));
+        assert_eq!(parse_param_value(k, "01000").map(|v| v.value), Ok(512));
+        assert!(parse_param_value(k, "8k").is_err());
+        assert!(parse_param_value(k, "abc").is_err());
+        assert!(parse_param_value(k, "").is_err());
+        assert!(parse_param_value(k, "0x").is_err());
+        assert!(parse_param_value(k, "09").is_err());
+    }
+
+    #[test]
+    fn out_of_range_replaced_as_iet() {
+        let w = parse_param_value(key("Wthreads"), "200").expect("replaced, not refused");
+        assert_eq!(w.value, 1);
+        let msg = w.replaced.expect("says so");
+        assert!(msg.contains("Wthreads") && msg.contains("1..128"), "{msg}");
+        let q = parse_param_value(key("QueuedCommands"), "-5").expect("replaced");
+        assert_eq!(q.value, 1);
+        let t = parse_param_value(key("DefaultTime2Wait"), "5000").expect("replaced");
+        assert_eq!(t.value, 3600);
+        let huge =
+            parse_param_value(key("MaxBurstLength"), "99999999999999999999999").expect("replaced");
+        assert_eq!(huge.value, 512);
+        let ok = parse_param_value(key("NOPInterval"), "90").expect("in range");
+        assert_eq!(
+            ok,
+            ParsedValue {
+                value: 90,
+                replaced: None
+            }
+        );
+    }
+
+    #[test]
+    fn digests() {
+        let k = key("HeaderDigest");
+        assert_eq!(
+            parse_param_value(k, "None").map(|v| v.value),
+            Ok(DIGEST_NONE)
+        );
+        assert_eq!(
+            parse_param_value(k, "CRC32C").map(|v| v.value),
+            Ok(DIGEST_CRC32C)
+        );
+        assert_eq!(
+            parse_param_value(k, "CRC32C,None").map(|v| v.value),
+            Ok(DIGEST_NONE | DIGEST_CRC32C)
+        );
+        assert!(parse_param_value(k, "CRC32C, None").is_err());
+        assert!(parse_param_value(k, "MD5").is_err());
+        assert!(parse_param_value(k, "").is_err());
+        assert_eq!(
+            format_param_value(k, DIGEST_NONE | DIGEST_CRC32C),
+            "None,CRC32C"
+        );
+        assert_eq!(format_param_value(k, DIGEST_CRC32C), "CRC32C");
+        assert_eq!(format_param_value(k, DIGEST_NONE), "None");
+    }
+
+    #[test]
+    fn format_round_trips_for_parseable_kinds() {
+        let p = Params::default();
+        for (i, def) in SESSION_PARAMS.iter().enumerate() {
+            let k = Key::Session(i);
+            let shown = format_param_value(k, p.get(k));
+            if def.kind == Kind::MarkInt {
+                assert_eq!(shown, "Reject");
+                continue;
+            }
+            assert_eq!(
+                parse_param_value(k, &shown).map(|v| v.value),
+                Ok(p.get(k)),
+                "{}",
+                def.name
+            );
+        }
+        for i in 0..TARGET_PARAMS.len() {
+            let k = Key::Target(i);
+            let shown = format_param_value(k, p.get(k));
+            assert_eq!(parse_param_value(k, &shown).map(|v| v.value), Ok(p.get(k)));
+        }
+        assert_eq!(format_param_value(key("OFMarkInt"), 0), "Irrelevant");
+    }
+}
