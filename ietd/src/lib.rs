@@ -2,4 +2,8 @@
 //! provisioning). The `ietd` binary and the `ietadm` client are thin layers over it.
 
 pub mod conf;
+pub mod control;
+pub mod log;
+pub mod protocol;
 pub mod provision;
+pub mod state;
