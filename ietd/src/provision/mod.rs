@@ -85,3 +85,14 @@ pub trait Provisioner: Send {
         cid: u32,
     ) -> Result<(), ProvisionError>;
 }
+
+pub mod configfs;
+pub mod fs;
+pub mod kernel;
+pub mod plan;
+pub mod session;
+
+pub use configfs::{ConfigfsProvisioner, DeviceHook, NoHook};
+pub use fs::{ConfigFs, FsKind};
+pub use kernel::{owned_objects, prepare_kernel, OwnedObjects};
+pub use plan::{plan, plan_config, Backstore, Op, Plan, Settings};

@@ -1,0 +1,240 @@
+//! The only code in the project that touches configfs: mkdir, attribute write, symlink,
+//! unlink, rmdir and read under one root, either the kernel's `/sys/kernel/config` or a
+//! plain directory that simulates it for tests.
+//!
+//! The simulation keeps the few configfs rules the provisioner relies on, so that an
+//! ordering bug shows up in a temp-dir test and not first on a real kernel:
+//! - directories the kernel creates by itself (`attrib/`, `param/`, …, and `target/core`)
+//!   appear on demand: a write or mkdir creates missing parents;
+//! - `mkdir` of an existing directory fails with EEXIST;
+//! - `rmdir` removes attribute files and those implicit directories with it, but fails
+//!   with ENOTEMPTY while a symlink or a directory made by an explicit `mkdir` is inside.
+//!
+//! Not its job: deciding what to create (see `plan`), or ordering and rollback (see
+//! `configfs`).
+
+use std::collections::HashSet;
+use std::fs;
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use super::ProvisionError;
+
+/// `CONFIGFS_MAGIC` from linux/magic.h.
+const CONFIGFS_MAGIC: i64 = 0x6265_6570;
+
+/// Whether the root is the kernel's configfs or a simulation of it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FsKind {
+    Kernel,
+    Simulated,
+}
+
+/// A configfs tree. Paths given to its methods are relative to the root (e.g.
+/// `target/core/user_1/ietd_t1_l0/enable`); errors name the full path.
+#[derive(Debug)]
+pub struct ConfigFs {
+    root: PathBuf,
+    kind: FsKind,
+    /// Simulation only: directories made by `mkdir` (as opposed to implicit ones).
+    explicit: Mutex<HashSet<PathBuf>>,
+}
+
+fn io_err(verb: &str, path: &Path, source: io::Error) -> ProvisionError {
+    ProvisionError::Io {
+        path: format!("{verb} {}", path.display()),
+        source,
+    }
+}
+
+impl ConfigFs {
+    /// Opens `root`, detecting from its filesystem type whether it is the kernel's
+    /// configfs. A root that does not exist is an error.
+    pub fn open(root: impl Into<PathBuf>) -> Result<ConfigFs, ProvisionError> {
+        let root = root.into();
+        let st = nix::sys::statfs::statfs(&root)
+            .map_err(|e| io_err("statfs", &root, io::Error::from_raw_os_error(e as i32)))?;
+        #[allow(clippy::unnecessary_cast)] // the field's width differs between libcs
+        let kind = if st.filesystem_type().0 as i64 == CONFIGFS_MAGIC {
+            FsKind::Kernel
+        } else {
+            FsKind::Simulated
+        };
+        Ok(ConfigFs::with_kind(root, kind))
+    }
+
+    /// A tree of an explicitly chosen kind (tests; `open` is what daemons use).
+    pub fn with_kind(root: impl Into<PathBuf>, kind: FsKind) -> ConfigFs {
+        ConfigFs {
+            root: root.into(),
+            kind,
+            explicit: Mutex::new(HashSet::new()),
+        }
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn kind(&self) -> FsKind {
+        self.kind
+    }
+
+    /// The absolute path of `rel`.
+    pub fn abs(&self, rel: &str) -> PathBuf {
+        self.root.join(rel)
+    }
+
+    pub fn exists(&self, rel: &str) -> bool {
+        fs::symlink_metadata(self.abs(rel)).is_ok()
+    }
+
+    pub fn mkdir(&self, rel: &str) -> Result<(), ProvisionError> {
+        let path = self.abs(rel);
+        if self.kind == FsKind::Simulated {
+            if let Some(parent) = path.parent() {
+                fs::create_dir_all(parent).map_err(|e| io_err("mkdir", parent, e))?;
+            }
+        }
+        fs::create_dir(&path).map_err(|e| io_err("mkdir", &path, e))?;
+        if self.kind == FsKind::Simulated {
+            self.explicit_set().insert(path);
+        }
+        Ok(())
+    }
+
+    /// Writes `value` exactly, in one `write(2)`, without a trailing newline (several LIO
+    /// stores keep a newline verbatim). The kernel's configfs never creates files, so a
+    /// missing attribute is ENOENT there.
+    pub fn write(&self, rel: &str, value: &str) -> Result<(), ProvisionError> {
+        let path = self.abs(rel);
+        let mut file = match self.kind {
+            FsKind::Kernel => fs::OpenOptions::new().write(true).open(&path),
+            FsKind::Simulated => {
+                if let Some(parent) = path.parent() {
+                    fs::create_dir_all(parent).map_err(|e| io_err("write", parent, e))?;
+                }
+                fs::OpenOptions::new()
+                    .write(true)
+                    .create(true)
+                    .truncate(true)
+                    .open(&path)
+            }
+        }
+        .map_err(|e| io_err("write", &path, e))?;
+        // configfs hands each write(2) to the attribute's store function, so the whole
+        // value must go in one call; a short write would store a truncated value.
+        let n = file
+            .write(value.as_bytes())
+            .map_err(|e| io_err("write", &path, e))?;
+        if n != value.len() {
+            return Err(io_err(
+                "write",
+                &path,
+                io::Error::new(io::ErrorKind::WriteZero, "short write"),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Reads an attribute.
+    pub fn read(&self, rel: &str) -> Result<String, ProvisionError> {
+        let path = self.abs(rel);
+        fs::read_to_string(&path).map_err(|e| io_err("read", &path, e))
+    }
+
+    /// Creates `link` pointing at `target` (both relative to the root). configfs resolves
+    /// the target from the caller's working directory, so the link gets an absolute path.
+    pub fn symlink(&self, link: &str, target: &str) -> Result<(), ProvisionError> {
+        let lpath = self.abs(link);
+        let tpath = self.abs(target);
+        std::os::unix::fs::symlink(&tpath, &lpath).map_err(|e| io_err("symlink", &lpath, e))
+    }
+
+    pub fn unlink(&self, rel: &str) -> Result<(), ProvisionError> {
+        let path = self.abs(rel);
+        fs::remove_file(&path).map_err(|e| io_err("unlink", &path, e))
+    }
+
+    pub fn rmdir(&self, rel: &str) -> Result<(), ProvisionError> {
+        let path = self.abs(rel);
+        if self.kind == FsKind::Simulated {
+            self.sim_clear(&path, true)
+                .map_err(|e| io_err("rmdir", &path, e))?;
+            self.explicit_set().remove(&path);
+        }
+        fs::remove_dir(&path).map_err(|e| io_err("rmdir", &path, e))
+    }
+
+    /// Names of the entries of a directory, sorted; a missing directory is empty.
+    pub fn list(&self, rel: &str) -> Result<Vec<String>, ProvisionError> {
+        let path = self.abs(rel);
+        let rd = match fs::read_dir(&path) {
+            Ok(rd) => rd,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(io_err("list", &path, e)),
+        };
+        let mut names = Vec::new();
+        for entry in rd {
+            let entry = entry.map_err(|e| io_err("list", &path, e))?;
+            names.push(entry.file_name().to_string_lossy().into_owned());
+        }
+        names.sort();
+        Ok(names)
+    }
+
+    /// Where a symlink points, relative to the root when it points inside it.
+    pub fn read_link(&self, rel: &str) -> Result<String, ProvisionError> {
+        let path = self.abs(rel);
+        let target = fs::read_link(&path).map_err(|e| io_err("readlink", &path, e))?;
+        Ok(match target.strip_prefix(&self.root) {
+            Ok(r) => r.to_string_lossy().into_owned(),
+            Err(_) => target.to_string_lossy().into_owned(),
+        })
+    }
+
+    fn explicit_set(&self) -> std::sync::MutexGuard<'_, HashSet<PathBuf>> {
+        // A poisoned lock only means another thread panicked while holding it; the set
+        // is still a valid set.
+        self.explicit.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Simulated rmdir: empties `dir` of what configfs would drop with it (attribute
+    /// files, implicit groups), refusing like the kernel if user-made objects remain.
+    fn sim_clear(&self, dir: &Path, top: bool) -> io::Result<()> {
+        if !top && self.explicit_set().contains(dir) {
+            return Err(io::Error::from_raw_os_error(libc::ENOTEMPTY));
+        }
+        // First check, then delete, so a refused rmdir leaves the tree untouched.
+        self.sim_check(dir, top)?;
+        for entry in fs::read_dir(dir)? {
+            let entry = entry?;
+            let ft = entry.file_type()?;
+            if ft.is_dir() {
+                self.sim_clear(&entry.path(), false)?;
+                fs::remove_dir(entry.path())?;
+            } else {
+                fs::remove_file(entry.path())?;
+            }
+        }
+        Ok(())
+    }
+
+    fn sim_check(&self, dir: &Path, top: bool) -> io::Result<()> {
+        if !top && self.explicit_set().contains(dir) {
+            return Err(io::Error::from_raw_os_error(libc::ENOTEMPTY));
+        }
+        for entry in fs::read_dir(dir)? {
+            let entry = entry?;
+            let ft = entry.file_type()?;
+            if ft.is_symlink() {
+                return Err(io::Error::from_raw_os_error(libc::ENOTEMPTY));
+            }
+            if ft.is_dir() {
+                self.sim_check(&entry.path(), false)?;
+            }
+        }
+        Ok(())
+    }
+}
