@@ -4,3 +4,6 @@
 pub mod params;
 pub mod ring;
 pub mod scsi;
+pub mod control;
+pub mod eventloop;
+pub mod worker;

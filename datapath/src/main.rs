@@ -1,1 +1,107 @@
-fn main() {}
+//! `ietd-datapath`: serves the TCMU rings of LIO backstores. Run by ietd with
+//! `--control PATH` (devices arrive over the control socket), or by hand with
+//! `--attach` for one device (debugging, tests), until SIGTERM/SIGINT.
+
+use std::os::unix::net::UnixListener;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use datapath::control::{open_device, proto::Attach};
+use datapath::eventloop::{EventLoop, LoopConfig};
+use slog::{error, info, o, warn, Drain, Logger};
+
+#[derive(Debug, Parser)]
+#[command(name = "ietd-datapath", about = "Serves TCMU command rings for ietd")]
+struct Args {
+    /// Serve ietd on this unix socket (created; an old socket file is replaced).
+    #[arg(long, value_name = "PATH", required_unless_present = "attach")]
+    control: Option<PathBuf>,
+    /// Serve this device: `uioN` or its uio name (`tcm-user/<hba>/<dev>/<cfg>`).
+    #[arg(long, value_name = "UIO", requires = "params")]
+    attach: Option<String>,
+    /// Lun parameters for --attach, as in ietd.conf: Path=…,Type=…,IOMode=…,BlockSize=…
+    #[arg(long, value_name = "PARAMS")]
+    params: Option<String>,
+    /// Target name for --attach (used for IET's default ScsiId/ScsiSN).
+    #[arg(
+        long,
+        value_name = "IQN",
+        default_value = "iqn.2001-04.com.example:datapath"
+    )]
+    target: String,
+    /// LUN number for --attach.
+    #[arg(long, default_value_t = 0)]
+    lun: u32,
+    /// MAXIMUM TRANSFER LENGTH to advertise for --attach, in logical blocks.
+    #[arg(long, value_name = "BLOCKS")]
+    max_transfer_blocks: Option<u32>,
+    /// I/O worker threads.
+    #[arg(long)]
+    workers: Option<usize>,
+    /// Log debug messages too.
+    #[arg(long, short)]
+    verbose: bool,
+}
+
+fn logger(verbose: bool) -> Logger {
+    let decorator = slog_term::PlainSyncDecorator::new(std::io::stderr());
+    let drain = slog_term::FullFormat::new(decorator).build().fuse();
+    let level = if verbose {
+        slog::Level::Debug
+    } else {
+        slog::Level::Info
+    };
+    let drain = drain.filter_level(level).fuse();
+    Logger::root(drain, o!())
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let log = logger(args.verbose);
+    match run(&args, &log) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            error!(log, "{e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: &Args, log: &Logger) -> Result<(), String> {
+    let mut cfg = LoopConfig::default();
+    if let Some(n) = args.workers {
+        cfg.workers = n.max(1);
+        cfg.per_lun_max = cfg.workers.div_ceil(2);
+    }
+    let mut ev = EventLoop::new(cfg, log.clone()).map_err(|e| e.to_string())?;
+    ev.handle_signals().map_err(|e| e.to_string())?;
+    if let Some(path) = &args.control {
+        // A socket file left by a previous run would make bind fail.
+        if path.exists() {
+            std::fs::remove_file(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        }
+        let listener = UnixListener::bind(path)
+            .map_err(|e| format!("control socket {}: {e}", path.display()))?;
+        ev.listen(listener).map_err(|e| e.to_string())?;
+        info!(log, "listening"; "control" => %path.display());
+    }
+    if let Some(uio) = &args.attach {
+        let req = Attach {
+            uio: uio.clone(),
+            params: args.params.clone().unwrap_or_default(),
+            target: args.target.clone(),
+            lun: args.lun,
+            map_len: None,
+            max_transfer_blocks: args.max_transfer_blocks,
+            uio_fd: false,
+            backing_fd: false,
+        };
+        let dev = open_device(&req, None, None)?;
+        for w in &dev.warnings {
+            warn!(log, "{w}");
+        }
+        ev.attach(dev).map_err(|e| e.to_string())?;
+    }
+    ev.run().map_err(|e| e.to_string())
+}

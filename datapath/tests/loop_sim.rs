@@ -1,0 +1,445 @@
+//! The event loop over simulated rings with the real SCSI layer: round trips, a slow LUN
+//! that must not stall another, restart after a killed datapath, device removal, stop
+//! with commands in flight, and the control channel.
+
+use std::io::{IoSlice, IoSliceMut};
+use std::os::fd::AsFd;
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use datapath::control::proto::{Attach, Reply, Request};
+use datapath::control::{Client, OpenedDevice};
+use datapath::eventloop::{EventLoop, LoopConfig, StopHandle};
+use datapath::ring::sim::{Completed, SimConfig, SimRing};
+use datapath::ring::{status, Ring};
+use datapath::scsi::testing::MemStore;
+use datapath::scsi::{Identity, Lun};
+use iomodes::{BackingStore, Capabilities, Geometry, IoError, StoreSpec};
+use slog::{o, Logger};
+
+const BS: u32 = 512;
+const BLOCKS: u64 = 2048;
+
+fn log() -> Logger {
+    Logger::root(slog::Discard, o!())
+}
+
+fn lun_over(store: Arc<dyn BackingStore>, n: u32) -> Arc<Lun> {
+    Arc::new(Lun::new(
+        store,
+        Identity {
+            target: "iqn.2024-01.test:loop".into(),
+            lun: n,
+            scsi_id: [n as u8; 16],
+            scsi_sn: format!("sn{n}"),
+        },
+    ))
+}
+
+fn mem_lun(n: u32) -> Arc<Lun> {
+    lun_over(
+        Arc::new(MemStore::new(BS, BLOCKS, MemStore::caps(true, true))),
+        n,
+    )
+}
+
+fn device(uio: &str, ring: Ring, lun: Arc<Lun>) -> OpenedDevice {
+    OpenedDevice {
+        uio: uio.into(),
+        target: "iqn.2024-01.test:loop".into(),
+        lun_id: 0,
+        ring,
+        lun,
+        warnings: Vec::new(),
+    }
+}
+
+struct Running {
+    stop: StopHandle,
+    thread: thread::JoinHandle<EventLoop>,
+}
+
+fn start(mut ev: EventLoop) -> Running {
+    let stop = ev.stop_handle();
+    let thread = thread::spawn(move || {
+        ev.run().unwrap();
+        ev
+    });
+    Running { stop, thread }
+}
+
+impl Running {
+    fn stop(self) -> EventLoop {
+        self.stop.stop();
+        self.thread.join().unwrap()
+    }
+}
+
+fn new_loop(workers: usize) -> EventLoop {
+    EventLoop::new(
+        LoopConfig {
+            workers,
+            per_lun_max: workers.div_ceil(2),
+        },
+        log(),
+    )
+    .unwrap()
+}
+
+/// Reaps until `n` completions arrived (or a generous timeout).
+fn wait_for(sim: &mut SimRing, n: usize) -> Vec<Completed> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut got = Vec::new();
+    while got.len() < n {
+        assert!(
+            Instant::now() < deadline,
+            "only {} of {n} completions",
+            got.len()
+        );
+        sim.wait_notification(50);
+        let _ = sim.take_notifications();
+        got.extend(sim.reap());
+        assert_eq!(sim.broken(), None);
+    }
+    got
+}
+
+fn read10(lba: u32, blocks: u16) -> [u8; 10] {
+    let l = lba.to_be_bytes();
+    let b = blocks.to_be_bytes();
+    [0x28, 0, l[0], l[1], l[2], l[3], 0, b[0], b[1], 0]
+}
+
+fn write10(lba: u32, blocks: u16) -> [u8; 10] {
+    let mut c = read10(lba, blocks);
+    c[0] = 0x2a;
+    c
+}
+
+#[test]
+fn serves_scsi_over_the_ring() {
+    let mut sim = SimRing::new(SimConfig {
+        stale_fill: Some(0xa5),
+        ..SimConfig::default()
+    })
+    .unwrap();
+    let mut ev = new_loop(2);
+    ev.attach(device(
+        "uio-a",
+        sim.attach().unwrap().into_ring().unwrap(),
+        mem_lun(0),
+    ))
+    .unwrap();
+    let running = start(ev);
+
+    let payload: Vec<u8> = (0..8 * BS as usize).map(|i| (i % 253) as u8).collect();
+    let w = sim.submit(&write10(100, 8), &payload, 0).unwrap();
+    let done = wait_for(&mut sim, 1);
+    assert_eq!((done[0].id, done[0].status), (w, status::GOOD));
+
+    let inq = sim.submit(&[0x12, 0, 0, 0, 255, 0], &[], 255).unwrap();
+    let cap = sim
+        .submit(&[0x25, 0, 0, 0, 0, 0, 0, 0, 0, 0], &[], 8)
+        .unwrap();
+    let r = sim.submit(&read10(100, 8), &[], payload.len()).unwrap();
+    let bad = sim
+        .submit(&[0xa1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0], &[], 0)
+        .unwrap();
+    let mut done = wait_for(&mut sim, 4);
+    done.sort_by_key(|c| c.id);
+    let get = |id| done.iter().find(|c| c.id == id).unwrap();
+    assert_eq!(get(r).data_in, payload);
+    assert_eq!(&get(inq).data_in[8..11], b"IET");
+    assert!(
+        !get(inq).data_in.contains(&0xa5),
+        "stale bytes after INQUIRY data"
+    );
+    assert_eq!(get(cap).data_in, [0, 0, 0x07, 0xff, 0, 0, 0x02, 0]);
+    assert_eq!(get(bad).status, status::CHECK_CONDITION);
+    assert_eq!(get(bad).sense[2] & 0x0f, 0x05);
+
+    let ev = running.stop();
+    let stats = ev.stats();
+    assert_eq!(stats.len(), 1);
+    assert_eq!(stats[0].commands, 5);
+    assert_eq!(stats[0].errors, 1);
+    assert_eq!(stats[0].read_bytes, payload.len() as u64);
+    assert_eq!(stats[0].write_bytes, payload.len() as u64);
+    assert_eq!(stats[0].latency_hist_us.iter().sum::<u64>(), 5);
+}
+
+/// A store whose reads wait until the test opens the gate.
+struct GatedStore {
+    inner: MemStore,
+    open: Mutex<bool>,
+    cv: Condvar,
+}
+
+impl GatedStore {
+    fn release(&self) {
+        *self.open.lock().unwrap() = true;
+        self.cv.notify_all();
+    }
+}
+
+impl BackingStore for GatedStore {
+    fn geometry(&self) -> Geometry {
+        self.inner.geometry()
+    }
+    fn capabilities(&self) -> Capabilities {
+        self.inner.capabilities()
+    }
+    fn spec(&self) -> &StoreSpec {
+        self.inner.spec()
+    }
+    fn read_at(&self, bufs: &mut [IoSliceMut<'_>], offset: u64) -> Result<(), IoError> {
+        let mut open = self.open.lock().unwrap();
+        while !*open {
+            open = self.cv.wait(open).unwrap();
+        }
+        drop(open);
+        self.inner.read_at(bufs, offset)
+    }
+    fn write_at(&self, bufs: &[IoSlice<'_>], offset: u64, fua: bool) -> Result<(), IoError> {
+        self.inner.write_at(bufs, offset, fua)
+    }
+    fn flush(&self) -> Result<(), IoError> {
+        self.inner.flush()
+    }
+    fn discard(&self, offset: u64, len: u64) -> Result<(), IoError> {
+        self.inner.discard(offset, len)
+    }
+    fn write_zeroes(&self, offset: u64, len: u64, may_unmap: bool) -> Result<(), IoError> {
+        self.inner.write_zeroes(offset, len, may_unmap)
+    }
+}
+
+#[test]
+fn a_stuck_lun_does_not_stall_another() {
+    let gated = Arc::new(GatedStore {
+        inner: MemStore::new(BS, BLOCKS, MemStore::caps(true, false)),
+        open: Mutex::new(false),
+        cv: Condvar::new(),
+    });
+    let mut slow = SimRing::new(SimConfig::default()).unwrap();
+    let mut fast = SimRing::new(SimConfig::default()).unwrap();
+    let mut ev = new_loop(4);
+    ev.attach(device(
+        "slow",
+        slow.attach().unwrap().into_ring().unwrap(),
+        lun_over(gated.clone(), 0),
+    ))
+    .unwrap();
+    ev.attach(device(
+        "fast",
+        fast.attach().unwrap().into_ring().unwrap(),
+        mem_lun(1),
+    ))
+    .unwrap();
+    let running = start(ev);
+
+    for i in 0..16 {
+        slow.submit(&read10(i, 1), &[], BS as usize).unwrap();
+    }
+    // Both inline commands and I/O of the other LUN get through while the slow LUN's
+    // reads hang.
+    thread::sleep(Duration::from_millis(50));
+    fast.submit(&[0x00, 0, 0, 0, 0, 0], &[], 0).unwrap();
+    fast.submit(&read10(0, 4), &[], 4 * BS as usize).unwrap();
+    fast.submit(&write10(8, 1), &[1u8; BS as usize], 0).unwrap();
+    let done = wait_for(&mut fast, 3);
+    assert!(done.iter().all(|c| c.status == status::GOOD));
+    assert!(slow.reap().is_empty());
+
+    gated.release();
+    let done = wait_for(&mut slow, 16);
+    assert!(done.iter().all(|c| c.status == status::GOOD));
+    running.stop();
+}
+
+#[test]
+fn a_new_datapath_finishes_what_a_killed_one_took() {
+    let mut sim = SimRing::new(SimConfig::default()).unwrap();
+    let lun = mem_lun(0);
+    let payload = vec![0x3cu8; BS as usize];
+    let mut ids = Vec::new();
+    for i in 0..10 {
+        ids.push(sim.submit(&write10(i, 1), &payload, 0).unwrap());
+        ids.push(sim.submit(&read10(i, 1), &[], BS as usize).unwrap());
+    }
+    // The "killed" process took every command and completed none.
+    let mut dead = sim.attach().unwrap().into_ring().unwrap();
+    let mut taken = 0;
+    while dead.next_command().unwrap().is_some() {
+        taken += 1;
+    }
+    assert_eq!(taken, 20);
+    drop(dead);
+
+    let mut ev = new_loop(2);
+    ev.attach(device(
+        "uio-r",
+        sim.attach().unwrap().into_ring().unwrap(),
+        lun,
+    ))
+    .unwrap();
+    let running = start(ev);
+    let mut done = wait_for(&mut sim, 20);
+    done.sort_by_key(|c| c.id);
+    assert_eq!(done.iter().map(|c| c.id).collect::<Vec<_>>(), {
+        let mut s = ids.clone();
+        s.sort();
+        s
+    });
+    assert!(done.iter().all(|c| c.status == status::GOOD));
+    thread::sleep(Duration::from_millis(20));
+    assert!(sim.reap().is_empty(), "nothing completes twice");
+    running.stop();
+}
+
+#[test]
+fn a_removed_device_is_dropped_and_others_keep_going() {
+    let mut gone = SimRing::new(SimConfig::default()).unwrap();
+    let mut stays = SimRing::new(SimConfig::default()).unwrap();
+    let mut ev = new_loop(2);
+    ev.attach(device(
+        "gone",
+        gone.attach().unwrap().into_ring().unwrap(),
+        mem_lun(0),
+    ))
+    .unwrap();
+    ev.attach(device(
+        "stays",
+        stays.attach().unwrap().into_ring().unwrap(),
+        mem_lun(1),
+    ))
+    .unwrap();
+    let running = start(ev);
+    gone.detach();
+    drop(gone);
+    thread::sleep(Duration::from_millis(50));
+    stays.submit(&[0x00, 0, 0, 0, 0, 0], &[], 0).unwrap();
+    assert_eq!(wait_for(&mut stays, 1)[0].status, status::GOOD);
+    let ev = running.stop();
+    let names: Vec<String> = ev.stats().into_iter().map(|s| s.uio).collect();
+    assert_eq!(names, vec!["stays".to_string()]);
+}
+
+#[test]
+fn stop_finishes_in_flight_and_leaves_the_rest() {
+    let gated = Arc::new(GatedStore {
+        inner: MemStore::new(BS, BLOCKS, MemStore::caps(true, false)),
+        open: Mutex::new(false),
+        cv: Condvar::new(),
+    });
+    let mut sim = SimRing::new(SimConfig::default()).unwrap();
+    let mut ev = new_loop(2);
+    ev.attach(device(
+        "g",
+        sim.attach().unwrap().into_ring().unwrap(),
+        lun_over(gated.clone(), 0),
+    ))
+    .unwrap();
+    let running = start(ev);
+    sim.submit(&read10(0, 1), &[], BS as usize).unwrap();
+    thread::sleep(Duration::from_millis(50));
+    running.stop.stop();
+    thread::sleep(Duration::from_millis(50));
+    // Submitted after the stop: must stay on the ring for the next process.
+    let later = sim.submit(&read10(1, 1), &[], BS as usize).unwrap();
+    assert!(
+        !running.thread.is_finished(),
+        "waits for the in-flight read"
+    );
+    gated.release();
+    running.thread.join().unwrap();
+    let done = sim.reap();
+    assert_eq!(done.len(), 1);
+    assert_eq!(sim.in_flight(), 1);
+    // The next datapath picks the remaining command up.
+    let mut next = sim.attach().unwrap().into_ring().unwrap();
+    assert_eq!(next.next_command().unwrap().map(|c| c.id()), Some(later));
+}
+
+#[test]
+fn control_channel_answers() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ctl.sock");
+    let mut ev = new_loop(1);
+    ev.listen(std::os::unix::net::UnixListener::bind(&path).unwrap())
+        .unwrap();
+    let mut sim = SimRing::new(SimConfig::default()).unwrap();
+    ev.attach(device(
+        "uio-c",
+        sim.attach().unwrap().into_ring().unwrap(),
+        mem_lun(0),
+    ))
+    .unwrap();
+    let running = start(ev);
+    let mut c = Client::connect(&path).unwrap();
+    assert_eq!(c.call(&Request::Ping, &[]).unwrap(), Reply::Pong);
+    sim.submit(&[0x00, 0, 0, 0, 0, 0], &[], 0).unwrap();
+    wait_for(&mut sim, 1);
+    match c.call(&Request::Stats, &[]).unwrap() {
+        Reply::Stats { luns } => {
+            assert_eq!(luns.len(), 1);
+            assert_eq!(luns[0].uio, "uio-c");
+            assert_eq!(luns[0].commands, 1);
+        }
+        other => panic!("{other:?}"),
+    }
+    let attach = |params: &str, uio_fd: bool, backing_fd: bool| {
+        Request::Attach(Attach {
+            uio: "uio-none".into(),
+            params: params.into(),
+            target: "iqn.2024-01.test:x".into(),
+            lun: 1,
+            map_len: Some(4096),
+            max_transfer_blocks: None,
+            uio_fd,
+            backing_fd,
+        })
+    };
+    let err = |r: Reply| match r {
+        Reply::Error { message } => message,
+        other => panic!("expected an error, got {other:?}"),
+    };
+    let m = err(c
+        .call(&attach("Path=/x,Type=bogus", false, false), &[])
+        .unwrap());
+    assert!(m.contains("Type"), "{m}");
+    // Announced fds that never came.
+    let m = err(c.call(&attach("Type=nullio", true, true), &[]).unwrap());
+    assert!(m.contains("fds"), "{m}");
+    // A passed backing fd is used (the file is opened through it), then the uio lookup
+    // fails: the error names the device, not the file.
+    let backing = tempfile::NamedTempFile::new().unwrap();
+    backing.as_file().set_len(1 << 20).unwrap();
+    let m = err(c
+        .call(
+            &attach("Path=/nonexistent/disk,Type=fileio", false, true),
+            &[backing.as_file().as_fd()],
+        )
+        .unwrap());
+    assert!(m.contains("uio-none"), "{m}");
+    let m = err(c
+        .call(&Request::Detach { uio: "nope".into() }, &[])
+        .unwrap());
+    assert!(m.contains("nope"), "{m}");
+    assert_eq!(
+        c.call(
+            &Request::Detach {
+                uio: "uio-c".into()
+            },
+            &[]
+        )
+        .unwrap(),
+        Reply::Ok
+    );
+    match c.call(&Request::Stats, &[]).unwrap() {
+        Reply::Stats { luns } => assert!(luns.is_empty(), "{luns:?}"),
+        other => panic!("{other:?}"),
+    }
+    running.stop();
+}
