@@ -7,6 +7,8 @@
 //! NACA in the control byte) fails INVALID FIELD IN CDB with a field pointer to it. The
 //! per-command parsers below then check the fields whose *values* matter.
 
+use iomodes::Capabilities;
+
 use super::sense::{Failure, FieldPointer};
 
 /// Whether a command is supported regardless of the store, or only with a capability.
@@ -323,6 +325,16 @@ pub static OPCODES: &[OpSpec] = &[
     ),
 ];
 
+impl OpSpec {
+    /// Whether a LUN with these capabilities offers this command.
+    pub fn available(&self, caps: &Capabilities) -> bool {
+        match self.requires {
+            Requires::Always => true,
+            Requires::Discard => caps.can_discard,
+        }
+    }
+}
+
 /// True for the opcodes whose byte 1 carries a service action (bits 4..0).
 pub fn has_service_action(opcode: u8) -> bool {
     matches!(opcode, 0x9E | 0xA3)
@@ -516,10 +528,14 @@ fn check_usage(spec: &OpSpec, cdb: &[u8]) -> Result<(), Failure> {
     Ok(())
 }
 
-/// Parses and validates a CDB. Bytes after the command's length are ignored (the ring
-/// may hand over a fixed-size CDB buffer).
-pub fn parse(cdb: &[u8]) -> Result<Command, Failure> {
+/// Parses and validates a CDB for a LUN with `caps` (commands the LUN does not offer,
+/// such as UNMAP without discard, are invalid opcodes). Bytes after the command's length
+/// are ignored (the ring may hand over a fixed-size CDB buffer).
+pub fn parse(cdb: &[u8], caps: &Capabilities) -> Result<Command, Failure> {
     let spec = spec_for(cdb)?;
+    if !spec.available(caps) {
+        return Err(Failure::InvalidOpcode);
+    }
     check_usage(spec, cdb)?;
     let c = &cdb[..spec.usage.len()];
     let cmd = match (c[0], spec.service_action) {
@@ -723,6 +739,21 @@ fn lba_len(c: &[u8]) -> (u64, u32) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const CAPS: Capabilities = Capabilities {
+        can_write: true,
+        can_flush: true,
+        can_fua: true,
+        can_discard: true,
+        discard_zeroes: true,
+        write_cache: false,
+        rotational: false,
+        optimal_transfer_bytes: 0,
+    };
+
+    fn parse(cdb: &[u8]) -> Result<Command, Failure> {
+        super::parse(cdb, &CAPS)
+    }
 
     #[test]
     fn table_is_consistent() {

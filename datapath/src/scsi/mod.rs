@@ -183,7 +183,7 @@ impl Lun {
 
     /// Parses, validates, executes and completes one command. Never panics.
     pub fn execute(&self, cdb: &[u8], data: &mut DataIov<'_>) -> Response {
-        let parsed = cdb::parse(cdb);
+        let parsed = cdb::parse(cdb, &self.caps);
         let outcome = match &parsed {
             Ok(cmd) => self.run(cmd, data),
             Err(f) => Err(*f),

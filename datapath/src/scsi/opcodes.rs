@@ -4,17 +4,14 @@
 
 use iomodes::Capabilities;
 
-use super::cdb::{has_service_action, OpSpec, Requires, OPCODES};
+use super::cdb::{has_service_action, OpSpec, OPCODES};
 use super::sense::{Failure, FieldPointer};
 
 /// RECOMMENDED COMMAND TIMEOUT we report (seconds): LIO's default `cmd_time_out`.
 const RECOMMENDED_TIMEOUT_S: u32 = 30;
 
 fn supported(o: &OpSpec, caps: &Capabilities) -> bool {
-    match o.requires {
-        Requires::Always => true,
-        Requires::Discard => caps.can_discard,
-    }
+    o.available(caps)
 }
 
 fn timeouts_descriptor() -> [u8; 12] {

@@ -125,7 +125,7 @@ impl MemStore {
     fn check(&self, offset: u64, len: u64) -> Result<(), IoError> {
         let size = self.geometry.size_bytes();
         let bs = u64::from(self.geometry.block_size);
-        if offset % bs != 0 || len % bs != 0 {
+        if !offset.is_multiple_of(bs) || !len.is_multiple_of(bs) {
             return Err(IoError::Misaligned {
                 offset,
                 len,
@@ -243,4 +243,44 @@ impl BackingStore for MemStore {
         st.bytes[offset as usize..(offset + len) as usize].fill(0);
         Ok(())
     }
+}
+
+/// The result of [`exchange`]: the response and the whole data buffer afterwards.
+pub struct Exchange {
+    pub response: crate::ring::Response,
+    pub buffer: Vec<u8>,
+}
+
+impl Exchange {
+    /// The valid Data-In bytes (`data_in_len`, or the whole buffer when `None`).
+    pub fn data_in(&self) -> &[u8] {
+        match self.response.data_in_len {
+            Some(n) => &self.buffer[..(n as usize).min(self.buffer.len())],
+            None => &self.buffer,
+        }
+    }
+
+    /// Sense key, ASC and ASCQ (`None` unless CHECK CONDITION).
+    pub fn sense_code(&self) -> Option<(u8, u8, u8)> {
+        self.response.sense.map(|s| (s[2] & 0x0F, s[12], s[13]))
+    }
+}
+
+/// Garbage that pre-fills Data-In buffers so a leak of stale bytes shows.
+pub const GARBAGE: u8 = 0xA5;
+
+/// Runs one command through `lun` with a buffer of `len` bytes split into two runs (to
+/// exercise iovec boundaries): Data-Out bytes from `out`, the rest pre-filled with
+/// [`GARBAGE`].
+pub fn exchange(lun: &super::Lun, cdb: &[u8], out: &[u8], len: usize) -> Exchange {
+    let mut buffer = vec![GARBAGE; len];
+    let n = out.len().min(len);
+    buffer[..n].copy_from_slice(&out[..n]);
+    let split = len / 3;
+    let response = {
+        let (a, b) = buffer.split_at_mut(split);
+        let mut data = crate::ring::DataIov::from_slices(vec![a, b]);
+        lun.execute(cdb, &mut data)
+    };
+    Exchange { response, buffer }
 }
