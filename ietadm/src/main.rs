@@ -58,8 +58,14 @@ fn exit_status(errno: i32) -> u8 {
     (errno.wrapping_neg() & 0xff) as u8
 }
 
-fn strerror(errno: i32) -> &'static str {
-    nix::errno::Errno::from_raw(errno).desc()
+/// The C library's text for an errno, as IET printed it (`strerror`).
+fn strerror(errno: i32) -> String {
+    let text = std::io::Error::from_raw_os_error(errno).to_string();
+    // std appends " (os error N)" to the C library's message.
+    match text.rfind(" (os error ") {
+        Some(cut) => text[..cut].to_string(),
+        None => text,
+    }
 }
 
 fn main() -> ExitCode {
@@ -129,10 +135,12 @@ impl From<Failure> for Action {
 fn run(o: &Opts) -> Result<Option<String>, Action> {
     let op = match o.op {
         Some(Op::Valid(op)) => op,
-        Some(Op::Invalid(ref s)) => return Err(einval(format!(
+        Some(Op::Invalid(ref s)) => {
+            return Err(einval(format!(
             "You must specify the operation type (\"{s}\" is not one of new, delete, update, show)"
         ))
-        .into()),
+            .into())
+        }
         None => {
             return Err(
                 einval("You must specify the operation type (--op new|delete|update|show)").into(),

@@ -1,1 +1,427 @@
-fn main() {}
+//! The `ietd` daemon: reads ietd.conf and the allow files, provisions LIO through configfs,
+//! and serves ietadm on its control socket until SIGTERM/SIGINT, then removes what it
+//! made. `--check` only parses and prints the provisioning plan.
+//!
+//! Options follow IET's ietd (`-c -f -d -u -g -a -p -v -h`) plus ours. Differences from
+//! IET: `--help` exits 0 (IET exits 1); an explicit `-c FILE` that cannot be read is an
+//! error (IET silently fell back to /etc/ietd.conf); SIGTERM/SIGINT remove the targets
+//! (IET relied on the kernel module's release handler); SIGHUP is logged, not fatal.
+
+use std::fs::File;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+use signal_hook_mio::v1_0::Signals;
+use slog::{error, info, warn, Logger};
+
+use ietd::conf::{self, Loaded};
+use ietd::control::{self, ControlSocket, ServeOptions};
+use ietd::protocol;
+use ietd::provision::configfs::ConfigfsProvisioner;
+use ietd::provision::{plan_config, Settings};
+use ietd::state::State;
+
+const PRIMARY_CONF: &str = "/etc/iet/ietd.conf";
+const LEGACY_CONF: &str = "/etc/ietd.conf";
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "ietd",
+    about = "IET-compatible iSCSI target daemon on Linux LIO + TCMU",
+    disable_version_flag = true
+)]
+struct Cli {
+    /// Configuration file (default: /etc/iet/ietd.conf, then /etc/ietd.conf).
+    #[arg(short = 'c', long = "config", value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Do not fork; log to stderr.
+    #[arg(short = 'f', long = "foreground")]
+    foreground: bool,
+    /// Debug level: 1 debug, 2 trace.
+    #[arg(short = 'd', long = "debug", value_name = "LEVEL", default_value_t = 0)]
+    debug: u32,
+    /// Run as this numeric uid once the socket and pid file are open (0 = stay).
+    #[arg(short = 'u', long = "uid", value_name = "UID", default_value_t = 0)]
+    uid: u32,
+    /// Run as this numeric gid once the socket and pid file are open (0 = stay).
+    #[arg(short = 'g', long = "gid", value_name = "GID", default_value_t = 0)]
+    gid: u32,
+    /// Portal address the targets listen on (default: all).
+    #[arg(short = 'a', long = "address", value_name = "ADDR")]
+    address: Option<String>,
+    /// Portal port.
+    #[arg(
+        short = 'p',
+        long = "port",
+        value_name = "PORT",
+        default_value_t = 3260
+    )]
+    port: u16,
+    /// Print the version and exit.
+    #[arg(short = 'v', long = "version")]
+    version: bool,
+    /// Parse the configuration and allow files, print diagnostics and the configfs plan,
+    /// exit 0 if there is no error, else 1.
+    #[arg(long)]
+    check: bool,
+    /// Control socket (default: $IETD_SOCKET or /run/ietd/ietadm.sock).
+    #[arg(long, value_name = "PATH")]
+    socket: Option<PathBuf>,
+    /// Where configfs is mounted (a plain directory works for tests).
+    #[arg(long, value_name = "DIR", default_value = "/sys/kernel/config")]
+    configfs_root: PathBuf,
+    /// Directory searched for initiators.allow, initiators.deny and targets.allow, in
+    /// order; repeatable (default: /etc/iet, then /etc).
+    #[arg(long = "allow-dir", value_name = "DIR")]
+    allow_dir: Vec<PathBuf>,
+    /// PID file, locked while ietd runs; a second ietd is refused.
+    #[arg(long, value_name = "PATH", default_value = "/run/ietd.pid")]
+    pid_file: PathBuf,
+    /// Group (name or gid) whose members may administer ietd through the socket.
+    #[arg(long, value_name = "NAME|GID")]
+    admin_group: Option<String>,
+    /// Seconds a control client may leave a request unfinished or stay silent.
+    #[arg(long, value_name = "SECS", default_value_t = 10)]
+    client_timeout: u64,
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            use clap::error::ErrorKind;
+            let code = match e.kind() {
+                ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => 0,
+                _ => 1,
+            };
+            let _ = e.print();
+            return ExitCode::from(code);
+        }
+    };
+    if cli.version {
+        println!(
+            "ietd version {} (IET {} compatible)",
+            env!("CARGO_PKG_VERSION"),
+            "1.4.20.2"
+        );
+        return ExitCode::SUCCESS;
+    }
+    match run(cli) {
+        Ok(code) => code,
+        Err(msg) => {
+            eprintln!("ietd: {msg}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// Makes a path absolute against the starting directory, so it survives `chdir /`.
+fn absolute(p: &Path) -> Result<PathBuf, String> {
+    std::path::absolute(p).map_err(|e| format!("{}: {e}", p.display()))
+}
+
+/// IET's config search (spec §1). Returns the file, if any, and notes for the log.
+fn find_config(explicit: Option<&Path>) -> Result<(Option<PathBuf>, Vec<String>), String> {
+    if let Some(p) = explicit {
+        return match File::open(p) {
+            Ok(_) => Ok((Some(absolute(p)?), vec![])),
+            Err(e) => Err(format!("cannot open config file {}: {e}", p.display())),
+        };
+    }
+    if File::open(PRIMARY_CONF).is_ok() {
+        return Ok((Some(PathBuf::from(PRIMARY_CONF)), vec![]));
+    }
+    if File::open(LEGACY_CONF).is_ok() {
+        return Ok((
+            Some(PathBuf::from(LEGACY_CONF)),
+            vec![format!(
+                "{LEGACY_CONF} is a deprecated location; move it to {PRIMARY_CONF}"
+            )],
+        ));
+    }
+    Ok((
+        None,
+        vec!["ietd.conf not found, configure through ietadm".to_string()],
+    ))
+}
+
+fn load_config(cli: &Cli) -> Result<(Loaded, Vec<String>), String> {
+    let (path, notes) = find_config(cli.config.as_deref())?;
+    let allow_dirs: Vec<PathBuf> = if cli.allow_dir.is_empty() {
+        vec![PathBuf::from("/etc/iet"), PathBuf::from("/etc")]
+    } else {
+        cli.allow_dir
+            .iter()
+            .map(|d| absolute(d))
+            .collect::<Result<_, _>>()?
+    };
+    let loaded = match path {
+        Some(p) => conf::load(&p, &allow_dirs),
+        // Without ietd.conf the allow files still apply to targets made through ietadm.
+        None => {
+            let (access, diagnostics) = conf::load_access_rules(&allow_dirs, &[]);
+            Loaded {
+                config: conf::Config {
+                    access,
+                    ..conf::Config::default()
+                },
+                diagnostics,
+            }
+        }
+    };
+    Ok((loaded, notes))
+}
+
+fn settings(cli: &Cli, loaded: &Loaded) -> Result<Settings, String> {
+    let portals: Vec<SocketAddr> = match &cli.address {
+        None => vec![SocketAddr::from(([0, 0, 0, 0], cli.port))],
+        Some(a) => {
+            // Accept a bare IPv6 address as IET's getaddrinfo did.
+            let host = a.trim_start_matches('[').trim_end_matches(']');
+            (host, cli.port)
+                .to_socket_addrs()
+                .map_err(|e| format!("-a {a}: {e}"))?
+                .collect()
+        }
+    };
+    Ok(Settings {
+        portals,
+        access: loaded.config.access.clone(),
+        ..Settings::default()
+    })
+}
+
+fn check(cli: &Cli) -> Result<ExitCode, String> {
+    let (loaded, notes) = load_config(cli)?;
+    for n in &notes {
+        eprintln!("ietd: warning: {n}");
+    }
+    for d in &loaded.diagnostics {
+        eprintln!("{d}");
+    }
+    let settings = settings(cli, &loaded)?;
+    let mut out = std::io::stdout().lock();
+    for op in plan_config(&loaded.config, &settings) {
+        writeln!(out, "{op}").map_err(|e| format!("writing the plan: {e}"))?;
+    }
+    Ok(if loaded.has_errors() {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+fn resolve_group(spec: &str) -> Result<u32, String> {
+    if let Ok(gid) = spec.parse::<u32>() {
+        return Ok(gid);
+    }
+    match nix::unistd::Group::from_name(spec) {
+        Ok(Some(g)) => Ok(g.gid.as_raw()),
+        Ok(None) => Err(format!("--admin-group {spec}: no such group")),
+        Err(e) => Err(format!("--admin-group {spec}: {e}")),
+    }
+}
+
+fn run(mut cli: Cli) -> Result<ExitCode, String> {
+    if cli.check {
+        return check(&cli);
+    }
+    cli.socket = Some(absolute(&protocol::socket_path(cli.socket.take()))?);
+    cli.pid_file = absolute(&cli.pid_file)?;
+    cli.configfs_root = absolute(&cli.configfs_root)?;
+    let admin_gid = cli.admin_group.as_deref().map(resolve_group).transpose()?;
+    let (loaded, notes) = load_config(&cli)?;
+    let settings = settings(&cli, &loaded)?;
+    if cli.foreground {
+        let log = ietd::log::stderr_logger(ietd::log::level_for_debug(cli.debug));
+        return Ok(serve(&cli, loaded, notes, settings, admin_gid, None, &log));
+    }
+    let (read_end, write_end) = nix::unistd::pipe().map_err(|e| format!("pipe: {e}"))?;
+    // SAFETY: ietd has started no threads yet (no logger, no signal thread), so the
+    // child may run arbitrary code after fork.
+    match unsafe { nix::unistd::fork() }.map_err(|e| format!("fork: {e}"))? {
+        nix::unistd::ForkResult::Parent { .. } => {
+            drop(write_end);
+            Ok(wait_ready(read_end))
+        }
+        nix::unistd::ForkResult::Child => {
+            drop(read_end);
+            let _ = nix::unistd::setsid();
+            let _ = std::env::set_current_dir("/");
+            let log = ietd::log::syslog_logger(ietd::log::level_for_debug(cli.debug));
+            let code = serve(
+                &cli,
+                loaded,
+                notes,
+                settings,
+                admin_gid,
+                Some(File::from(write_end)),
+                &log,
+            );
+            Ok(code)
+        }
+    }
+}
+
+/// The parent of a daemonizing ietd waits until the child is serving (or failed), so
+/// that `ietd` returns a meaningful status to init scripts.
+fn wait_ready(read_end: OwnedFd) -> ExitCode {
+    let mut msg = String::new();
+    let _ = File::from(read_end).read_to_string(&mut msg);
+    if msg.starts_with("OK") {
+        ExitCode::SUCCESS
+    } else {
+        let why = msg
+            .strip_prefix("ERR ")
+            .unwrap_or("the daemon exited during startup");
+        eprintln!("ietd: {}", why.trim_end());
+        ExitCode::from(1)
+    }
+}
+
+/// Startup after the fork (or in the foreground), the serving loop and teardown.
+fn serve(
+    cli: &Cli,
+    loaded: Loaded,
+    notes: Vec<String>,
+    settings: Settings,
+    admin_gid: Option<u32>,
+    mut ready: Option<File>,
+    log: &Logger,
+) -> ExitCode {
+    let mut fail = |msg: String| {
+        error!(log, "startup failed"; "error" => &msg);
+        match ready.take() {
+            Some(mut r) => {
+                let _ = writeln!(r, "ERR {msg}");
+            }
+            None => eprintln!("ietd: {msg}"),
+        }
+        ExitCode::from(1)
+    };
+    for n in &notes {
+        warn!(log, "{}", n);
+    }
+    for d in &loaded.diagnostics {
+        if d.is_error() {
+            error!(log, "config"; "diagnostic" => %d);
+        } else {
+            warn!(log, "config"; "diagnostic" => %d);
+        }
+    }
+    let mut signals = match Signals::new([SIGTERM, SIGINT, SIGHUP]) {
+        Ok(s) => s,
+        Err(e) => return fail(format!("installing signal handlers: {e}")),
+    };
+    let pid_file = match lock_pid_file(&cli.pid_file) {
+        Ok(f) => f,
+        Err(e) => return fail(e),
+    };
+    let socket_path = cli
+        .socket
+        .clone()
+        .unwrap_or_else(|| protocol::socket_path(None));
+    let mut socket = match ControlSocket::bind(&socket_path, admin_gid) {
+        Ok(s) => s,
+        Err(e) => return fail(e.to_string()),
+    };
+    if cli.gid != 0 {
+        if let Err(e) = nix::unistd::setgid(nix::unistd::Gid::from_raw(cli.gid)) {
+            socket.remove(log);
+            return fail(format!("setgid {}: {e}", cli.gid));
+        }
+    }
+    if cli.uid != 0 {
+        if let Err(e) = nix::unistd::setuid(nix::unistd::Uid::from_raw(cli.uid)) {
+            socket.remove(log);
+            return fail(format!("setuid {}: {e}", cli.uid));
+        }
+    }
+    let prov = match ConfigfsProvisioner::new(cli.configfs_root.clone(), settings, log.clone()) {
+        Ok(p) => p,
+        Err(e) => {
+            socket.remove(log);
+            return fail(format!("configfs at {}: {e}", cli.configfs_root.display()));
+        }
+    };
+    let (mut state, failures) = State::from_config(loaded.config, Box::new(prov), log.clone());
+    info!(log, "ietd started"; "targets" => state.target_count(), "failed" => failures,
+        "configfs" => %cli.configfs_root.display(), "socket" => %socket_path.display());
+    if let Some(mut r) = ready.take() {
+        let _ = writeln!(r, "OK");
+        drop(r);
+        detach_stdio();
+    }
+    let opts = ServeOptions {
+        admin_gid,
+        client_timeout: Duration::from_secs(cli.client_timeout.max(1)),
+    };
+    let result = control::serve(&mut socket, &mut signals, &mut state, &opts, log);
+    let left = state.teardown();
+    socket.remove(log);
+    drop(pid_file);
+    let _ = std::fs::remove_file(&cli.pid_file);
+    match result {
+        Err(e) => {
+            error!(log, "control loop failed"; "error" => %e);
+            ExitCode::from(1)
+        }
+        Ok(_) if !left.is_empty() => {
+            error!(log, "stopped, but some targets could not be removed"; "count" => left.len());
+            ExitCode::from(1)
+        }
+        Ok(stop) => {
+            info!(log, "ietd stopped"; "reason" => ?stop);
+            ExitCode::SUCCESS
+        }
+    }
+}
+
+/// Creates and locks the pid file the way IET did (lockf F_TLOCK), then writes our pid.
+/// The returned file must stay open: closing it drops the lock.
+fn lock_pid_file(path: &Path) -> Result<File, String> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    }
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o644)
+        .open(path)
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    // SAFETY: the descriptor is valid for the lifetime of `f`; lockf takes no pointers.
+    if unsafe { libc::lockf(f.as_raw_fd(), libc::F_TLOCK, 0) } != 0 {
+        let e = std::io::Error::last_os_error();
+        return Err(format!(
+            "unable to lock pid file {} ({e}); is another ietd running?",
+            path.display()
+        ));
+    }
+    f.set_len(0)
+        .and_then(|()| writeln!(f, "{}", std::process::id()))
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    Ok(f)
+}
+
+/// Points stdin, stdout and stderr at /dev/null once a daemon no longer needs them.
+fn detach_stdio() {
+    if let Ok(null) = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/null")
+    {
+        for fd in 0..3 {
+            // SAFETY: both descriptors are valid; dup2 only replaces the target fd.
+            unsafe { libc::dup2(null.as_raw_fd(), fd) };
+        }
+    }
+}
