@@ -267,7 +267,10 @@ pub fn serve(
                 SIGNALS => {
                     for sig in signals.pending() {
                         if sig == SIGHUP {
-                            warn!(log, "SIGHUP: reload not yet supported; configuration unchanged");
+                            warn!(
+                                log,
+                                "SIGHUP: reload not yet supported; configuration unchanged"
+                            );
                         } else {
                             info!(log, "stopping"; "signal" => sig);
                             close_all(&mut clients, &poll);
@@ -362,11 +365,10 @@ fn accept_all(
         };
         let token = Token(*next);
         *next = next.wrapping_add(1).max(FIRST_CLIENT);
-        if let Err(e) = poll.registry().register(
-            &mut stream,
-            token,
-            Interest::READABLE | Interest::WRITABLE,
-        ) {
+        if let Err(e) =
+            poll.registry()
+                .register(&mut stream, token, Interest::READABLE | Interest::WRITABLE)
+        {
             warn!(log, "cannot watch control client"; "error" => %e);
             continue;
         }
@@ -544,13 +546,15 @@ pub fn dispatch(state: &mut State, req: Request, log: &Logger) -> Response {
             state.session_delete(tid, sid).map(|()| done(vec![]))
         }
         Request::ConnectionShow { tid, sid, cid } => {
-            state.connection_show(tid, sid, cid).map(|c| Reply::Connection {
-                cid: c.cid,
-                ip: c.ip,
-                state: c.state,
-                header_digest: c.header_digest,
-                data_digest: c.data_digest,
-            })
+            state
+                .connection_show(tid, sid, cid)
+                .map(|c| Reply::Connection {
+                    cid: c.cid,
+                    ip: c.ip,
+                    state: c.state,
+                    header_digest: c.header_digest,
+                    data_digest: c.data_digest,
+                })
         }
         Request::ConnectionDelete { tid, sid, cid } => state
             .connection_delete(tid, sid, cid)
@@ -566,11 +570,9 @@ pub fn dispatch(state: &mut State, req: Request, log: &Logger) -> Response {
         Request::AccountDelete { tid, dir, user } => {
             state.account_delete(tid, dir, &user).map(|()| done(vec![]))
         }
-        Request::AccountList { tid } => {
-            state
-                .account_list(tid)
-                .map(|(incoming, outgoing)| Reply::Accounts { incoming, outgoing })
-        }
+        Request::AccountList { tid } => state
+            .account_list(tid)
+            .map(|(incoming, outgoing)| Reply::Accounts { incoming, outgoing }),
         Request::AccountShow { tid, dir, user } => {
             state.account_show(tid, dir, &user).map(|a| Reply::Account {
                 dir,
@@ -581,7 +583,10 @@ pub fn dispatch(state: &mut State, req: Request, log: &Logger) -> Response {
         Request::SysDelete => {
             // IET 1.4.20 only left iSNS here; ietd has no iSNS client, so there is
             // nothing to undo. Targets go away when the daemon stops.
-            info!(log, "system delete requested: no iSNS registration to withdraw");
+            info!(
+                log,
+                "system delete requested: no iSNS registration to withdraw"
+            );
             Ok(done(vec![]))
         }
         Request::Volumes => Ok(Reply::Volumes {

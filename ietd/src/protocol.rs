@@ -232,11 +232,17 @@ pub struct TargetSessions {
 pub enum Reply {
     /// The change was made. `warnings` are things the user should know about it (a
     /// replaced out-of-range value, an ignored LUN parameter).
-    Done { warnings: Vec<String> },
+    Done {
+        warnings: Vec<String>,
+    },
     /// A target was created with this tid.
-    TargetCreated { tid: u32 },
+    TargetCreated {
+        tid: u32,
+    },
     /// Show output, in IET's order.
-    Params { params: Vec<KeyValue> },
+    Params {
+        params: Vec<KeyValue>,
+    },
     Accounts {
         incoming: Vec<String>,
         outgoing: Vec<String>,
@@ -254,8 +260,12 @@ pub enum Reply {
         data_digest: String,
     },
     /// Targets in IET's `/proc` order (newest first).
-    Volumes { targets: Vec<TargetVolumes> },
-    Sessions { targets: Vec<TargetSessions> },
+    Volumes {
+        targets: Vec<TargetVolumes>,
+    },
+    Sessions {
+        targets: Vec<TargetSessions>,
+    },
 }
 
 /// One answer line: `{"ok":true,"data":{…}}` or `{"ok":false,"errno":N,"message":"…"}`.
@@ -343,8 +353,9 @@ mod tests {
 
     #[test]
     fn unknown_fields_and_ops_are_refused() {
-        assert!(serde_json::from_str::<Request>(r#"{"op":"target_delete","tid":1,"x":2}"#)
-            .is_err());
+        assert!(
+            serde_json::from_str::<Request>(r#"{"op":"target_delete","tid":1,"x":2}"#).is_err()
+        );
         assert!(serde_json::from_str::<Request>(r#"{"op":"format_disk"}"#).is_err());
         assert!(serde_json::from_str::<Request>(r#"{"op":"target_delete","tid":-1}"#).is_err());
         assert_eq!(

@@ -177,7 +177,11 @@ impl State {
             };
             for lun in luns.into_values() {
                 let n = lun.lun;
-                let at = lun.origin.as_ref().map(|o| o.to_string()).unwrap_or_default();
+                let at = lun
+                    .origin
+                    .as_ref()
+                    .map(|o| o.to_string())
+                    .unwrap_or_default();
                 if let Err(e) = state.add_lun(tid, lun) {
                     failures += 1;
                     error!(state.log, "unable to create logical unit"; "tid" => tid, "lun" => n, "at" => at, "error" => %e);
@@ -414,7 +418,10 @@ impl State {
             let t = self.targets.get(&tid).ok_or(StateError::NoTarget { tid })?;
             self.prov
                 .delete_connection(t, sid, c.cid)
-                .map_err(prov_err(format!("closing connection {} of session {sid}", c.cid)))?;
+                .map_err(prov_err(format!(
+                    "closing connection {} of session {sid}",
+                    c.cid
+                )))?;
         }
         info!(self.log, "session closed"; "tid" => tid, "sid" => sid);
         Ok(())
@@ -436,7 +443,9 @@ impl State {
         let t = self.targets.get(&tid).ok_or(StateError::NoTarget { tid })?;
         self.prov
             .delete_connection(t, sid, cid)
-            .map_err(prov_err(format!("closing connection {cid} of session {sid}")))?;
+            .map_err(prov_err(format!(
+                "closing connection {cid} of session {sid}"
+            )))?;
         info!(self.log, "connection closed"; "tid" => tid, "sid" => sid, "cid" => cid);
         Ok(())
     }
@@ -572,7 +581,12 @@ impl State {
     }
 
     /// `ietadm --op delete --user --params IncomingUser=NAME`.
-    pub fn account_delete(&mut self, tid: u32, dir: Direction, user: &str) -> Result<(), StateError> {
+    pub fn account_delete(
+        &mut self,
+        tid: u32,
+        dir: Direction,
+        user: &str,
+    ) -> Result<(), StateError> {
         let missing = || StateError::NoAccount {
             scope: scope_name(tid),
             dir: dir.keyword(),
@@ -610,7 +624,12 @@ impl State {
     }
 
     /// One account with its password; an empty `user` gives the first one (IET).
-    pub fn account_show(&self, tid: u32, dir: Direction, user: &str) -> Result<Account, StateError> {
+    pub fn account_show(
+        &self,
+        tid: u32,
+        dir: Direction,
+        user: &str,
+    ) -> Result<Account, StateError> {
         let a = self.accounts(tid)?;
         let found = match dir {
             Direction::Incoming => a
@@ -819,7 +838,9 @@ mod tests {
         fn step(&self, call: String) -> Result<(), ProvisionError> {
             let mut j = self.0.lock().unwrap();
             if j.fail_on.as_deref().is_some_and(|f| call.starts_with(f)) {
-                return Err(ProvisionError::Invalid(format!("injected failure in {call}")));
+                return Err(ProvisionError::Invalid(format!(
+                    "injected failure in {call}"
+                )));
             }
             j.calls.push(call);
             Ok(())
@@ -850,7 +871,12 @@ mod tests {
         fn sessions(&self, _t: &Target) -> Result<Vec<Session>, ProvisionError> {
             Ok(self.0.lock().unwrap().sessions.clone())
         }
-        fn delete_connection(&mut self, t: &Target, sid: u64, cid: u32) -> Result<(), ProvisionError> {
+        fn delete_connection(
+            &mut self,
+            t: &Target,
+            sid: u64,
+            cid: u32,
+        ) -> Result<(), ProvisionError> {
             self.step(format!("delete_conn {} {sid} {cid}", t.tid))
         }
     }
@@ -933,7 +959,13 @@ mod tests {
             .collect();
         assert_eq!(
             t,
-            ["Wthreads=8", "Type=0", "QueuedCommands=32", "NOPInterval=0", "NOPTimeout=0"]
+            [
+                "Wthreads=8",
+                "Type=0",
+                "QueuedCommands=32",
+                "NOPInterval=0",
+                "NOPTimeout=0"
+            ]
         );
         let sess = s.session_show(1, 0).unwrap();
         assert_eq!(sess.len(), 19);
@@ -977,11 +1009,23 @@ mod tests {
     fn luns() {
         let (mut s, _) = state();
         s.target_new(0, "iqn.a").unwrap();
-        assert_eq!(s.lun_new(9, 0, "Type=nullio").unwrap_err().errno(), libc::ENOENT);
-        assert_eq!(s.lun_new(1, 16384, "Type=nullio").unwrap_err().errno(), libc::EINVAL);
-        assert_eq!(s.lun_new(1, 0, "Type=fileio").unwrap_err().errno(), libc::EINVAL);
+        assert_eq!(
+            s.lun_new(9, 0, "Type=nullio").unwrap_err().errno(),
+            libc::ENOENT
+        );
+        assert_eq!(
+            s.lun_new(1, 16384, "Type=nullio").unwrap_err().errno(),
+            libc::EINVAL
+        );
+        assert_eq!(
+            s.lun_new(1, 0, "Type=fileio").unwrap_err().errno(),
+            libc::EINVAL
+        );
         s.lun_new(1, 0, "Type=nullio,Blocks=100").unwrap();
-        assert_eq!(s.lun_new(1, 0, "Type=nullio").unwrap_err().errno(), libc::EEXIST);
+        assert_eq!(
+            s.lun_new(1, 0, "Type=nullio").unwrap_err().errno(),
+            libc::EEXIST
+        );
         let v = s.volumes();
         assert_eq!(v[0].luns[0].blocks, Some(100));
         assert_eq!(v[0].luns[0].path, None);
@@ -1011,17 +1055,27 @@ mod tests {
         );
         assert_eq!(s.account_list(0).unwrap().0, ["disc"]);
         assert_eq!(
-            s.account_show(1, Direction::Incoming, "b").unwrap().password.expose(),
+            s.account_show(1, Direction::Incoming, "b")
+                .unwrap()
+                .password
+                .expose(),
             "pw3"
         );
-        assert_eq!(s.account_show(1, Direction::Incoming, "").unwrap().user, "a");
         assert_eq!(
-            s.account_show(1, Direction::Incoming, "zz").unwrap_err().errno(),
+            s.account_show(1, Direction::Incoming, "").unwrap().user,
+            "a"
+        );
+        assert_eq!(
+            s.account_show(1, Direction::Incoming, "zz")
+                .unwrap_err()
+                .errno(),
             libc::ENOENT
         );
         s.account_delete(1, Direction::Incoming, "a").unwrap();
         assert_eq!(
-            s.account_delete(1, Direction::Incoming, "a").unwrap_err().errno(),
+            s.account_delete(1, Direction::Incoming, "a")
+                .unwrap_err()
+                .errno(),
             libc::ENOENT
         );
         assert_eq!(
@@ -1047,9 +1101,22 @@ mod tests {
             parse_redirect("[fe80::1]:99").unwrap().unwrap(),
             "[fe80::1]:99"
         );
-        assert_eq!(parse_redirect("fe80::1").unwrap().unwrap(), "[fe80::1]:3260");
-        for bad in ["host.example", "10.0.0.2:0", "10.0.0.2:x", "[fe80::1", "[::1]x"] {
-            assert_eq!(parse_redirect(bad).unwrap_err().errno(), libc::EINVAL, "{bad}");
+        assert_eq!(
+            parse_redirect("fe80::1").unwrap().unwrap(),
+            "[fe80::1]:3260"
+        );
+        for bad in [
+            "host.example",
+            "10.0.0.2:0",
+            "10.0.0.2:x",
+            "[fe80::1",
+            "[::1]x",
+        ] {
+            assert_eq!(
+                parse_redirect(bad).unwrap_err().errno(),
+                libc::EINVAL,
+                "{bad}"
+            );
         }
     }
 }
