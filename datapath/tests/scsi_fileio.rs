@@ -1,0 +1,173 @@
+//! The SCSI emulation over real `iomodes` fileio stores on a temporary file, in each
+//! IOMode: what the initiator sees (WCE, WP, capacity) and what lands in the file.
+
+use std::io::Write;
+use std::path::Path;
+use std::sync::Arc;
+
+use datapath::ring::status;
+use datapath::scsi::testing::{exchange, Exchange};
+use datapath::scsi::{Identity, Lun};
+use iomodes::{IoMode, IoType, StoreSpec};
+
+fn identity() -> Identity {
+    Identity {
+        target: "iqn.2024-01.test:fileio".into(),
+        lun: 1,
+        scsi_id: *b"fileio-test\0\0\0\0\0",
+        scsi_sn: "FIO1".into(),
+    }
+}
+
+fn backing(dir: &Path, bytes: &[u8]) -> std::path::PathBuf {
+    let path = dir.join("disk.img");
+    let mut f = std::fs::File::create(&path).unwrap();
+    f.write_all(bytes).unwrap();
+    path
+}
+
+fn open(path: &Path, mode: IoMode, block_size: u32) -> Lun {
+    let store = iomodes::open(&StoreSpec {
+        path: path.to_path_buf(),
+        io_type: IoType::FileIo,
+        io_mode: mode,
+        block_size: Some(block_size),
+        blocks: None,
+    })
+    .unwrap();
+    Lun::new(Arc::from(store), identity())
+}
+
+fn good(x: &Exchange) {
+    assert_eq!(x.response.status, status::GOOD, "{:02x?}", x.response.sense);
+}
+
+fn write10(lun: &Lun, lba: u32, data: &[u8], bs: usize) -> Exchange {
+    let n = ((data.len() / bs) as u16).to_be_bytes();
+    let l = lba.to_be_bytes();
+    exchange(
+        lun,
+        &[0x2A, 0, l[0], l[1], l[2], l[3], 0, n[0], n[1], 0],
+        data,
+        data.len(),
+    )
+}
+
+fn read10(lun: &Lun, lba: u32, blocks: u16, bs: usize) -> Exchange {
+    let n = blocks.to_be_bytes();
+    let l = lba.to_be_bytes();
+    exchange(
+        lun,
+        &[0x28, 0, l[0], l[1], l[2], l[3], 0, n[0], n[1], 0],
+        &[],
+        usize::from(blocks) * bs,
+    )
+}
+
+fn caching_byte(lun: &Lun) -> (u8, u8) {
+    let x = exchange(lun, &[0x1A, 0x08, 0x08, 0, 255, 0], &[], 255);
+    good(&x);
+    let d = x.data_in();
+    assert_eq!(d[4], 0x08);
+    (d[2], d[6])
+}
+
+#[test]
+fn wb_wt_ro_as_the_initiator_sees_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = backing(dir.path(), &vec![0u8; 1 << 20]);
+    for (mode, wce, wp) in [
+        (IoMode::Wb, true, false),
+        (IoMode::Wt, false, false),
+        (IoMode::Ro, false, true),
+    ] {
+        let lun = open(&path, mode, 512);
+        let (dev, caching) = caching_byte(&lun);
+        assert_eq!(caching & 0x04 != 0, wce, "{mode}");
+        assert_eq!(dev & 0x80 != 0, wp, "{mode}");
+        let x = exchange(&lun, &[0x25, 0, 0, 0, 0, 0, 0, 0, 0, 0], &[], 8);
+        good(&x);
+        assert_eq!(x.data_in(), &[0, 0, 0x07, 0xFF, 0, 0, 0x02, 0x00]);
+    }
+}
+
+#[test]
+fn writes_reach_the_file_in_wb_and_wt() {
+    for mode in [IoMode::Wb, IoMode::Wt] {
+        let dir = tempfile::tempdir().unwrap();
+        let path = backing(dir.path(), &vec![0u8; 1 << 20]);
+        let lun = open(&path, mode, 4096);
+        let data: Vec<u8> = (0..3 * 4096).map(|i| (i % 251) as u8).collect();
+        good(&write10(&lun, 5, &data, 4096));
+        good(&exchange(&lun, &[0x35, 0, 0, 0, 0, 0, 0, 0, 0, 0], &[], 0));
+        let x = read10(&lun, 5, 3, 4096);
+        good(&x);
+        assert_eq!(x.buffer, data);
+        let file = std::fs::read(&path).unwrap();
+        assert_eq!(&file[5 * 4096..8 * 4096], &data[..]);
+        // WRITE SAME with a pattern, then COMPARE AND WRITE against it.
+        let block = vec![0x42u8; 4096];
+        good(&exchange(
+            &lun,
+            &[0x41, 0, 0, 0, 0, 20, 0, 0, 4, 0],
+            &block,
+            4096,
+        ));
+        let mut caw = [0u8; 16];
+        caw[0] = 0x89;
+        caw[9] = 21;
+        caw[13] = 1;
+        let mut out = block.clone();
+        out.extend_from_slice(&[0x24u8; 4096]);
+        good(&exchange(&lun, &caw, &out, 8192));
+        let file = std::fs::read(&path).unwrap();
+        assert!(file[20 * 4096..21 * 4096].iter().all(|&b| b == 0x42));
+        assert!(file[21 * 4096..22 * 4096].iter().all(|&b| b == 0x24));
+        assert!(file[22 * 4096..24 * 4096].iter().all(|&b| b == 0x42));
+    }
+}
+
+#[test]
+fn ro_refuses_writes_and_leaves_the_file_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let original: Vec<u8> = (0..1 << 20).map(|i| (i % 253) as u8).collect();
+    let path = backing(dir.path(), &original);
+    let lun = open(&path, IoMode::Ro, 512);
+    let x = write10(&lun, 0, &[1u8; 1024], 512);
+    assert_eq!(x.response.status, status::CHECK_CONDITION);
+    assert_eq!(x.sense_code(), Some((0x7, 0x27, 0x00)));
+    let x = exchange(&lun, &[0x41, 0, 0, 0, 0, 0, 0, 0, 8, 0], &[0u8; 512], 512);
+    assert_eq!(x.sense_code(), Some((0x7, 0x27, 0x00)));
+    let x = read10(&lun, 2, 2, 512);
+    good(&x);
+    assert_eq!(x.buffer, &original[1024..2048]);
+    assert_eq!(std::fs::read(&path).unwrap(), original);
+}
+
+#[test]
+fn unmap_on_a_file_reads_back_zeroes_when_lbprz_is_advertised() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = backing(dir.path(), &vec![0xEEu8; 1 << 20]);
+    let lun = open(&path, IoMode::Wt, 512);
+    let x = exchange(&lun, &[0x12, 1, 0xB2, 0, 64, 0], &[], 64);
+    good(&x);
+    let lbpu = x.data_in()[5] & 0x80 != 0;
+    let lbprz = x.data_in()[5] & 0x04 != 0;
+    let mut list = vec![0u8; 24];
+    list[1] = 22;
+    list[3] = 16;
+    list[19] = 8; // LBA 0, 8 blocks
+    let x = exchange(&lun, &[0x42, 0, 0, 0, 0, 0, 0, 0, 24, 0], &list, 24);
+    if !lbpu {
+        assert_eq!(x.sense_code(), Some((0x5, 0x20, 0x00)));
+        return;
+    }
+    good(&x);
+    if lbprz {
+        let x = read10(&lun, 0, 8, 512);
+        good(&x);
+        assert!(x.buffer.iter().all(|&b| b == 0));
+    }
+    let x = read10(&lun, 8, 1, 512);
+    assert!(x.buffer.iter().all(|&b| b == 0xEE));
+}
