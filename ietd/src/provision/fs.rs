@@ -167,12 +167,18 @@ impl ConfigFs {
         fs::remove_dir(&path).map_err(|e| io_err("rmdir", &path, e))
     }
 
-    /// Names of the entries of a directory, sorted; a missing directory is empty.
+    /// Names of the entries of a directory, sorted; a missing directory, or an attribute
+    /// file where a directory was expected (`target/iscsi/lio_version`), is empty.
     pub fn list(&self, rel: &str) -> Result<Vec<String>, ProvisionError> {
         let path = self.abs(rel);
         let rd = match fs::read_dir(&path) {
             Ok(rd) => rd,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e)
+                if e.kind() == io::ErrorKind::NotFound
+                    || e.raw_os_error() == Some(libc::ENOTDIR) =>
+            {
+                return Ok(Vec::new())
+            }
             Err(e) => return Err(io_err("list", &path, e)),
         };
         let mut names = Vec::new();
@@ -184,13 +190,30 @@ impl ConfigFs {
         Ok(names)
     }
 
-    /// Where a symlink points, relative to the root when it points inside it.
+    /// Where a symlink points, relative to the root when it points inside it. The
+    /// kernel's configfs answers with a path relative to the link's directory
+    /// (`../../../../core/user_0/x`); that is resolved lexically.
     pub fn read_link(&self, rel: &str) -> Result<String, ProvisionError> {
         let path = self.abs(rel);
         let target = fs::read_link(&path).map_err(|e| io_err("readlink", &path, e))?;
-        Ok(match target.strip_prefix(&self.root) {
+        let full = if target.is_absolute() {
+            target
+        } else {
+            let mut out = path.parent().map(Path::to_path_buf).unwrap_or_default();
+            for c in target.components() {
+                match c {
+                    std::path::Component::ParentDir => {
+                        out.pop();
+                    }
+                    std::path::Component::CurDir => {}
+                    other => out.push(other),
+                }
+            }
+            out
+        };
+        Ok(match full.strip_prefix(&self.root) {
             Ok(r) => r.to_string_lossy().into_owned(),
-            Err(_) => target.to_string_lossy().into_owned(),
+            Err(_) => full.to_string_lossy().into_owned(),
         })
     }
 
