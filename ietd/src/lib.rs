@@ -4,6 +4,7 @@
 pub mod conf;
 pub mod control;
 pub mod log;
+pub mod netlink;
 pub mod protocol;
 pub mod provision;
 pub mod state;
