@@ -1260,22 +1260,76 @@ fn format_unit() {
     );
 }
 
-#[test]
-fn get_lba_status_reports_mapped() {
-    let (_, lun) = thin();
-    let mut c = cdb16(0x9E, 0x12, 100, 0);
-    c[10..14].copy_from_slice(&64u32.to_be_bytes());
-    let x = exchange(&lun, &c, &[], 64);
-    good(&x);
+fn get_lba_status(lun: &Lun, lba: u64) -> Exchange {
+    let mut c = cdb16(0x9E, 0x12, lba, 0);
+    c[10..14].copy_from_slice(&4096u32.to_be_bytes());
+    exchange(lun, &c, &[], 4096)
+}
+
+fn lba_status_descriptors(x: &Exchange) -> Vec<(u64, u32, u8)> {
     let d = x.data_in();
-    assert_eq!(d.len(), 24);
-    assert_eq!(&d[..4], &20u32.to_be_bytes());
-    assert_eq!(&d[8..16], &100u64.to_be_bytes());
-    assert_eq!(&d[16..20], &((BLOCKS - 100) as u32).to_be_bytes());
-    assert_eq!(d[20], 0);
-    let mut past = c;
-    past[2..10].copy_from_slice(&BLOCKS.to_be_bytes());
-    lba_out_of_range(&exchange(&lun, &past, &[], 64));
+    assert_eq!(
+        u32::from_be_bytes(d[..4].try_into().unwrap()) as usize + 4,
+        d.len()
+    );
+    d[8..]
+        .chunks(16)
+        .map(|e| {
+            (
+                u64::from_be_bytes(e[..8].try_into().unwrap()),
+                u32::from_be_bytes(e[8..12].try_into().unwrap()),
+                e[12],
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn get_lba_status_from_data() {
+    // Without LBPME everything is mapped.
+    let (_, lun) = wt();
+    let x = get_lba_status(&lun, 100);
+    good(&x);
+    assert_eq!(
+        lba_status_descriptors(&x),
+        vec![(100, (BLOCKS - 100) as u32, 0)]
+    );
+    assert!(x.buffer[24..].iter().all(|&b| b == 0));
+    lba_out_of_range(&get_lba_status(&lun, BLOCKS));
+
+    // With LBPRZ, zero blocks are reported deallocated.
+    let (store, lun) = thin();
+    store.fill(100 * 512, &[1; 10 * 512]);
+    store.fill(200 * 512 + 511, &[1]);
+    let x = get_lba_status(&lun, 90);
+    good(&x);
+    assert_eq!(
+        lba_status_descriptors(&x),
+        vec![
+            (90, 10, 1),
+            (100, 10, 0),
+            (110, 90, 1),
+            (200, 1, 0),
+            (201, (BLOCKS - 201) as u32, 1)
+        ]
+    );
+    // After UNMAP the range reads deallocated.
+    let list = unmap_list(&[(100, 5)]);
+    good(&exchange(
+        &lun,
+        &unmap_cdb(list.len() as u16),
+        &list,
+        list.len(),
+    ));
+    assert_eq!(
+        lba_status_descriptors(&get_lba_status(&lun, 100))[0],
+        (100, 5, 1)
+    );
+    // Allocation length 24: only the first descriptor.
+    let mut c = cdb16(0x9E, 0x12, 90, 0);
+    c[13] = 24;
+    let x = exchange(&lun, &c, &[], 4096);
+    assert_eq!(x.response.data_in_len, Some(24));
 }
 
 #[test]

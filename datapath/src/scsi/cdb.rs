@@ -279,7 +279,7 @@ pub static OPCODES: &[OpSpec] = &[
         0x9E,
         Some(0x12),
         "GET LBA STATUS",
-        "mod::get_lba_status",
+        "io::get_lba_status",
         Always,
         [0x9E, 0x12, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, 0, 0]
     ),

@@ -22,6 +22,9 @@ use crate::ring::DataIov;
 /// Largest bounce buffer a compare or WRITE SAME allocates.
 const CHUNK_BYTES: usize = 1 << 20;
 
+/// How much of the medium one GET LBA STATUS reads to classify blocks.
+const LBA_STATUS_SCAN_BYTES: u64 = 8 << 20;
+
 /// The first `n` bytes of a list of mutable runs.
 fn prefix_mut<'b>(runs: &'b mut [IoSliceMut<'_>], mut n: usize) -> Vec<IoSliceMut<'b>> {
     let mut out = Vec::with_capacity(runs.len());
@@ -462,6 +465,47 @@ impl Lun {
             .write_at(&[IoSlice::new(new)], offset, fua)
             .map_err(|e| self.io_err(e))?;
         Ok(Completion::no_data())
+    }
+
+    /// GET LBA STATUS. The store cannot say which ranges are holes, so with LBPRZ the
+    /// answer is derived from the data: a block that reads as zeroes is reported
+    /// deallocated, which is what the initiator would observe if it were (it reads back
+    /// zeroes) and lets thin-aware copy tools skip it. Without LBPME everything is
+    /// mapped. At most [`LBA_STATUS_SCAN_BYTES`] are scanned per command; the initiator
+    /// asks again from the first LBA not described, as SBC intends.
+    pub(super) fn get_lba_status(&self, lba: u64) -> Result<Vec<u8>, Failure> {
+        if lba >= self.geometry.blocks {
+            return Err(Failure::LbaOutOfRange);
+        }
+        let remaining = self.geometry.blocks - lba;
+        // (first LBA, blocks, provisioning status)
+        let mut runs: Vec<(u64, u64, u8)> = Vec::new();
+        if self.caps.can_discard && self.caps.discard_zeroes {
+            let window = remaining.min((LBA_STATUS_SCAN_BYTES / self.bs()).max(1));
+            let bs = self.bs() as usize;
+            self.read_chunks(lba * self.bs(), window * self.bs(), |at, chunk| {
+                for (k, block) in chunk.chunks(bs).enumerate() {
+                    let b = lba + at / self.bs() + k as u64;
+                    let state = if block.iter().all(|&x| x == 0) { 1 } else { 0 };
+                    match runs.last_mut() {
+                        Some(r) if r.2 == state && r.1 < u64::from(u32::MAX) => r.1 += 1,
+                        _ => runs.push((b, 1, state)),
+                    }
+                }
+                Ok(())
+            })?;
+        } else {
+            runs.push((lba, remaining.min(u64::from(u32::MAX)), 0));
+        }
+        let mut d = vec![0u8; 8];
+        for (first, blocks, state) in runs {
+            d.extend_from_slice(&first.to_be_bytes());
+            d.extend_from_slice(&(blocks as u32).to_be_bytes());
+            d.extend_from_slice(&[state, 0, 0, 0]);
+        }
+        let len = (d.len() - 4) as u32;
+        d[..4].copy_from_slice(&len.to_be_bytes());
+        Ok(d)
     }
 
     /// START STOP UNIT with POWER CONDITION 0 (others are refused in `cdb`). A stop

@@ -139,7 +139,8 @@ pub fn needs_io(cdb: &[u8]) -> bool {
                 | 0x89 // COMPARE AND WRITE
                 | 0x1B // START STOP UNIT (a stop flushes)
         )
-    )
+    ) || (cdb.first() == Some(&0x9E) && cdb.get(1).map(|b| b & 0x1F) == Some(0x12))
+    // GET LBA STATUS
 }
 
 /// Copies in-memory Data-In (INQUIRY, MODE SENSE, ...) into the buffer, honouring the
@@ -321,22 +322,6 @@ impl Lun {
             }
         }
         d
-    }
-
-    /// GET LBA STATUS: the store cannot tell us which ranges are holes, so the whole
-    /// rest of the LUN (in descriptors of at most 2^32-1 blocks) is reported mapped,
-    /// which SBC allows for a device that does not track deallocation.
-    fn get_lba_status(&self, lba: u64) -> Result<Vec<u8>, Failure> {
-        if lba >= self.geometry.blocks {
-            return Err(Failure::LbaOutOfRange);
-        }
-        let count = (self.geometry.blocks - lba).min(u64::from(u32::MAX)) as u32;
-        let mut d = vec![0u8; 24];
-        d[..4].copy_from_slice(&20u32.to_be_bytes());
-        d[8..16].copy_from_slice(&lba.to_be_bytes());
-        d[16..20].copy_from_slice(&count.to_be_bytes());
-        // d[20] PROVISIONING STATUS 0: mapped.
-        Ok(d)
     }
 
     fn count(&self, cmd: Option<&Command>, outcome: &Result<Completion, Failure>) {
