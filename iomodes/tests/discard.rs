@@ -30,7 +30,21 @@ fn check_discard(dir: &Path, io_type: IoType, mode: IoMode) {
     assert_eq!(first_hole(path), SIZE as u64, "file starts fully allocated");
     let store = open(&spec(path, io_type, mode, Some(4096))).unwrap();
     let caps = store.capabilities();
-    assert!(caps.can_discard && caps.discard_zeroes, "{caps:?}");
+    assert!(caps.discard_zeroes, "{caps:?}");
+    if !punch_hole_works(dir) {
+        // tests/vm.rs covers such a filesystem (9p) in depth.
+        assert!(!caps.can_discard);
+        assert_eq!(
+            store.discard(0, 4096),
+            Err(iomodes::IoError::DiscardUnsupported)
+        );
+        eprintln!(
+            "SKIP hole checks in {}: the filesystem cannot punch holes",
+            dir.display()
+        );
+        return;
+    }
+    assert!(caps.can_discard, "{caps:?}");
     let before = allocated(path);
 
     store.discard(1 << 20, 1 << 20).unwrap();

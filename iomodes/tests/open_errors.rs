@@ -43,17 +43,26 @@ fn missing_path_is_not_found() {
 fn directory_fifo_and_char_device_are_refused() {
     let dir = tempfile::tempdir_in(any_dir()).unwrap();
     let fifo = dir.path().join("fifo");
-    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    let have_fifo =
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).is_ok();
+    if !have_fifo {
+        eprintln!(
+            "SKIP FIFO case: cannot create a FIFO in {}",
+            dir.path().display()
+        );
+    }
     for t in TYPES {
         for m in MODES {
             let e = err(&spec(dir.path(), t, m, None));
             assert!(matches!(e, OpenError::IsDirectory { .. }), "{t} {m}: {e:?}");
             // A FIFO must be refused, not block waiting for a writer.
-            let e = err(&spec(&fifo, t, m, None));
-            assert!(
-                matches!(e, OpenError::UnsupportedFileType { .. }),
-                "{t} {m}: {e:?}"
-            );
+            if have_fifo {
+                let e = err(&spec(&fifo, t, m, None));
+                assert!(
+                    matches!(e, OpenError::UnsupportedFileType { .. }),
+                    "{t} {m}: {e:?}"
+                );
+            }
             let e = err(&spec(Path::new("/dev/null"), t, m, None));
             assert!(
                 matches!(e, OpenError::UnsupportedFileType { .. }),

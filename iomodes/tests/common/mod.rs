@@ -218,3 +218,20 @@ pub fn open_flags_of(path: &Path) -> Option<i32> {
     }
     None
 }
+
+/// Does the filesystem under `dir` punch holes? Asked directly with fallocate, so the
+/// tests do not trust the code under test for the answer.
+pub fn punch_hole_works(dir: &Path) -> bool {
+    let tmp = tempfile::NamedTempFile::new_in(dir).expect("scratch file");
+    let f = tmp.as_file();
+    f.set_len(8192).expect("size scratch file");
+    // SAFETY: plain syscall on a valid descriptor.
+    unsafe {
+        libc::fallocate(
+            f.as_raw_fd(),
+            libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+            0,
+            4096,
+        ) == 0
+    }
+}
