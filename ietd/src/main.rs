@@ -107,9 +107,8 @@ fn main() -> ExitCode {
     };
     if cli.version {
         println!(
-            "ietd version {} (IET {} compatible)",
-            env!("CARGO_PKG_VERSION"),
-            "1.4.20.2"
+            "ietd version {} (IET 1.4.20.2 compatible)",
+            env!("CARGO_PKG_VERSION")
         );
         return ExitCode::SUCCESS;
     }
