@@ -199,11 +199,10 @@ impl Parser<'_> {
     }
 
     fn at_seq_end(&self) -> bool {
-        match (self.peek(), self.peek2()) {
-            (None, _) => true,
-            (Some('\\'), Some(')' | '|')) => true,
-            _ => false,
-        }
+        matches!(
+            (self.peek(), self.peek2()),
+            (None, _) | (Some('\\'), Some(')' | '|'))
+        )
     }
 
     fn parse_seq(&mut self) -> Result<Vec<Node>, BreError> {
