@@ -696,3 +696,45 @@ fn admin_group_member_may_administer() {
     ));
     assert!(d.cfs("target/iscsi/iqn.x:grp/tpgt_1").is_dir());
 }
+
+#[test]
+fn admin_group_as_supplementary_group() {
+    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::process::CommandExt;
+    if !nix::unistd::Uid::effective().is_root() {
+        eprintln!("skipped: needs root to run ietadm under another uid");
+        return;
+    }
+    let d = Daemon::start(CONF, &["--admin-group", "4243"]);
+    for p in [d.dir.path(), d.socket.parent().unwrap()] {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let run_as = |groups: &'static [u32]| -> common::Run {
+        let mut cmd = std::process::Command::new(common::IETADM);
+        cmd.args(["--op", "new", "--tid=0", "--params", "Name=iqn.x:supp"])
+            .arg("--socket")
+            .arg(&d.socket);
+        // SAFETY: only async-signal-safe calls (setgroups, setgid, setuid) run between
+        // fork and exec, on a 'static slice, with no allocation.
+        unsafe {
+            cmd.pre_exec(move || {
+                // gid_t is u32 on Linux; the static slice needs no allocation here.
+                if libc::setgroups(groups.len(), groups.as_ptr()) != 0
+                    || libc::setgid(65534) != 0
+                    || libc::setuid(65534) != 0
+                {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        cmd.output().unwrap().into()
+    };
+    // Primary group nobody, admin group only as a supplementary group (SO_PEERGROUPS).
+    let r = run_as(&[4243]);
+    ok(&r);
+    assert!(d.cfs("target/iscsi/iqn.x:supp/tpgt_1").is_dir());
+    // Without it: the socket's mode keeps it out.
+    let r = run_as(&[4244]);
+    fails(&r, 255, "Operation not permitted.");
+}
