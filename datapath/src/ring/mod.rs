@@ -571,16 +571,19 @@ impl Ring {
             let p = m
                 .run_ptr(base as usize, ilen as usize)
                 .ok_or("iovec outside the map")?;
-            runs.push((p, ilen as usize, base));
+            runs.push((p, ilen as usize));
         }
         // DataIov requires disjoint runs; the kernel never overlaps them, so an overlap
-        // means a broken entry.
-        let mut sorted: Vec<(u64, u64)> = runs.iter().map(|r| (r.2, r.1 as u64)).collect();
-        sorted.sort_unstable();
-        if sorted.windows(2).any(|w| w[0].0 + w[0].1 > w[1].0) {
-            return Err("overlapping iovecs");
+        // means a broken entry. (All runs are in one mapping, so comparing addresses is
+        // comparing offsets.)
+        if total > 1 {
+            let mut sorted: Vec<(usize, usize)> =
+                runs.iter().map(|&(p, n)| (p as usize, n)).collect();
+            sorted.sort_unstable();
+            if sorted.windows(2).any(|w| w[0].0 + w[0].1 > w[1].0) {
+                return Err("overlapping iovecs");
+            }
         }
-        let runs = runs.into_iter().map(|(p, n, _)| (p, n)).collect();
         Ok((cdb, copy as u8, runs, iov_cnt))
     }
 

@@ -154,6 +154,8 @@ pub struct SimRing {
     /// Which id the kernel put in each slot, to catch out-of-order completion when
     /// OOOC is off.
     slot_ids: HashMap<u32, u16>,
+    /// Bitmap of ids in use (id 0 is never handed out).
+    used_ids: Vec<u64>,
 }
 
 impl SimRing {
@@ -198,6 +200,11 @@ impl SimRing {
             peer: None,
             unknown_flagged: 0,
             slot_ids: HashMap::new(),
+            used_ids: {
+                let mut v = vec![0u64; 1 << 10];
+                v[0] = 1;
+                v
+            },
         })
     }
 
@@ -274,6 +281,26 @@ impl SimRing {
         fault: Fault,
     ) -> Result<u16, SimError> {
         self.submit_inner(cdb, data_out, data_in_len, Some(fault))
+    }
+
+    /// The lowest unused id in 1..=65534, as the kernel's `idr_alloc` hands them out.
+    fn lowest_free_id(&self) -> Option<u16> {
+        for (w, bits) in self.used_ids.iter().enumerate() {
+            if *bits != u64::MAX {
+                let id = w * 64 + bits.trailing_ones() as usize;
+                return (id <= usize::from(u16::MAX - 1)).then_some(id as u16);
+            }
+        }
+        None
+    }
+
+    fn set_id_used(&mut self, id: u16, used: bool) {
+        let (w, b) = (usize::from(id) / 64, usize::from(id) % 64);
+        if used {
+            self.used_ids[w] |= 1 << b;
+        } else {
+            self.used_ids[w] &= !(1 << b);
+        }
     }
 
     fn blocks_for(&self, bytes: usize) -> usize {
@@ -373,9 +400,7 @@ impl SimRing {
         if nout + nin > self.free_block_count as usize {
             return Err(SimError::Full);
         }
-        let id = (1..=u16::MAX - 1)
-            .find(|i| !self.cmds.contains_key(i))
-            .ok_or(SimError::Full)?;
+        let id = self.lowest_free_id().ok_or(SimError::Full)?;
         let blocks_out = self.alloc_blocks(nout);
         let blocks_in = self.alloc_blocks(nin);
         let mut out_runs = self.runs(&blocks_out, data_out.len());
@@ -445,6 +470,7 @@ impl SimRing {
             },
         );
         self.slot_ids.insert(pos, id);
+        self.set_id_used(id, true);
         self.publish(size as u32);
         Ok(id)
     }
@@ -605,6 +631,7 @@ impl SimRing {
                 self.broken = Some(format!("cmd_id {id} not found, ring is broken"));
                 return out;
             };
+            self.set_id_used(id, false);
             let slot_id = self.slot_ids.remove(&pos);
             if self.cfg.flags & l::CAP_OOOC == 0 && slot_id != Some(id) {
                 self.broken = Some(format!(
