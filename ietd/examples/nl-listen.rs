@@ -88,7 +88,7 @@ fn listen(
     let deadline = Instant::now() + timeout;
     let mut events = Events::with_capacity(4);
     let mut seen = 0usize;
-    while count.map_or(true, |c| seen < c) {
+    while !matches!(count, Some(c) if seen >= c) {
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
             println!("{}", json!({"timeout": true, "seen": seen}));

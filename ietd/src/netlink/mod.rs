@@ -573,8 +573,10 @@ impl mio::event::Source for Listener {
 /// `ENODEV` when nothing waits).
 #[derive(Debug, Default)]
 pub struct SimEvents {
-    pending: VecDeque<Event>,
-    /// (device_id, event kind name) of writes the "kernel" holds until answered.
+    /// Queued events, each with whether its configfs write waits for a reply.
+    pending: VecDeque<(Event, bool)>,
+    /// (device_id, event kind name) of writes the "kernel" holds until answered; an entry
+    /// appears when the event is received, as the kernel registers it just before sending.
     waiting: Vec<(u32, &'static str)>,
     replies: Vec<(Event, i32)>,
 }
@@ -586,15 +588,12 @@ impl SimEvents {
 
     /// Queues an event for which no configfs write waits (opted-out device).
     pub fn push(&mut self, event: Event) {
-        self.pending.push_back(event);
+        self.pending.push_back((event, false));
     }
 
     /// Queues an event whose configfs write waits for a reply (reply mode).
     pub fn push_waiting(&mut self, event: Event) {
-        if let Some(id) = event.device_id {
-            self.waiting.push((id, event.kind.name()));
-        }
-        self.pending.push_back(event);
+        self.pending.push_back((event, true));
     }
 
     /// Every reply sent, in order.
@@ -610,7 +609,13 @@ impl SimEvents {
 
 impl EventSource for SimEvents {
     fn recv(&mut self) -> Result<Option<Event>, NetlinkError> {
-        Ok(self.pending.pop_front())
+        let Some((event, waits)) = self.pending.pop_front() else {
+            return Ok(None);
+        };
+        if let (true, Some(id)) = (waits, event.device_id) {
+            self.waiting.push((id, event.kind.name()));
+        }
+        Ok(Some(event))
     }
 
     fn reply(&mut self, event: &Event, status: i32) -> Result<ReplyOutcome, NetlinkError> {
@@ -830,6 +835,7 @@ mod tests {
     fn sim_rejects_mismatched_command_like_the_kernel() {
         let mut sim = SimEvents::new();
         sim.push_waiting(ev(EventKind::Added, "tcm-user/1/a/ietd/a", 10));
+        sim.recv().unwrap();
         let wrong = ev(EventKind::Removed, "tcm-user/1/a/ietd/a", 10);
         assert!(matches!(
             sim.reply(&wrong, 0),
