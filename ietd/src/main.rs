@@ -295,13 +295,12 @@ fn serve(
     mut ready: Option<File>,
     log: &Logger,
 ) -> ExitCode {
+    // In the foreground the log already goes to stderr; a daemon's parent prints what
+    // it receives through the readiness pipe.
     let mut fail = |msg: String| {
         error!(log, "startup failed"; "error" => &msg);
-        match ready.take() {
-            Some(mut r) => {
-                let _ = writeln!(r, "ERR {msg}");
-            }
-            None => eprintln!("ietd: {msg}"),
+        if let Some(mut r) = ready.take() {
+            let _ = writeln!(r, "ERR {msg}");
         }
         ExitCode::from(1)
     };
@@ -310,9 +309,9 @@ fn serve(
     }
     for d in &loaded.diagnostics {
         if d.is_error() {
-            error!(log, "config"; "diagnostic" => %d);
+            error!(log, "{}", d);
         } else {
-            warn!(log, "config"; "diagnostic" => %d);
+            warn!(log, "{}", d);
         }
     }
     let mut signals = match Signals::new([SIGTERM, SIGINT, SIGHUP]) {
