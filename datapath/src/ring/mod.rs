@@ -11,6 +11,13 @@
 //! value, so its data buffers cannot outlive the completion that returns them to the
 //! kernel. Every command holds an `Arc` of the mapping, so the memory stays mapped while
 //! any command exists, even after the `Ring` itself is dropped.
+//!
+//! Restart: a new `Ring` starts taking at `cmd_tail`, so commands a dead process took
+//! but did not complete are taken (and executed) again. One window is not covered: a
+//! process killed between writing a response into a slot and advancing `cmd_tail` leaves
+//! a half-overwritten entry; it then fails validation (completed with HARDWARE ERROR) or,
+//! if its id was stolen for another command, the ring reports `Corrupt` and the device
+//! needs `action/reset_ring`.
 
 mod data;
 mod layout;
