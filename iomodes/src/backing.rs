@@ -148,17 +148,44 @@ pub(crate) fn open_path(path: &Path, mode: IoMode, direct: bool) -> Result<File,
     Ok(file)
 }
 
-/// Whether discard can work, decided without changing any data. Files: punch a hole past
-/// the end (KEEP_SIZE, so nothing changes; ext4 and xfs return early there, tmpfs may
-/// update mtime). Block devices: the queue's `discard_max_bytes`. When the answer cannot
-/// be learned it is "yes", and the first EOPNOTSUPP turns it off for good.
-pub(crate) fn probe_discard(fd: BorrowedFd<'_>, kind: Kind, size: u64, dev: libc::dev_t) -> bool {
+/// Whether discard can work, decided without touching the LUN's data. Files: punch a
+/// hole in an unnamed scratch file (O_TMPFILE) next to the backing, which leaves no trace;
+/// where O_TMPFILE is unavailable, punch past the end of the backing itself (KEEP_SIZE, so
+/// no byte changes, though ext4 and tmpfs then update its mtime). Block devices: the
+/// queue's `discard_max_bytes`. When the answer cannot be learned it is "yes", and the
+/// first EOPNOTSUPP turns it off for good (see `store`).
+pub(crate) fn probe_discard(
+    path: &Path,
+    fd: BorrowedFd<'_>,
+    kind: Kind,
+    size: u64,
+    dev: libc::dev_t,
+) -> bool {
     match kind {
-        Kind::File => discard_probe_result(sys::punch_hole(fd, size, 4096)),
+        Kind::File => probe_in_scratch(path)
+            .unwrap_or_else(|| discard_probe_result(sys::punch_hole(fd, size, 4096))),
         Kind::BlockDevice => sys::queue_attr(dev, "discard_max_bytes")
             .map(|v| v != "0")
             .unwrap_or(true),
     }
+}
+
+/// Punch-hole support of the filesystem holding `path`, asked on an unnamed temp file in
+/// the same directory; `None` when no such file can be made there.
+fn probe_in_scratch(path: &Path) -> Option<bool> {
+    let dir = std::fs::canonicalize(path).ok()?.parent()?.to_path_buf();
+    let scratch = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_TMPFILE | libc::O_CLOEXEC)
+        .open(dir)
+        .ok()?;
+    scratch.set_len(8192).ok()?;
+    Some(discard_probe_result(sys::punch_hole(
+        scratch.as_fd(),
+        0,
+        4096,
+    )))
 }
 
 /// The seam between the probe's errno and the capability: only "not supported" answers
@@ -212,7 +239,7 @@ impl Backing {
             ),
         };
         let rotational = sys::queue_attr(dev, "rotational").is_some_and(|v| v == "1");
-        let discard = mode != IoMode::Ro && probe_discard(fd, kind, size, dev);
+        let discard = mode != IoMode::Ro && probe_discard(path, fd, kind, size, dev);
         Ok(Backing {
             path: path.to_path_buf(),
             file,

@@ -9,6 +9,29 @@
 //! ([`Capabilities`]) and offers positional vectored read/write, flush, discard and
 //! write-zeroes. Write-through and read-only are policies applied at open time over the
 //! same small interface, not separate implementations.
+//!
+//! Layout: `store` is the policy layer every call passes (range and alignment checks,
+//! `ro`, `wt`/FUA durability, discard capability); `fileio`, `blockio` and `nullio` are
+//! the engines under it; `backing` opens and measures files and devices; `sys` is the
+//! only module with `unsafe` and syscalls.
+//!
+//! Behaviour worth knowing:
+//! - `wt` and FUA writes use `pwritev2(RWF_DSYNC)` (pwritev + fdatasync on kernels
+//!   before 4.7), not `O_DSYNC` on the descriptor; `wb` writes are a plain pwrite(v).
+//!   Discard and write-zeroes in `wt` are followed by fdatasync.
+//! - `ro`: opened `O_RDONLY` (and `O_NOATIME` where allowed). Writes, discard and
+//!   write-zeroes return [`IoError::WriteProtected`]; `flush` returns `Ok` without a
+//!   syscall since nothing can be dirty, and `can_flush` is false.
+//! - Discard support is probed at open without touching the LUN's file (see
+//!   `backing::probe_discard`) and also learned: the first "not supported" answer clears
+//!   `can_discard` for the rest of the store's life.
+//! - A read that meets end-of-file inside the geometry (the file shrank) fails with
+//!   [`IoError::ReadFailed`] carrying `ENODATA` and the offset where data ended.
+//! - Block devices are opened `O_EXCL` for fileio as well as blockio (IET opens fileio
+//!   devices shared): exporting a mounted device corrupts it.
+//! - blockio refuses a LUN block size below the device's (as IET does) rather than doing
+//!   read-modify-write; see the `blockio` module. blockio honours `wb` (device write cache,
+//!   flushed on SYNCHRONIZE CACHE) where IET silently turns it into `wt`.
 
 mod backing;
 mod blockio;

@@ -142,3 +142,37 @@ fn discard_is_validated_before_anything_happens() {
     assert_eq!(first_hole(f.path()), 1 << 20);
     assert!(std::fs::read(f.path()).unwrap().iter().all(|&b| b == 7));
 }
+
+/// The open-time discard probe must not leave a trace on the backing file.
+#[test]
+fn probing_discard_at_open_leaves_the_file_untouched() {
+    let mut dirs = vec![any_dir()];
+    if Path::new("/dev/shm").is_dir() {
+        dirs.push("/dev/shm".into());
+    }
+    for dir in dirs {
+        let f = backing_file(&dir, 1 << 20, |_| 1);
+        let before = std::fs::metadata(f.path()).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        let store = open(&spec(f.path(), IoType::FileIo, IoMode::Wb, None)).unwrap();
+        assert_eq!(store.capabilities().can_discard, punch_hole_works(&dir));
+        let after = std::fs::metadata(f.path()).unwrap();
+        assert_eq!(
+            (
+                after.mtime(),
+                after.mtime_nsec(),
+                after.ctime(),
+                after.ctime_nsec()
+            ),
+            (
+                before.mtime(),
+                before.mtime_nsec(),
+                before.ctime(),
+                before.ctime_nsec()
+            ),
+            "{}: open changed the backing's timestamps",
+            dir.display()
+        );
+        assert_eq!(after.blocks(), before.blocks());
+    }
+}
