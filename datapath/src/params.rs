@@ -15,6 +15,8 @@
 //!   `IOMode=ro` nullio LUN (a write-protected scratch disk) is meaningful and refusing a
 //!   LUN over a harmless key is the less kind choice.
 //! - `Path=` on nullio and `Blocks=`/`Sectors=` on fileio/blockio are errors, as in IET.
+//! - `IOMode=wb` on blockio is kept, with a warning: IET silently turned it into `wt`;
+//!   `iomodes` honours it with the device's cache and real flushes.
 //!
 //! This module does not open anything; [`LunParams::store_spec`] hands the typed result
 //! to `iomodes`.
@@ -342,6 +344,13 @@ impl LunParams {
                 if raw.path.is_none() {
                     return Err(LunParamsError::MissingPath { io_type });
                 }
+                if io_type == IoType::BlockIo && io_mode == IoMode::Wb {
+                    warnings.push(
+                        "IOMode=wb on a blockio LUN: honoured (writes may sit in the \
+                         device's volatile cache until SYNCHRONIZE CACHE; IET silently used wt)"
+                            .to_string(),
+                    );
+                }
                 if let Some((key, _)) = raw.blocks {
                     return Err(LunParamsError::NotForType {
                         key: key.name(),
@@ -567,6 +576,15 @@ mod tests {
         assert_eq!(p.block_size, Some(4096));
         assert_eq!(p.io_type, IoType::BlockIo);
         assert!(p.to_param_string().contains("BlockSize=4096"));
+        let w = LunParams::parse("Path=/dev/vg/lv,IOMode=wb,Type=blockio")
+            .expect("parses")
+            .warnings;
+        assert_eq!(w.len(), 1);
+        assert!(w[0].contains("IET silently used wt"), "{w:?}");
+        assert!(LunParams::parse("Path=/dev/vg/lv,IOMode=wb,Type=fileio")
+            .expect("parses")
+            .warnings
+            .is_empty());
         assert!(!p.to_param_string().contains("Sector"));
     }
 

@@ -148,9 +148,10 @@ Target iqn.2001-04.com.example:t1
     expect_one(&d, Severity::Warning, 2, "iSNS");
     expect_one(&d, Severity::Warning, 6, "TargetAlias");
     expect_one(&d, Severity::Warning, 7, "LIO cannot enforce");
+    expect_one(&d, Severity::Warning, 11, "IET silently used wt");
     expect_one(&d, Severity::Warning, 31, "markers");
     expect_one(&d, Severity::Warning, 32, "markers");
-    assert_eq!(d.len(), 6, "{:#?}", diags(&d));
+    assert_eq!(d.len(), 7, "{:#?}", diags(&d));
 }
 
 #[test]
