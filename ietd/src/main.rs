@@ -330,6 +330,18 @@ fn serve(
         Ok(s) => s,
         Err(e) => return fail(e.to_string()),
     };
+    if cli.uid != 0 {
+        // Root's supplementary groups must not survive the switch to another user.
+        let keep = if cli.gid != 0 {
+            nix::unistd::Gid::from_raw(cli.gid)
+        } else {
+            nix::unistd::getgid()
+        };
+        if let Err(e) = nix::unistd::setgroups(&[keep]) {
+            socket.remove(log);
+            return fail(format!("setgroups {keep}: {e}"));
+        }
+    }
     if cli.gid != 0 {
         if let Err(e) = nix::unistd::setgid(nix::unistd::Gid::from_raw(cli.gid)) {
             socket.remove(log);
