@@ -54,6 +54,43 @@
 //! returns `ENODEV` (reported as [`ReplyOutcome::NotWaiting`]) and logs one
 //! "completion could not find device" line in dmesg. We still answer, because a device
 //! provisioned by hand or by an older ietd may be in reply mode.
+//!
+//! # Use from ietd's event loop
+//!
+//! ```no_run
+//! use ietd::netlink::{self, EventKind, Listener, NetlinkError};
+//! # fn detach_from_datapath(_minor: u32) {}
+//! # fn rescan_uio_devices() {}
+//! # let log = slog::Logger::root(slog::Discard, slog::o!());
+//! # let previous_ietd_died = false;
+//! if previous_ietd_died {
+//!     // Only then: the dance also fails a command tcmu-runner is about to answer.
+//!     let params = std::path::Path::new(netlink::MODULE_PARAMS_DIR);
+//!     netlink::unblock_stuck_netlink(params, &log)?;
+//! }
+//! let mut nl = Listener::open(log.clone())?;
+//! // registry.register(&mut nl, TOKEN, mio::Interest::READABLE)?; then, on each wake-up:
+//! loop {
+//!     let ev = match nl.recv() {
+//!         Ok(Some(ev)) => ev,
+//!         Ok(None) => break,
+//!         Err(NetlinkError::EventsLost) => {
+//!             rescan_uio_devices();
+//!             continue;
+//!         }
+//!         Err(e) => return Err(e),
+//!     };
+//!     if netlink::is_ours(&ev.device) && ev.kind == EventKind::Removed {
+//!         detach_from_datapath(ev.minor);
+//!     }
+//!     netlink::respond(&mut nl, &ev, &log)?;
+//! }
+//! # Ok::<(), NetlinkError>(())
+//! ```
+//!
+//! A configfs write that fails because of the dance returns `EINTR`. Code that writes
+//! `enable` must not retry on `EINTR` (Rust's `write_all`, shells and coreutils all do),
+//! or the retried write sends a new event and waits again.
 
 pub mod wire;
 
@@ -677,11 +714,12 @@ fn unblock_with(
 
 /// Fails every TCM-USER command still waiting for a reply (the pending configfs writes
 /// return `EINTR`), by writing `block_netlink=1`, `reset_netlink=1`, `block_netlink=0` in
-/// `params_dir` (normally [`MODULE_PARAMS_DIR`]). ietd runs it at start-up, because a
-/// previous ietd killed while the kernel waited on it would otherwise leave an `enable` or
-/// `rmdir` hanging forever. tcmu-runner does the same at its own start-up. Side effect: a
-/// *foreign* device's write that was waiting (for a handler that is not running) fails
-/// with `EINTR` too, which is the only way out for it anyway. Between the first and last
+/// `params_dir` (normally [`MODULE_PARAMS_DIR`]). ietd runs it at start-up when the
+/// previous ietd did not stop cleanly, because one killed while the kernel waited on it
+/// would otherwise leave an `enable` or `rmdir` hanging forever (tcmu-runner does the same
+/// at every start). Side effects: *every* pending command fails, including a foreign
+/// device's (for a handler that is not running that is the only way out; for a live
+/// tcmu-runner about to answer it is a spurious failure), and between the first and last
 /// write (microseconds) a new TCMU event would fail with `EAGAIN`.
 pub fn unblock_stuck_netlink(
     params_dir: &Path,
