@@ -224,7 +224,45 @@ const ZERO_CHUNK: u64 = 1 << 20;
 impl Backing {
     /// Opens and measures. `direct` selects O_DIRECT (blockio).
     pub(crate) fn open(path: &Path, mode: IoMode, direct: bool) -> Result<Backing, OpenError> {
-        let file = open_path(path, mode, direct)?;
+        Backing::adopt(path, open_path(path, mode, direct)?, mode, direct)
+    }
+
+    /// Takes over a descriptor opened elsewhere (normally by [`open_path`] in another
+    /// process). Its access mode must match `mode` exactly: a `ro` LUN on a writable
+    /// descriptor would break the promise that nothing on disk can change. `direct`
+    /// switches O_DIRECT on with F_SETFL.
+    pub(crate) fn adopt(
+        path: &Path,
+        file: File,
+        mode: IoMode,
+        direct: bool,
+    ) -> Result<Backing, OpenError> {
+        let fl = nix::fcntl::fcntl(file.as_raw_fd(), nix::fcntl::FcntlArg::F_GETFL)
+            .map_err(|e| io_error(path, e))?;
+        let found = match fl & libc::O_ACCMODE {
+            libc::O_RDONLY => "read-only",
+            libc::O_RDWR => "read-write",
+            _ => "write-only",
+        };
+        if found != mode_str(mode) {
+            return Err(OpenError::DescriptorMode {
+                path: path.to_path_buf(),
+                expected: mode_str(mode),
+                found,
+            });
+        }
+        // fileio on an O_DIRECT descriptor would fail unaligned I/O: set the flag to what
+        // the type needs, either way.
+        let want = if direct {
+            fl | libc::O_DIRECT
+        } else {
+            fl & !libc::O_DIRECT
+        };
+        if want != fl {
+            let want = nix::fcntl::OFlag::from_bits_retain(want);
+            nix::fcntl::fcntl(file.as_raw_fd(), nix::fcntl::FcntlArg::F_SETFL(want))
+                .map_err(|e| open_error(path, e, mode, direct))?;
+        }
         let st = fstat(file.as_raw_fd()).map_err(|e| io_error(path, e))?;
         let kind = kind_of(path, &st)?;
         let fd = file.as_fd();

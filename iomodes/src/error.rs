@@ -54,6 +54,13 @@ pub enum OpenError {
     IsDirectory { path: PathBuf },
     #[error("{path}: not a regular file or block device")]
     UnsupportedFileType { path: PathBuf },
+    /// A descriptor handed to [`crate::open_with_file`] was opened for the wrong access.
+    #[error("{path}: descriptor is {found} but IOMode needs {expected}")]
+    DescriptorMode {
+        path: PathBuf,
+        expected: &'static str,
+        found: &'static str,
+    },
     #[error("{path}: device is in use (mounted or held open exclusively)")]
     Busy { path: PathBuf },
     #[error("{path}: {size} bytes is smaller than one {block_size}-byte block")]

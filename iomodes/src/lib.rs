@@ -176,6 +176,44 @@ pub fn open_with_warnings(spec: &StoreSpec) -> Result<Opened, OpenError> {
     }
 }
 
+/// Opens the backing file or device of `spec` with exactly the flags its store needs
+/// (read-only for `ro`, `O_DIRECT` for blockio, `O_EXCL` for block devices), so one
+/// process (ietd) can open it and hand the descriptor to another (the datapath), which
+/// builds the store with [`open_with_file`]. Errors are those of [`open_with_warnings`].
+/// For nullio there is nothing to open: [`OpenError::InvalidForType`].
+pub fn open_backing(spec: &StoreSpec) -> Result<std::fs::File, OpenError> {
+    if spec.io_type == IoType::NullIo {
+        return Err(OpenError::InvalidForType {
+            what: "Path",
+            io_type: IoType::NullIo.as_str(),
+        });
+    }
+    backing::open_path(&spec.path, spec.io_mode, spec.io_type == IoType::BlockIo)
+}
+
+/// Builds the store of `spec` on `file`, a descriptor from [`open_backing`] (possibly
+/// received from another process). `spec.path` only names the store in messages. The
+/// descriptor's access mode must match `spec.io_mode` ([`OpenError::DescriptorMode`]);
+/// blockio turns `O_DIRECT` on if it is off. For nullio use [`open_with_warnings`].
+pub fn open_with_file(spec: &StoreSpec, file: std::fs::File) -> Result<Opened, OpenError> {
+    if let Some(bs) = spec.block_size {
+        check_block_size(bs)?;
+    }
+    if spec.blocks.is_some() || spec.io_type == IoType::NullIo {
+        return Err(OpenError::InvalidForType {
+            what: if spec.io_type == IoType::NullIo {
+                "Path"
+            } else {
+                "Blocks"
+            },
+            io_type: spec.io_type.as_str(),
+        });
+    }
+    let direct = spec.io_type == IoType::BlockIo;
+    let backing = backing::Backing::adopt(&spec.path, file, spec.io_mode, direct)?;
+    build(spec, backing)
+}
+
 fn check_block_size(block_size: u32) -> Result<(), OpenError> {
     match block_size {
         512 | 1024 | 2048 | 4096 => Ok(()),
@@ -289,18 +327,30 @@ fn backed_caps(mode: IoMode, backing: &backing::Backing) -> Capabilities {
 }
 
 fn open_file(spec: &StoreSpec) -> Result<Opened, OpenError> {
-    let backing = backing::Backing::open(&spec.path, spec.io_mode, false)?;
-    let (geometry, warnings) = geometry_of(&backing, spec.block_size.unwrap_or(512))?;
-    let caps = backed_caps(spec.io_mode, &backing);
-    let engine = fileio::FileIo::new(backing);
-    Ok(Opened {
-        store: Box::new(store::Store::new(spec.clone(), geometry, caps, engine)),
-        warnings,
-    })
+    build(
+        spec,
+        backing::Backing::open(&spec.path, spec.io_mode, false)?,
+    )
 }
 
 fn open_direct(spec: &StoreSpec) -> Result<Opened, OpenError> {
-    let backing = backing::Backing::open(&spec.path, spec.io_mode, true)?;
+    build(
+        spec,
+        backing::Backing::open(&spec.path, spec.io_mode, true)?,
+    )
+}
+
+/// The fileio or blockio store over an open backing.
+fn build(spec: &StoreSpec, backing: backing::Backing) -> Result<Opened, OpenError> {
+    let caps = backed_caps(spec.io_mode, &backing);
+    if spec.io_type == IoType::FileIo {
+        let (geometry, warnings) = geometry_of(&backing, spec.block_size.unwrap_or(512))?;
+        let engine = fileio::FileIo::new(backing);
+        return Ok(Opened {
+            store: Box::new(store::Store::new(spec.clone(), geometry, caps, engine)),
+            warnings,
+        });
+    }
     let align = backing
         .dio_align()?
         .ok_or_else(|| OpenError::DirectIoUnsupported {
@@ -317,7 +367,6 @@ fn open_direct(spec: &StoreSpec) -> Result<Opened, OpenError> {
         });
     }
     let (geometry, warnings) = geometry_of(&backing, block_size)?;
-    let caps = backed_caps(spec.io_mode, &backing);
     let engine = blockio::BlockIo::new(backing, align);
     Ok(Opened {
         store: Box::new(store::Store::new(spec.clone(), geometry, caps, engine)),
