@@ -314,9 +314,6 @@ pub struct OpenedDevice {
 
 /// Opens the backing store and the ring for an attach request. `uio_fd`/`backing_fd`
 /// are the passed fds, if any; without them the paths are opened here.
-///
-/// iomodes opens stores by path only, so a passed backing fd is reopened through
-/// `/proc/self/fd/N` (same file; needs this process to be allowed to open it).
 pub fn open_device(
     req: &Attach,
     uio_fd: Option<OwnedFd>,
@@ -325,17 +322,19 @@ pub fn open_device(
     let parsed = LunParams::parse(&req.params).map_err(|e| format!("Lun parameters: {e}"))?;
     let mut warnings = parsed.warnings;
     let params = parsed.params;
-    let mut spec = params.store_spec();
-    if let Some(fd) = &backing_fd {
-        spec.path = PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd()));
+    let spec = params.store_spec();
+    // A passed descriptor is used as is: the datapath then needs no right to open the
+    // backing file itself (ietd opened it with the access mode the IOMode needs).
+    let opened = match backing_fd {
+        Some(fd) => iomodes::open_with_file(&spec, std::fs::File::from(fd)),
+        None => iomodes::open_with_warnings(&spec),
     }
-    let opened = iomodes::open_with_warnings(&spec).map_err(|e| {
+    .map_err(|e| {
         format!(
             "backing store {}: {e}",
             params.path.as_deref().unwrap_or(Path::new("-")).display()
         )
     })?;
-    drop(backing_fd);
     warnings.extend(opened.warnings.iter().map(|w| w.to_string()));
     let store: Arc<dyn iomodes::BackingStore> = Arc::from(opened.store);
     let identity = Identity {
