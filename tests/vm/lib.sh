@@ -222,6 +222,40 @@ stop_pid() {
     return "$rc"
 }
 
+# ---------------------------------------------------------------- ietd
+
+# ietd_start CONF [IETD_OPTION...]: start ietd in the foreground with its control socket
+# and pid file under /run (an AF_UNIX socket on a 9p share cannot be connected), export
+# IETD_SOCKET for ietadm, and wait until the socket exists.  Sets IETD_PID.  ietd is
+# stopped at exit and its log (/tmp/ietd.log) shown if the test fails.  Returns 1 if ietd
+# exits or has no socket within 30 s.
+ietd_start() {
+    local conf=$1 bin
+    shift
+    bin=$(need_bin ietd) || return 1
+    export IETD_SOCKET=/run/ietd/ietadm.sock
+    mkdir -p /run/ietd
+    start_bg ietd "$bin" -f -c "$conf" --socket "$IETD_SOCKET" --pid-file /run/ietd.pid "$@"
+    IETD_PID=$BG_PID
+    wait_until 30 ietd_ready_or_dead
+    kill -0 "$IETD_PID" 2> /dev/null || lib_err "ietd exited at start (see /tmp/ietd.log)" || return 1
+    [ -S "$IETD_SOCKET" ] || lib_err "ietd has no control socket after 30 s" || return 1
+}
+
+ietd_ready_or_dead() {
+    [ -S "$IETD_SOCKET" ] || ! kill -0 "$IETD_PID" 2> /dev/null
+}
+
+# ietd_stop [TIMEOUT_S]: SIGTERM ietd and return its exit status (0 = clean stop).
+ietd_stop() {
+    stop_pid "$IETD_PID" "${1:-30}"
+}
+
+# run_ietadm ARG...: the project's ietadm, talking to the ietd of ietd_start.
+run_ietadm() {
+    "$IETD_BIN/ietadm" "$@"
+}
+
 # ---------------------------------------------------------------- kernel modules
 
 # lio_modules: LIO core, TCMU, fileio/iblock, tcm_loop, and the SCSI disk drivers.  There
