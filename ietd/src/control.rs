@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 use mio::net::{UnixListener, UnixStream};
 use mio::{Events, Interest, Poll, Token};
 use nix::sys::socket::{getsockopt, sockopt};
-use signal_hook::consts::SIGHUP;
+use signal_hook::consts::{SIGCHLD, SIGHUP};
 use signal_hook_mio::v1_0::Signals;
 use slog::{debug, info, warn, Logger};
 use thiserror::Error;
@@ -36,7 +36,8 @@ use crate::state::State;
 
 const LISTENER: Token = Token(0);
 const SIGNALS: Token = Token(1);
-const FIRST_CLIENT: usize = 2;
+const EXTENSION: Token = Token(2);
+const FIRST_CLIENT: usize = 3;
 /// More simultaneous clients than this are refused at accept: a stuck script must not
 /// make the daemon run out of descriptors.
 const MAX_CLIENTS: usize = 128;
@@ -232,13 +233,37 @@ pub struct ServeOptions {
     pub client_timeout: Duration,
 }
 
-/// Serves the socket until `signals` (SIGTERM, SIGINT, SIGHUP, registered by the caller
-/// early so that startup is covered too) delivers SIGTERM or SIGINT. SIGHUP is logged
-/// and ignored for now.
+/// More work for the control loop than the socket: the real-kernel ietd adds TCM-USER
+/// netlink events and datapath supervision this way. Everything runs on the loop's
+/// thread, between requests, so it may change the state.
+pub trait Extension {
+    /// Registers the extension's event source (if it has one) under `token`.
+    fn register(&mut self, registry: &mio::Registry, token: Token) -> io::Result<()>;
+    /// The registered source is readable.
+    fn ready(&mut self, state: &mut State);
+    /// Called at least once a second and on SIGCHLD.
+    fn tick(&mut self, state: &mut State);
+}
+
+/// An extension that does nothing (temp-dir configfs, tests).
+pub struct NoExtension;
+
+impl Extension for NoExtension {
+    fn register(&mut self, _: &mio::Registry, _: Token) -> io::Result<()> {
+        Ok(())
+    }
+    fn ready(&mut self, _: &mut State) {}
+    fn tick(&mut self, _: &mut State) {}
+}
+
+/// Serves the socket until `signals` (SIGTERM, SIGINT, SIGHUP and possibly SIGCHLD,
+/// registered by the caller early so that startup is covered too) delivers SIGTERM or
+/// SIGINT. SIGHUP is logged and ignored for now; SIGCHLD ticks `ext`.
 pub fn serve(
     socket: &mut ControlSocket,
     signals: &mut Signals,
     state: &mut State,
+    ext: &mut dyn Extension,
     opts: &ServeOptions,
     log: &Logger,
 ) -> Result<Stop, ControlError> {
@@ -250,9 +275,12 @@ pub fn serve(
     poll.registry()
         .register(signals, SIGNALS, Interest::READABLE)
         .map_err(loop_err("registering signals"))?;
+    ext.register(poll.registry(), EXTENSION)
+        .map_err(loop_err("registering kernel events"))?;
     let mut clients: HashMap<Token, Client> = HashMap::new();
     let mut next = FIRST_CLIENT;
     let mut events = Events::with_capacity(128);
+    let mut last_tick = Instant::now();
     info!(log, "control socket ready"; "path" => %socket.path.display());
     loop {
         let tick = opts.client_timeout.min(Duration::from_secs(1));
@@ -266,7 +294,9 @@ pub fn serve(
             match ev.token() {
                 SIGNALS => {
                     for sig in signals.pending() {
-                        if sig == SIGHUP {
+                        if sig == SIGCHLD {
+                            ext.tick(state);
+                        } else if sig == SIGHUP {
                             warn!(
                                 log,
                                 "SIGHUP: reload not yet supported; configuration unchanged"
@@ -279,6 +309,7 @@ pub fn serve(
                     }
                 }
                 LISTENER => accept_all(socket, &poll, &mut clients, &mut next, opts, log),
+                EXTENSION => ext.ready(state),
                 token => {
                     if let Some(c) = clients.get_mut(&token) {
                         pump(c, state, log);
@@ -287,6 +318,10 @@ pub fn serve(
             }
         }
         let now = Instant::now();
+        if now.duration_since(last_tick) >= Duration::from_secs(1) {
+            last_tick = now;
+            ext.tick(state);
+        }
         for c in clients.values_mut() {
             if !c.closing && now.duration_since(c.last_active) >= opts.client_timeout {
                 if c.input.is_empty() {

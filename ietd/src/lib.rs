@@ -3,8 +3,11 @@
 
 pub mod conf;
 pub mod control;
+pub mod handoff;
 pub mod log;
 pub mod netlink;
 pub mod protocol;
 pub mod provision;
 pub mod state;
+pub mod supervise;
+pub mod views;

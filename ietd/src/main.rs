@@ -2,13 +2,18 @@
 //! and serves ietadm on its control socket until SIGTERM/SIGINT, then removes what it
 //! made. `--check` only parses and prints the provisioning plan.
 //!
+//! Kernel mode: when the configfs root is the kernel's `/sys/kernel/config` (the
+//! default), ietd also loads the LIO/TCMU modules, starts and supervises
+//! `ietd-datapath`, hands it every backstore's ring, and listens to TCM-USER netlink.
+//! Any other root (a temp dir in tests) only gets configfs-shaped files.
+//!
 //! Options follow IET's ietd (`-c -f -d -u -g -a -p -v -h`) plus ours. Differences from
 //! IET: `--help` exits 0 (IET exits 1); an explicit `-c FILE` that cannot be read is an
 //! error (IET silently fell back to /etc/ietd.conf); SIGTERM/SIGINT remove the targets
 //! (IET relied on the kernel module's release handler); SIGHUP is logged, not fatal.
 
 use std::fs::File;
-use std::io::{Read, Write};
+use std::io::{Read, Seek, Write};
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::OpenOptionsExt;
@@ -17,16 +22,19 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
-use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+use signal_hook::consts::{SIGCHLD, SIGHUP, SIGINT, SIGTERM};
 use signal_hook_mio::v1_0::Signals;
 use slog::{error, info, warn, Logger};
 
 use ietd::conf::{self, Loaded};
-use ietd::control::{self, ControlSocket, ServeOptions};
-use ietd::protocol;
+use ietd::control::{self, ControlSocket, Extension, NoExtension, ServeOptions};
+use ietd::handoff::{DatapathHook, Handle, KernelEvents, KernelProvisioner};
+use ietd::protocol::{self, Direction};
 use ietd::provision::configfs::ConfigfsProvisioner;
-use ietd::provision::{plan_config, Settings};
+use ietd::provision::kernel::KERNEL_CONFIGFS;
+use ietd::provision::{owned_objects, plan, prepare_kernel, Provisioner, Settings};
 use ietd::state::State;
+use ietd::supervise::{sibling_binary, DatapathConfig, Supervisor};
 
 const PRIMARY_CONF: &str = "/etc/iet/ietd.conf";
 const LEGACY_CONF: &str = "/etc/ietd.conf";
@@ -74,9 +82,14 @@ struct Cli {
     /// Control socket (default: $IETD_SOCKET or /run/ietd/ietadm.sock).
     #[arg(long, value_name = "PATH")]
     socket: Option<PathBuf>,
-    /// Where configfs is mounted (a plain directory works for tests).
-    #[arg(long, value_name = "DIR", default_value = "/sys/kernel/config")]
+    /// Where configfs is mounted. The kernel's /sys/kernel/config selects kernel mode
+    /// (modules loaded, datapath started, netlink listened to); any other directory is
+    /// written as plain files (tests).
+    #[arg(long, value_name = "DIR", default_value = KERNEL_CONFIGFS)]
     configfs_root: PathBuf,
+    /// The ietd-datapath executable (kernel mode; default: next to ietd, then $PATH).
+    #[arg(long, value_name = "PATH")]
+    datapath: Option<PathBuf>,
     /// Directory searched for initiators.allow, initiators.deny and targets.allow, in
     /// order; repeatable (default: /etc/iet, then /etc).
     #[arg(long = "allow-dir", value_name = "DIR")]
@@ -206,11 +219,18 @@ fn check(cli: &Cli) -> Result<ExitCode, String> {
         eprintln!("{d}");
     }
     let settings = settings(cli, &loaded)?;
+    let plan = plan(&loaded.config, &settings);
+    for w in &plan.warnings {
+        eprintln!("ietd: warning: {w}");
+    }
+    for e in &plan.errors {
+        eprintln!("ietd: error: {e}");
+    }
     let mut out = std::io::stdout().lock();
-    for op in plan_config(&loaded.config, &settings) {
+    for op in &plan.ops {
         writeln!(out, "{op}").map_err(|e| format!("writing the plan: {e}"))?;
     }
-    Ok(if loaded.has_errors() {
+    Ok(if loaded.has_errors() || !plan.errors.is_empty() {
         ExitCode::from(1)
     } else {
         ExitCode::SUCCESS
@@ -314,11 +334,12 @@ fn serve(
             warn!(log, "{}", d);
         }
     }
-    let mut signals = match Signals::new([SIGTERM, SIGINT, SIGHUP]) {
+    // SIGCHLD: a datapath that dies is noticed at once (not only at the next tick).
+    let mut signals = match Signals::new([SIGTERM, SIGINT, SIGHUP, SIGCHLD]) {
         Ok(s) => s,
         Err(e) => return fail(format!("installing signal handlers: {e}")),
     };
-    let pid_file = match lock_pid_file(&cli.pid_file) {
+    let (pid_file, unclean) = match lock_pid_file(&cli.pid_file) {
         Ok(f) => f,
         Err(e) => return fail(e),
     };
@@ -329,6 +350,18 @@ fn serve(
     let mut socket = match ControlSocket::bind(&socket_path, admin_gid) {
         Ok(s) => s,
         Err(e) => return fail(e.to_string()),
+    };
+    // Kernel work that needs root happens before privileges are dropped.
+    let kernel = if kernel_mode(&cli.configfs_root) {
+        match start_kernel(cli, &socket_path, unclean, log) {
+            Ok(k) => Some(k),
+            Err(e) => {
+                socket.remove(log);
+                return fail(e);
+            }
+        }
+    } else {
+        None
     };
     if cli.uid != 0 {
         // Root's supplementary groups must not survive the switch to another user.
@@ -354,14 +387,29 @@ fn serve(
             return fail(format!("setuid {}: {e}", cli.uid));
         }
     }
-    let prov = match ConfigfsProvisioner::new(cli.configfs_root.clone(), settings, log.clone()) {
+    let prov: Result<Box<dyn Provisioner>, _> = match &kernel {
+        Some((handle, _)) => ConfigfsProvisioner::with_hook(
+            cli.configfs_root.clone(),
+            settings,
+            Box::new(DatapathHook::new(
+                handle.clone(),
+                cli.configfs_root.clone(),
+                log.clone(),
+            )),
+            log.clone(),
+        )
+        .map(|p| Box::new(KernelProvisioner::new(p, handle.clone(), log.clone())) as _),
+        None => ConfigfsProvisioner::new(cli.configfs_root.clone(), settings, log.clone())
+            .map(|p| Box::new(p) as _),
+    };
+    let prov = match prov {
         Ok(p) => p,
         Err(e) => {
             socket.remove(log);
             return fail(format!("configfs at {}: {e}", cli.configfs_root.display()));
         }
     };
-    let (mut state, failures) = State::from_config(loaded.config, Box::new(prov), log.clone());
+    let (mut state, failures) = State::from_config(loaded.config, prov, log.clone());
     info!(log, "ietd started"; "targets" => state.target_count(), "failed" => failures,
         "configfs" => %cli.configfs_root.display(), "socket" => %socket_path.display());
     if let Some(mut r) = ready.take() {
@@ -373,8 +421,20 @@ fn serve(
         admin_gid,
         client_timeout: Duration::from_secs(cli.client_timeout.max(1)),
     };
-    let result = control::serve(&mut socket, &mut signals, &mut state, &opts, log);
+    let mut kernel_events = kernel.map(|(handle, nl)| KernelEvents::new(handle, nl, log.clone()));
+    let ext: &mut dyn Extension = match kernel_events.as_mut() {
+        Some(k) => k,
+        None => &mut NoExtension,
+    };
+    let result = control::serve(&mut socket, &mut signals, &mut state, ext, &opts, log);
+    // Targets first (their LUN links go before the backstores, and each backstore is
+    // detached from the datapath before its rmdir), then discovery auth, then the
+    // datapath itself.
     let left = state.teardown();
+    clear_discovery(&mut state, log);
+    if let Some(k) = kernel_events.as_mut() {
+        k.shutdown();
+    }
     socket.remove(log);
     drop(pid_file);
     let _ = std::fs::remove_file(&cli.pid_file);
@@ -394,9 +454,82 @@ fn serve(
     }
 }
 
+/// Whether `root` is the kernel's configfs (kernel mode) rather than a test directory.
+fn kernel_mode(root: &Path) -> bool {
+    root == Path::new(KERNEL_CONFIGFS)
+}
+
+/// Kernel-mode startup: modules and configfs, the TCM-USER listener, leftovers of an
+/// ietd that did not stop cleanly, and the datapath process.
+fn start_kernel(
+    cli: &Cli,
+    socket_path: &Path,
+    unclean: bool,
+    log: &Logger,
+) -> Result<(Handle, Option<ietd::netlink::Listener>), String> {
+    prepare_kernel(&cli.configfs_root)
+        .map_err(|e| format!("preparing LIO under {}: {e}", cli.configfs_root.display()))?;
+    // Opened before anything is provisioned, so no event of ours is missed.
+    let nl = match ietd::netlink::Listener::open(log.clone()) {
+        Ok(nl) => Some(nl),
+        Err(e) => {
+            warn!(log, "TCM-USER netlink unavailable: backstores removed behind ietd's back will not be noticed"; "error" => %e);
+            None
+        }
+    };
+    let leftovers = ietd::provision::ConfigFs::open(cli.configfs_root.clone())
+        .and_then(|fs| owned_objects(&fs, &Settings::default().subtype))
+        .map_err(|e| format!("scanning {}: {e}", cli.configfs_root.display()))?;
+    if unclean || !leftovers.backstores.is_empty() {
+        // A killed ietd may have left a configfs write waiting for a reply forever.
+        if let Err(e) =
+            ietd::netlink::unblock_stuck_netlink(Path::new(ietd::netlink::MODULE_PARAMS_DIR), log)
+        {
+            warn!(log, "could not reset pending TCM-USER commands"; "error" => %e);
+        }
+    }
+    if !leftovers.backstores.is_empty() {
+        warn!(log, "LIO objects of a previous ietd are still there; targets with the same name will fail to start until they are removed";
+              "targets" => leftovers.targets.join(" "), "backstores" => leftovers.backstores.join(" "));
+    }
+    let binary = cli
+        .datapath
+        .clone()
+        .or_else(|| sibling_binary("ietd-datapath"))
+        .unwrap_or_else(|| PathBuf::from("ietd-datapath"));
+    let dp_socket = socket_path
+        .parent()
+        .unwrap_or(Path::new("/run"))
+        .join("datapath.sock");
+    let mut cfg = DatapathConfig::new(binary, dp_socket);
+    if cli.debug > 0 {
+        cfg.args.push("--verbose".into());
+    }
+    let sup = Supervisor::start(cfg, log.clone()).map_err(|e| e.to_string())?;
+    Ok((Handle::new(sup), nl))
+}
+
+/// Removes the discovery accounts at shutdown, so LIO's `discovery_auth` does not keep
+/// enforcing them for whoever uses LIO next.
+fn clear_discovery(state: &mut State, log: &Logger) {
+    let Ok((incoming, outgoing)) = state.account_list(0) else {
+        return;
+    };
+    let all = incoming
+        .into_iter()
+        .map(|u| (Direction::Incoming, u))
+        .chain(outgoing.into_iter().map(|u| (Direction::Outgoing, u)));
+    for (dir, user) in all {
+        if let Err(e) = state.account_delete(0, dir, &user) {
+            warn!(log, "discovery account not removed"; "error" => %e);
+        }
+    }
+}
+
 /// Creates and locks the pid file the way IET did (lockf F_TLOCK), then writes our pid.
-/// The returned file must stay open: closing it drops the lock.
-fn lock_pid_file(path: &Path) -> Result<File, String> {
+/// The returned file must stay open: closing it drops the lock. Also says whether the
+/// file still held a pid: the previous ietd did not stop cleanly (a clean stop removes it).
+fn lock_pid_file(path: &Path) -> Result<(File, bool), String> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     }
@@ -416,10 +549,13 @@ fn lock_pid_file(path: &Path) -> Result<File, String> {
             path.display()
         ));
     }
+    let mut old = String::new();
+    let unclean = f.read_to_string(&mut old).is_ok() && !old.trim().is_empty();
     f.set_len(0)
-        .and_then(|()| writeln!(f, "{}", std::process::id()))
+        .and_then(|()| f.seek(std::io::SeekFrom::Start(0)))
+        .and_then(|_| writeln!(f, "{}", std::process::id()))
         .map_err(|e| format!("{}: {e}", path.display()))?;
-    Ok(f)
+    Ok((f, unclean))
 }
 
 /// Points stdin, stdout and stderr at /dev/null once a daemon no longer needs them.

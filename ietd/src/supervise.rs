@@ -1,0 +1,503 @@
+//! Supervision of the `ietd-datapath` process: starts it, talks to it over its control
+//! socket, keeps every attached device's descriptors so that a datapath that died can be
+//! restarted and handed the same rings again, and stops it at shutdown.
+//!
+//! Why ietd keeps a copy of each `/dev/uioN` descriptor: TCMU lets only one open file
+//! description exist per device, and closing the last one resets the ring. While ietd
+//! holds its copy the kernel keeps the ring (and the commands on it) across a datapath
+//! crash; the new datapath resumes from `cmd_tail` (see `datapath::ring`).
+//!
+//! Not its job: deciding which devices exist (the provisioner and its device hook in
+//! [`crate::handoff`]) or serving commands (the datapath).
+
+use std::collections::{BTreeMap, VecDeque};
+use std::io::{self, BufRead, BufReader};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use datapath::control::proto::{Attach, Reply, Request};
+use datapath::control::send_with_fds;
+use slog::{debug, error, info, warn, Logger};
+use thiserror::Error;
+
+/// How the datapath is run and how long ietd waits for it.
+#[derive(Debug, Clone)]
+pub struct DatapathConfig {
+    /// The `ietd-datapath` executable.
+    pub binary: PathBuf,
+    /// Its control socket (`--control`).
+    pub socket: PathBuf,
+    /// Extra arguments (e.g. `-v`).
+    pub args: Vec<String>,
+    /// How long a started datapath may take to answer `ping`.
+    pub start_timeout: Duration,
+    /// How long one request may take to be answered. An attach opens the backing store,
+    /// which can take a while on a slow disk, but a datapath silent for this long is
+    /// considered hung and is killed and restarted.
+    pub reply_timeout: Duration,
+    /// Restarts allowed within [`RESTART_WINDOW`]; beyond that ietd waits for the window.
+    pub max_restarts_per_window: usize,
+}
+
+/// The window `max_restarts_per_window` counts in.
+pub const RESTART_WINDOW: Duration = Duration::from_secs(60);
+/// Delay before the first restart after a crash; doubled for each restart in the window.
+const FIRST_BACKOFF: Duration = Duration::from_millis(100);
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// How long a stopping datapath gets to finish in-flight commands before SIGKILL.
+const STOP_GRACE: Duration = Duration::from_secs(10);
+
+impl DatapathConfig {
+    /// The defaults for `binary` serving on `socket`.
+    pub fn new(binary: PathBuf, socket: PathBuf) -> DatapathConfig {
+        DatapathConfig {
+            binary,
+            socket,
+            args: Vec::new(),
+            start_timeout: Duration::from_secs(10),
+            reply_timeout: Duration::from_secs(30),
+            max_restarts_per_window: 5,
+        }
+    }
+}
+
+/// The executable that sits next to the running one under `name`, if any.
+pub fn sibling_binary(name: &str) -> Option<PathBuf> {
+    let exe = std::env::current_exe().ok()?;
+    let p = exe.parent()?.join(name);
+    p.is_file().then_some(p)
+}
+
+/// Why a datapath operation failed.
+#[derive(Debug, Error)]
+pub enum SuperviseError {
+    #[error("starting {binary}: {source}")]
+    Spawn {
+        binary: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("{binary} did not answer on {socket} within {timeout:?}{}", exited.map(|s| format!(" (it exited: {s})")).unwrap_or_default())]
+    NotReady {
+        binary: PathBuf,
+        socket: PathBuf,
+        timeout: Duration,
+        exited: Option<ExitStatus>,
+    },
+    #[error("datapath control socket {socket}: {what}: {source}")]
+    Io {
+        socket: PathBuf,
+        what: &'static str,
+        #[source]
+        source: io::Error,
+    },
+    #[error("the datapath is not running (restart limit of {limit} per minute reached)")]
+    NotRunning { limit: usize },
+    #[error("datapath refused {what}: {message}")]
+    Refused { what: String, message: String },
+    #[error("datapath gave an unexpected answer to {what}: {reply:?}")]
+    Unexpected { what: String, reply: Reply },
+    #[error("device {uio} is already attached")]
+    AlreadyAttached { uio: String },
+}
+
+/// One device as ietd hands it to the datapath, with the descriptors ietd keeps.
+#[derive(Debug)]
+pub struct Device {
+    pub attach: Attach,
+    /// Target id and LUN in ietd's state (for a device removed behind our back).
+    pub tid: u32,
+    pub uio_fd: OwnedFd,
+    pub backing_fd: Option<OwnedFd>,
+}
+
+impl Device {
+    /// The descriptors in the order the attach request announces them.
+    fn fds(&self) -> Vec<BorrowedFd<'_>> {
+        let mut v = vec![self.uio_fd.as_fd()];
+        if let Some(b) = &self.backing_fd {
+            v.push(b.as_fd());
+        }
+        v
+    }
+}
+
+/// One blocking request/answer connection with a reply timeout.
+struct Conn {
+    stream: UnixStream,
+    reader: BufReader<UnixStream>,
+}
+
+impl Conn {
+    fn connect(path: &Path, timeout: Duration) -> io::Result<Conn> {
+        let stream = UnixStream::connect(path)?;
+        stream.set_read_timeout(Some(timeout))?;
+        stream.set_write_timeout(Some(timeout))?;
+        let reader = BufReader::new(stream.try_clone()?);
+        Ok(Conn { stream, reader })
+    }
+
+    fn call(&mut self, req: &Request, fds: &[BorrowedFd<'_>]) -> io::Result<Reply> {
+        let mut line = serde_json::to_vec(req).map_err(io::Error::other)?;
+        line.push(b'\n');
+        send_with_fds(&self.stream, &line, fds)?;
+        let mut answer = String::new();
+        if self.reader.read_line(&mut answer)? == 0 {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+        serde_json::from_str(&answer).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+    }
+}
+
+/// The running datapath (or the wish to have one) and the devices it serves.
+pub struct Supervisor {
+    cfg: DatapathConfig,
+    child: Option<Child>,
+    conn: Option<Conn>,
+    devices: BTreeMap<String, Device>,
+    /// Start times of recent restarts (not the first start).
+    restarts: VecDeque<Instant>,
+    /// When the datapath was found dead; a restart is due after the backoff.
+    down_since: Option<Instant>,
+    /// The restart limit was hit and logged; do not log it every tick.
+    limit_logged: bool,
+    log: Logger,
+}
+
+impl Supervisor {
+    /// Starts the datapath and waits until it answers `ping`.
+    pub fn start(cfg: DatapathConfig, log: Logger) -> Result<Supervisor, SuperviseError> {
+        let mut s = Supervisor {
+            cfg,
+            child: None,
+            conn: None,
+            devices: BTreeMap::new(),
+            restarts: VecDeque::new(),
+            down_since: None,
+            limit_logged: false,
+            log,
+        };
+        s.spawn()?;
+        Ok(s)
+    }
+
+    /// The datapath's pid while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Devices currently handed to the datapath, by uio name.
+    pub fn devices(&self) -> impl Iterator<Item = &Device> {
+        self.devices.values()
+    }
+
+    pub fn device(&self, uio: &str) -> Option<&Device> {
+        self.devices.get(uio)
+    }
+
+    fn io_err(&self, what: &'static str) -> impl FnOnce(io::Error) -> SuperviseError {
+        let socket = self.cfg.socket.clone();
+        move |source| SuperviseError::Io {
+            socket,
+            what,
+            source,
+        }
+    }
+
+    fn spawn(&mut self) -> Result<(), SuperviseError> {
+        let mut cmd = Command::new(&self.cfg.binary);
+        cmd.arg("--control")
+            .arg(&self.cfg.socket)
+            .args(&self.cfg.args)
+            .stdin(Stdio::null());
+        // SAFETY: the closure runs in the child between fork and exec and only calls
+        // prctl, which is async-signal-safe. The datapath must not outlive ietd: a
+        // stray one would keep serving rings no ietd knows about.
+        unsafe {
+            cmd.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let child = cmd.spawn().map_err(|source| SuperviseError::Spawn {
+            binary: self.cfg.binary.clone(),
+            source,
+        })?;
+        let pid = child.id();
+        self.child = Some(child);
+        let deadline = Instant::now() + self.cfg.start_timeout;
+        loop {
+            let exited = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten());
+            if exited.is_none() {
+                if let Ok(mut conn) = Conn::connect(&self.cfg.socket, self.cfg.reply_timeout) {
+                    match conn.call(&Request::Ping, &[]) {
+                        Ok(Reply::Pong) => {
+                            self.conn = Some(conn);
+                            self.down_since = None;
+                            info!(self.log, "datapath running"; "pid" => pid,
+                                  "control" => %self.cfg.socket.display());
+                            return Ok(());
+                        }
+                        Ok(other) => {
+                            debug!(self.log, "datapath start: odd ping answer"; "reply" => ?other)
+                        }
+                        // A socket file left by the previous datapath refuses connections
+                        // until the new one has replaced it.
+                        Err(e) => debug!(self.log, "datapath start: ping"; "error" => %e),
+                    }
+                }
+            }
+            if exited.is_some() || Instant::now() >= deadline {
+                if exited.is_none() {
+                    self.kill_child();
+                }
+                self.child = None;
+                return Err(SuperviseError::NotReady {
+                    binary: self.cfg.binary.clone(),
+                    socket: self.cfg.socket.clone(),
+                    timeout: self.cfg.start_timeout,
+                    exited,
+                });
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn kill_child(&mut self) {
+        if let Some(c) = self.child.as_mut() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Sends one request; on a broken or silent connection the datapath is treated as
+    /// dead (killed if still there) and the supervisor restarts it on its next check.
+    fn call(&mut self, req: &Request, fds: &[BorrowedFd<'_>]) -> Result<Reply, SuperviseError> {
+        let Some(conn) = self.conn.as_mut() else {
+            return Err(SuperviseError::NotRunning {
+                limit: self.cfg.max_restarts_per_window,
+            });
+        };
+        match conn.call(req, fds) {
+            Ok(r) => Ok(r),
+            Err(e) => {
+                warn!(self.log, "datapath control connection failed; killing the datapath";
+                      "error" => %e);
+                self.conn = None;
+                self.kill_child();
+                self.child = None;
+                self.down_since.get_or_insert_with(Instant::now);
+                Err(self.io_err("request")(e))
+            }
+        }
+    }
+
+    fn expect_ok(
+        &mut self,
+        what: String,
+        req: &Request,
+        fds: &[BorrowedFd<'_>],
+    ) -> Result<(), SuperviseError> {
+        match self.call(req, fds)? {
+            Reply::Ok => Ok(()),
+            Reply::Error { message } => Err(SuperviseError::Refused { what, message }),
+            reply => Err(SuperviseError::Unexpected { what, reply }),
+        }
+    }
+
+    /// Makes sure a datapath runs: if it is down, restarts it now unless the restart
+    /// limit says wait. Used before an attach, which cannot wait for the next tick.
+    fn ensure_running(&mut self) -> Result<(), SuperviseError> {
+        self.check_child();
+        if self.conn.is_some() {
+            return Ok(());
+        }
+        self.restart(true)?;
+        if self.conn.is_some() {
+            Ok(())
+        } else {
+            Err(SuperviseError::NotRunning {
+                limit: self.cfg.max_restarts_per_window,
+            })
+        }
+    }
+
+    /// Hands `dev` to the datapath and waits until it serves the ring. On success ietd
+    /// keeps the descriptors; on failure they are closed.
+    pub fn attach(&mut self, dev: Device) -> Result<(), SuperviseError> {
+        let uio = dev.attach.uio.clone();
+        if self.devices.contains_key(&uio) {
+            return Err(SuperviseError::AlreadyAttached { uio });
+        }
+        self.ensure_running()?;
+        let req = Request::Attach(dev.attach.clone());
+        self.expect_ok(format!("attach of {uio}"), &req, &dev.fds())?;
+        info!(self.log, "device attached to the datapath"; "uio" => &uio,
+              "target" => &dev.attach.target, "lun" => dev.attach.lun);
+        self.devices.insert(uio, dev);
+        Ok(())
+    }
+
+    /// Tells the datapath to stop serving `uio` and closes ietd's copies of its
+    /// descriptors. Returns the device, if it was attached. A datapath that is down
+    /// has nothing to detach; it will simply not get the device back.
+    pub fn detach(&mut self, uio: &str) -> Option<Device> {
+        let dev = self.devices.remove(uio)?;
+        if self.conn.is_some() {
+            let req = Request::Detach {
+                uio: uio.to_string(),
+            };
+            match self.expect_ok(format!("detach of {uio}"), &req, &[]) {
+                Ok(()) => info!(self.log, "device detached from the datapath"; "uio" => uio),
+                Err(e) => warn!(self.log, "detach failed"; "uio" => uio, "error" => %e),
+            }
+        }
+        Some(dev)
+    }
+
+    /// Notices a datapath that exited (reaps it).
+    fn check_child(&mut self) {
+        let Some(child) = self.child.as_mut() else {
+            return;
+        };
+        match child.try_wait() {
+            Ok(None) => {}
+            Ok(Some(status)) => {
+                error!(self.log, "datapath exited"; "pid" => child.id(), "status" => %status,
+                       "devices" => self.devices.len());
+                self.child = None;
+                self.conn = None;
+                self.down_since.get_or_insert_with(Instant::now);
+            }
+            Err(e) => warn!(self.log, "waiting for the datapath"; "error" => %e),
+        }
+    }
+
+    /// Called from the event loop (on SIGCHLD and every tick): notices a dead datapath
+    /// and restarts it when its backoff has passed, re-attaching every device.
+    pub fn check(&mut self) {
+        self.check_child();
+        if self.conn.is_none() {
+            if let Err(e) = self.restart(false) {
+                error!(self.log, "datapath restart failed"; "error" => %e);
+            }
+        }
+    }
+
+    /// Restarts the datapath if the limit allows (and, unless `now`, the backoff has
+    /// passed), then re-attaches all devices. Ok(()) also when it decided to wait.
+    fn restart(&mut self, now: bool) -> Result<(), SuperviseError> {
+        let t = Instant::now();
+        while self
+            .restarts
+            .front()
+            .is_some_and(|s| t.duration_since(*s) > RESTART_WINDOW)
+        {
+            self.restarts.pop_front();
+        }
+        if self.restarts.len() >= self.cfg.max_restarts_per_window {
+            if !self.limit_logged {
+                error!(self.log, "datapath restarted too often; waiting before the next try";
+                       "restarts" => self.restarts.len(), "window_s" => RESTART_WINDOW.as_secs());
+                self.limit_logged = true;
+            }
+            return Ok(());
+        }
+        let shift = u32::try_from(self.restarts.len())
+            .unwrap_or(u32::MAX)
+            .min(16);
+        let backoff = FIRST_BACKOFF.saturating_mul(1 << shift).min(MAX_BACKOFF);
+        let since = self.down_since.get_or_insert(t);
+        if !now && t.duration_since(*since) < backoff {
+            return Ok(());
+        }
+        self.limit_logged = false;
+        self.restarts.push_back(t);
+        info!(self.log, "restarting the datapath"; "attempt_in_window" => self.restarts.len(),
+              "devices" => self.devices.len());
+        self.spawn()?;
+        self.reattach_all();
+        Ok(())
+    }
+
+    /// Sends every kept device to a fresh datapath. A device it refuses stays kept (the
+    /// next restart tries again) and is logged: its LUN answers nothing until then.
+    fn reattach_all(&mut self) {
+        let uios: Vec<String> = self.devices.keys().cloned().collect();
+        for uio in uios {
+            let Some(dev) = self.devices.get(&uio) else {
+                continue;
+            };
+            let req = Request::Attach(dev.attach.clone());
+            // The descriptors are duplicated by the kernel when sent; ours stay ours.
+            let result = match self.conn.as_mut() {
+                Some(conn) => conn.call(&req, &dev.fds()),
+                None => return,
+            };
+            match result {
+                Ok(Reply::Ok) => info!(self.log, "device re-attached"; "uio" => &uio),
+                Ok(other) => {
+                    error!(self.log, "re-attach refused"; "uio" => &uio, "reply" => ?other)
+                }
+                Err(e) => {
+                    error!(self.log, "re-attach failed; datapath considered dead"; "uio" => &uio, "error" => %e);
+                    self.conn = None;
+                    self.kill_child();
+                    self.child = None;
+                    self.down_since = Some(Instant::now());
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Detaches whatever is still attached, then stops the datapath (SIGTERM, then
+    /// SIGKILL after a grace period) and removes its socket file.
+    pub fn stop(&mut self) {
+        let uios: Vec<String> = self.devices.keys().cloned().collect();
+        for uio in uios {
+            self.detach(&uio);
+        }
+        self.conn = None;
+        if let Some(mut child) = self.child.take() {
+            let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+            let deadline = Instant::now() + STOP_GRACE;
+            loop {
+                match child.try_wait() {
+                    Ok(Some(status)) => {
+                        info!(self.log, "datapath stopped"; "status" => %status);
+                        break;
+                    }
+                    Ok(None) if Instant::now() < deadline => {
+                        std::thread::sleep(Duration::from_millis(20))
+                    }
+                    _ => {
+                        warn!(self.log, "datapath did not stop in time; killing it");
+                        let _ = child.kill();
+                        let _ = child.wait();
+                        break;
+                    }
+                }
+            }
+        }
+        let _ = std::fs::remove_file(&self.cfg.socket);
+    }
+}
+
+impl Drop for Supervisor {
+    fn drop(&mut self) {
+        if self.child.is_some() {
+            self.stop();
+        }
+    }
+}
