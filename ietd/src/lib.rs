@@ -11,3 +11,4 @@ pub mod provision;
 pub mod state;
 pub mod supervise;
 pub mod views;
+pub mod views;

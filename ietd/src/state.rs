@@ -22,8 +22,14 @@ use crate::conf::model::{Account, Accounts, Config, Lun, Secret, Target};
 use crate::conf::params::{
     format_param_value, parse_param_value, Key, SESSION_PARAMS, TARGET_PARAMS,
 };
+use crate::conf::AccessRules;
 use crate::protocol::{Direction, KeyValue, LunView, TargetSessions, TargetVolumes};
 use crate::provision::{Connection, ProvisionError, Provisioner, Session};
+
+mod reload;
+mod render;
+
+pub use reload::{Change, ReloadReport};
 
 /// Highest LUN number IET accepts (0x3fff).
 pub const MAX_LUN: u32 = 16383;
@@ -80,6 +86,12 @@ pub enum StateError {
     NoSession { tid: u32, sid: u64 },
     #[error("no connection {cid} in session {sid} of target {tid}")]
     NoConnection { tid: u32, sid: u64, cid: u32 },
+    /// A reload was given a configuration with errors; nothing was changed.
+    #[error("configuration rejected: {errors} error(s); the running configuration is kept")]
+    ConfigRejected { errors: usize },
+    /// The running state has something ietd.conf has no way to say.
+    #[error("cannot be written as ietd.conf: {what}: {reason}")]
+    NotRepresentable { what: String, reason: String },
     #[error("{what}: {source}")]
     Provision {
         what: String,
@@ -107,7 +119,9 @@ impl StateError {
             | StateError::InvalidValue { .. }
             | StateError::UnknownParam { .. }
             | StateError::BadRedirect { .. }
-            | StateError::EmptyUser => libc::EINVAL,
+            | StateError::EmptyUser
+            | StateError::ConfigRejected { .. }
+            | StateError::NotRepresentable { .. } => libc::EINVAL,
             StateError::Provision { source, .. } => source.errno(),
         }
     }
@@ -124,9 +138,13 @@ pub struct State {
     targets: BTreeMap<u32, Target>,
     /// Tids in creation order: teardown runs it backwards, the views forwards or backwards.
     order: Vec<u32>,
+    /// LUN numbers of each target in creation order (IET's volume view order).
+    lun_order: BTreeMap<u32, Vec<u32>>,
     /// IET's tid counter (§3.5): the last id handed out by allocation.
     last_tid: u32,
     discovery: Accounts,
+    /// The access rules the provisioner was given (compared at reload).
+    access: AccessRules,
     log: Logger,
 }
 
@@ -137,18 +155,24 @@ impl State {
             prov,
             targets: BTreeMap::new(),
             order: Vec::new(),
+            lun_order: BTreeMap::new(),
             last_tid: 0,
             discovery: Accounts::default(),
+            access: AccessRules::default(),
             log,
         }
     }
 
     /// Builds the state from a parsed configuration. Targets get tids 1, 2, 3… in file
-    /// order (or their fixed tid, if the model carries one). A target or LUN whose
-    /// provisioning fails is logged and skipped; the others come up. Returns the state and
-    /// the number of targets/LUNs/account sets that failed.
+    /// order (or their fixed tid, if the model carries one), LUNs are made in file order.
+    /// A target or LUN whose provisioning fails is logged and skipped; the others come up.
+    /// Returns the state and the number of targets/LUNs/account sets that failed.
+    ///
+    /// `prov` must have been built with `config.access` (the provisioner applies the
+    /// access rules; the state keeps a copy to see what a reload changes).
     pub fn from_config(config: Config, prov: Box<dyn Provisioner>, log: Logger) -> (State, usize) {
         let mut state = State::new(prov, log);
+        state.access = config.access;
         let mut failures = 0;
         if config.discovery != Accounts::default() {
             match state.prov.update_discovery(&config.discovery) {
@@ -175,7 +199,7 @@ impl State {
                     continue;
                 }
             };
-            for lun in luns.into_values() {
+            for lun in in_file_order(luns) {
                 let n = lun.lun;
                 let at = lun
                     .origin
@@ -243,6 +267,8 @@ impl State {
             self.last_tid = tid;
         }
         info!(self.log, "target created"; "tid" => tid, "name" => &target.name);
+        self.lun_order
+            .insert(tid, target.luns.keys().copied().collect());
         self.targets.insert(tid, target);
         self.order.push(tid);
         Ok(tid)
@@ -280,6 +306,7 @@ impl State {
             info!(self.log, "target deleted"; "tid" => tid, "name" => &t.name);
         }
         self.order.retain(|&t| t != tid);
+        self.lun_order.remove(&tid);
         Ok(())
     }
 
@@ -468,6 +495,7 @@ impl State {
             "type" => lun.params.io_type.as_str(), "iomode" => lun.params.io_mode.as_str(),
             "path" => lun.params.path.as_ref().map(|p| p.display().to_string()).unwrap_or_default());
         self.targets.insert(tid, next);
+        self.lun_order.entry(tid).or_default().push(n);
         Ok(())
     }
 
@@ -507,6 +535,9 @@ impl State {
             .map_err(prov_err(format!("removing LUN {lun} from target {tid}")))?;
         if let Some(t) = self.targets.get_mut(&tid) {
             t.luns.remove(&lun);
+        }
+        if let Some(order) = self.lun_order.get_mut(&tid) {
+            order.retain(|&l| l != lun);
         }
         info!(self.log, "logical unit deleted"; "tid" => tid, "lun" => lun);
         Ok(())
@@ -648,7 +679,17 @@ impl State {
         })
     }
 
-    /// IET's `/proc/net/iet/volume` content: targets newest first, LUNs in number order.
+    /// The LUNs of `t` in creation order.
+    fn luns_in_order<'a>(&'a self, t: &'a Target) -> impl Iterator<Item = &'a Lun> + 'a {
+        let order = self.lun_order.get(&t.tid).map(Vec::as_slice).unwrap_or(&[]);
+        // A LUN missing from the order list would be a bug; it is still shown, last.
+        let listed = order.iter().filter_map(|n| t.luns.get(n));
+        let unlisted = t.luns.values().filter(move |l| !order.contains(&l.lun));
+        listed.chain(unlisted)
+    }
+
+    /// IET's `/proc/net/iet/volume` content: targets newest first, LUNs in creation
+    /// order (IET appended each new LU to its target's list).
     pub fn volumes(&self) -> Vec<TargetVolumes> {
         self.order
             .iter()
@@ -657,7 +698,7 @@ impl State {
             .map(|t| TargetVolumes {
                 tid: t.tid,
                 name: t.name.clone(),
-                luns: t.luns.values().map(lun_view).collect(),
+                luns: self.luns_in_order(t).map(lun_view).collect(),
             })
             .collect()
     }
@@ -681,6 +722,14 @@ impl State {
             })
             .collect()
     }
+}
+
+/// LUNs in the order their lines appear in the file (IET created them in that order);
+/// LUNs without a line (none, from a parsed file) come last in number order.
+fn in_file_order(luns: BTreeMap<u32, Lun>) -> Vec<Lun> {
+    let mut v: Vec<Lun> = luns.into_values().collect();
+    v.sort_by_key(|l| (l.origin.as_ref().map_or(usize::MAX, |o| o.line), l.lun));
+    v
 }
 
 fn scope_name(tid: u32) -> String {

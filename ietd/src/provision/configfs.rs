@@ -17,6 +17,7 @@ use super::plan::{
 use super::session;
 use super::{ProvisionError, Provisioner, Session};
 use crate::conf::model::{Accounts, Lun, Target};
+use crate::conf::AccessRules;
 
 /// Called between a backstore's `enable` and its export, and before its removal. The
 /// real implementation opens `/dev/uioN` and hands it to the datapath, which must serve
@@ -71,14 +72,33 @@ fn key(name: &str) -> String {
     name.to_ascii_lowercase()
 }
 
-/// Attribute files that take `NULL` to clear (LIO's convention for CHAP strings).
+/// The value that undoes a setting which is no longer wanted: `NULL` clears LIO's CHAP
+/// strings; `demo_mode_discovery` goes back to LIO's default 1, because a TPG switched
+/// to demo mode by a reload must show up in SendTargets again.
 fn clear_value(path: &str) -> Option<&'static str> {
     let leaf = path.rsplit('/').next().unwrap_or("");
-    matches!(
-        leaf,
-        "userid" | "password" | "userid_mutual" | "password_mutual"
-    )
-    .then_some("NULL")
+    match leaf {
+        "userid" | "password" | "userid_mutual" | "password_mutual" => Some("NULL"),
+        "demo_mode_discovery" => Some("1"),
+        _ => None,
+    }
+}
+
+/// Whether `path` is `dir` or lies below it.
+fn under(path: &str, dir: &str) -> bool {
+    path.strip_prefix(dir)
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+}
+
+/// The configfs path a step acts on (for device-hook steps: none).
+fn step_path(step: &Step) -> Option<&str> {
+    match &step.action {
+        Action::Op(
+            Op::Mkdir { path } | Op::Write { path, .. } | Op::Unlink { path } | Op::Rmdir { path },
+        ) => Some(path),
+        Action::Op(Op::Symlink { link, .. }) => Some(link),
+        Action::DeviceEnabled { .. } | Action::DeviceRemoving { .. } => None,
+    }
 }
 
 impl ConfigfsProvisioner {
@@ -430,6 +450,95 @@ impl Provisioner for ConfigfsProvisioner {
                 Err(e)
             }
         }
+    }
+
+    fn set_access_rules(&mut self, access: &AccessRules) -> Result<(), ProvisionError> {
+        self.settings.access = access.clone();
+        Ok(())
+    }
+
+    /// Order: new node ACLs (with their mapped LUNs) first, then the settings (demo
+    /// mode, CHAP), then the ACLs that went away. A failure before the removals is
+    /// rolled back; a failed removal is returned with the rest left applied, because a
+    /// removed ACL cannot be put back with its sessions.
+    fn update_access(&mut self, target: &Target) -> Result<bool, ProvisionError> {
+        let live = self.live(target)?;
+        let old = live.acl.clone();
+        let had = live.applied.clone();
+        let tpg = tpg_path(&target.name);
+        let (new, steps, want, warnings) = {
+            let mut b = self.builder()?;
+            let resolved = b.acl(target);
+            let mut steps = Vec::new();
+            let mut want = Vec::new();
+            if let Ok(new) = &resolved {
+                for ini in new.initiators() {
+                    if old.initiators().contains(ini) {
+                        continue;
+                    }
+                    let dir = format!("{tpg}/acls/{ini}");
+                    steps.push(Step {
+                        action: Action::Op(Op::Mkdir { path: dir.clone() }),
+                        undo: Some(Action::Op(Op::Rmdir { path: dir })),
+                        lun: None,
+                        setting: false,
+                    });
+                    for lun in target.luns.values() {
+                        steps.extend(b.mapped_lun_steps(target, ini, lun));
+                    }
+                }
+                want = b.tpg_settings(target, new);
+                for ini in new.initiators() {
+                    want.extend(b.acl_settings(target, ini));
+                }
+            }
+            (resolved, steps, want, std::mem::take(&mut b.warnings))
+        };
+        self.warn_all(warnings);
+        let new = new?;
+        if new == old {
+            return Ok(false);
+        }
+        let removed: Vec<String> = old
+            .initiators()
+            .iter()
+            .filter(|i| !new.initiators().contains(i))
+            .map(|i| format!("{tpg}/acls/{i}"))
+            .collect();
+        let gone = |path: &str| removed.iter().any(|dir| under(path, dir));
+        // Settings inside a removed ACL vanish with its directory; nothing to clear.
+        let kept: BTreeMap<String, Setting> =
+            had.into_iter().filter(|(path, _)| !gone(path)).collect();
+        let done = self.run(target, steps)?;
+        let now = match self.sync_settings(&kept, want) {
+            Ok(now) => now,
+            Err(e) => {
+                error!(self.log, "access change failed, rolling back"; "target" => &target.name,
+                       "error" => %e);
+                let restore: Vec<Setting> = kept.values().cloned().collect();
+                if let Err(e2) = self.write_settings(&restore) {
+                    error!(self.log, "restoring settings failed"; "target" => &target.name,
+                           "error" => %e2);
+                }
+                self.undo(target, done);
+                return Err(e);
+            }
+        };
+        let live = self
+            .live
+            .get_mut(&key(&target.name))
+            .expect("checked above and nothing removed it since");
+        live.journal.extend(done);
+        let (old_steps, rest): (Vec<Step>, Vec<Step>) = std::mem::take(&mut live.journal)
+            .into_iter()
+            .partition(|s| step_path(s).is_some_and(&gone));
+        live.journal = rest;
+        live.acl = new.clone();
+        live.applied = now;
+        let result = self.undo(target, old_steps);
+        info!(self.log, "target access updated"; "target" => &target.name,
+              "acl" => ?new, "removed_acls" => removed.len());
+        result.map_or(Ok(true), Err)
     }
 
     fn sessions(&self, target: &Target) -> Result<Vec<Session>, ProvisionError> {

@@ -3,6 +3,7 @@
 //! the kernel's `/sys/kernel/config` or a temp dir in a test.
 
 use crate::conf::model::{Accounts, Lun, Target};
+use crate::conf::AccessRules;
 use thiserror::Error;
 
 /// A session as LIO reports it (the IET `/proc/net/iet/session` view).
@@ -84,6 +85,24 @@ pub trait Provisioner: Send {
         sid: u64,
         cid: u32,
     ) -> Result<(), ProvisionError>;
+    /// Replaces the access rules (initiators.allow, targets.allow) used from now on by
+    /// `create_target` and `update_access`. Live targets keep the access they were made
+    /// with until `update_access` is called for each of them (a reload does that).
+    fn set_access_rules(&mut self, access: &AccessRules) -> Result<(), ProvisionError> {
+        let _ = access;
+        Err(ProvisionError::Unsupported(
+            "this provisioner cannot change the access rules of a running daemon".into(),
+        ))
+    }
+    /// Brings who may log in to the live `target` (demo mode, node ACLs with their
+    /// mapped LUNs and CHAP) in line with the current access rules. Returns whether
+    /// anything had to change. All or nothing, like every other method.
+    fn update_access(&mut self, target: &Target) -> Result<bool, ProvisionError> {
+        Err(ProvisionError::Unsupported(format!(
+            "target {}: this provisioner cannot change the access of a live target",
+            target.name
+        )))
+    }
 }
 
 pub mod configfs;

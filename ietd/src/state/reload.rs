@@ -1,0 +1,385 @@
+//! Live reload (SIGHUP): compares the running state with a freshly loaded configuration
+//! and applies only the difference through the provisioner, so untouched targets and
+//! LUNs (and the sessions on them) are not disturbed.
+//!
+//! Rule for changes made at run time with ietadm: **the configuration files are the
+//! source of truth at reload.** A target, LUN, account or parameter value that exists
+//! only because of ietadm, and is not in ietd.conf, is removed or reverted by a reload,
+//! exactly as a restart would do. IET never wrote ietadm changes back and had no reload
+//! (its SIGHUP ended the daemon), so the choice was open; this one keeps "what the file
+//! says is what runs" true after every reload, and a reload behaves like a restart
+//! minus the disruption. To keep runtime changes, write them to the file first:
+//! [`State::to_ietd_conf`] renders the running state as an ietd.conf for that. Two
+//! exceptions, each because the file cannot say otherwise: a target's `--redirect` has
+//! no ietd.conf keyword and is kept; a target that still has sessions is not removed (as
+//! `ietadm --op delete` refuses it), the step is reported as failed instead.
+//!
+//! Matching: targets by name, case-insensitively, keeping their tid; LUNs by number. A
+//! LUN whose parameters changed is deleted and added again (LIO cannot change a
+//! backstore's size or path in place). A configuration with errors is refused whole.
+//!
+//! Order of the steps: discovery accounts, the provisioner's access rules, removed
+//! targets (newest first), then per kept target: removed and changed LUNs, parameters /
+//! alias / accounts, access (node ACLs), added and changed LUNs; last the new targets in
+//! file order. Each step is all-or-nothing in the provisioner; a failed step is reported
+//! and the reload goes on with the steps that do not depend on it.
+
+use std::fmt;
+
+use slog::{error, info, warn};
+
+use super::{in_file_order, prov_err, State, StateError};
+use crate::conf::model::{Lun, Target};
+use crate::conf::Loaded;
+
+/// One change a reload made (or tried to make).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    /// Discovery (tid 0) accounts replaced.
+    DiscoveryAccounts,
+    /// The provisioner was given the new initiators.allow / targets.allow rules.
+    AccessRules,
+    TargetAdded {
+        tid: u32,
+        name: String,
+    },
+    TargetRemoved {
+        tid: u32,
+        name: String,
+    },
+    /// Parameters, alias, MaxSessions and/or accounts re-applied; `what` names them.
+    TargetUpdated {
+        tid: u32,
+        name: String,
+        what: Vec<&'static str>,
+    },
+    /// Who may log in changed (demo mode / node ACLs).
+    TargetAccess {
+        tid: u32,
+        name: String,
+    },
+    LunAdded {
+        tid: u32,
+        lun: u32,
+    },
+    LunRemoved {
+        tid: u32,
+        lun: u32,
+    },
+    /// Parameters changed: deleted and added again.
+    LunChanged {
+        tid: u32,
+        lun: u32,
+    },
+}
+
+impl fmt::Display for Change {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Change::DiscoveryAccounts => write!(f, "discovery accounts replaced"),
+            Change::AccessRules => write!(f, "access rules replaced"),
+            Change::TargetAdded { tid, name } => write!(f, "target {tid} ({name}) added"),
+            Change::TargetRemoved { tid, name } => write!(f, "target {tid} ({name}) removed"),
+            Change::TargetUpdated { tid, name, what } => {
+                write!(f, "target {tid} ({name}) updated: {}", what.join(", "))
+            }
+            Change::TargetAccess { tid, name } => {
+                write!(f, "target {tid} ({name}) access changed")
+            }
+            Change::LunAdded { tid, lun } => write!(f, "target {tid} LUN {lun} added"),
+            Change::LunRemoved { tid, lun } => write!(f, "target {tid} LUN {lun} removed"),
+            Change::LunChanged { tid, lun } => {
+                write!(f, "target {tid} LUN {lun} re-created with new parameters")
+            }
+        }
+    }
+}
+
+/// What a reload did. Every entry was already logged (one line each) when it happened.
+#[derive(Debug, Default)]
+pub struct ReloadReport {
+    /// Changes made, in the order they were made.
+    pub applied: Vec<Change>,
+    /// Changes that failed and were not made (the provisioner rolled each back), with
+    /// the reason.
+    pub failed: Vec<(Change, StateError)>,
+}
+
+impl ReloadReport {
+    /// True when the running state now matches the configuration.
+    pub fn is_complete(&self) -> bool {
+        self.failed.is_empty()
+    }
+
+    /// True when nothing differed.
+    pub fn is_empty(&self) -> bool {
+        self.applied.is_empty() && self.failed.is_empty()
+    }
+
+    fn done(&mut self, log: &slog::Logger, change: Change) {
+        info!(log, "reload: {}", change);
+        self.applied.push(change);
+    }
+
+    fn fail(&mut self, log: &slog::Logger, change: Change, e: StateError) {
+        error!(log, "reload: not done: {}", change; "error" => %e);
+        self.failed.push((change, e));
+    }
+}
+
+/// The parts of a target a reload compares besides its LUNs; `redirect` is runtime-only
+/// and `origin` is bookkeeping, so neither counts as a change.
+fn target_differences(old: &Target, new: &Target) -> Vec<&'static str> {
+    let mut what = Vec::new();
+    if old.params != new.params {
+        what.push("parameters");
+    }
+    if old.alias != new.alias {
+        what.push("alias");
+    }
+    if old.max_sessions != new.max_sessions {
+        what.push("MaxSessions");
+    }
+    if old.accounts != new.accounts {
+        what.push("accounts");
+    }
+    what
+}
+
+impl State {
+    /// Re-reads nothing itself: applies `loaded` (ietd.conf and the allow files, as
+    /// [`crate::conf::load`] returned them) to the running state. The diagnostics are
+    /// logged here (errors with their file:line), so the caller need not. A
+    /// configuration with errors is refused whole with [`StateError::ConfigRejected`] and
+    /// nothing changes. Otherwise returns what was done and what failed; see the module
+    /// documentation for the rules.
+    pub fn reload(&mut self, loaded: Loaded) -> Result<ReloadReport, StateError> {
+        let log = self.log.clone();
+        let errors = loaded.diagnostics.iter().filter(|d| d.is_error()).count();
+        for d in &loaded.diagnostics {
+            if d.is_error() {
+                error!(log, "{}", d);
+            } else {
+                warn!(log, "{}", d);
+            }
+        }
+        if errors > 0 {
+            error!(log, "reload refused: the configuration has errors; nothing was changed";
+                "errors" => errors);
+            return Err(StateError::ConfigRejected { errors });
+        }
+        let config = loaded.config;
+        let mut report = ReloadReport::default();
+
+        if config.discovery != self.discovery {
+            let r = self
+                .prov
+                .update_discovery(&config.discovery)
+                .map_err(prov_err("updating discovery accounts"));
+            match r {
+                Ok(()) => {
+                    self.discovery = config.discovery.clone();
+                    report.done(&log, Change::DiscoveryAccounts);
+                }
+                Err(e) => report.fail(&log, Change::DiscoveryAccounts, e),
+            }
+        }
+
+        // Without the new rules in the provisioner, new targets would get the old ones;
+        // the reload goes on, and the failure says the access is stale.
+        let access_changed = config.access != self.access;
+        let access_ok = if access_changed {
+            match self
+                .prov
+                .set_access_rules(&config.access)
+                .map_err(prov_err("replacing the access rules"))
+            {
+                Ok(()) => {
+                    self.access = config.access.clone();
+                    report.done(&log, Change::AccessRules);
+                    true
+                }
+                Err(e) => {
+                    report.fail(&log, Change::AccessRules, e);
+                    false
+                }
+            }
+        } else {
+            true
+        };
+
+        let find_new = |name: &str| {
+            config
+                .targets
+                .iter()
+                .find(|t| t.name.eq_ignore_ascii_case(name))
+        };
+
+        // Removed targets, newest first (the reverse of creation, as at shutdown).
+        for tid in self.order.clone().into_iter().rev() {
+            let Some(t) = self.targets.get(&tid) else {
+                continue;
+            };
+            if find_new(&t.name).is_some() {
+                continue;
+            }
+            let change = Change::TargetRemoved {
+                tid,
+                name: t.name.clone(),
+            };
+            match self.target_delete(tid) {
+                Ok(()) => report.done(&log, change),
+                Err(e) => report.fail(&log, change, e),
+            }
+        }
+
+        // Kept targets.
+        for tid in self.order.clone() {
+            let Some(name) = self.targets.get(&tid).map(|t| t.name.clone()) else {
+                continue;
+            };
+            let Some(new) = find_new(&name) else {
+                // Its removal failed above; already reported.
+                continue;
+            };
+            self.reload_target(tid, new, access_changed && access_ok, &mut report);
+        }
+
+        // New targets, in file order.
+        for new in &config.targets {
+            if self
+                .targets
+                .values()
+                .any(|t| t.name.eq_ignore_ascii_case(&new.name))
+            {
+                continue;
+            }
+            let mut target = new.clone();
+            let luns = std::mem::take(&mut target.luns);
+            let name = target.name.clone();
+            match self.add_target(target) {
+                Ok(tid) => {
+                    report.done(&log, Change::TargetAdded { tid, name });
+                    for lun in in_file_order(luns) {
+                        let change = Change::LunAdded { tid, lun: lun.lun };
+                        match self.add_lun(tid, lun) {
+                            Ok(()) => report.done(&log, change),
+                            Err(e) => report.fail(&log, change, e),
+                        }
+                    }
+                }
+                Err(e) => report.fail(&log, Change::TargetAdded { tid: new.tid, name }, e),
+            }
+        }
+
+        info!(log, "configuration reloaded"; "changes" => report.applied.len(),
+            "failed" => report.failed.len());
+        Ok(report)
+    }
+
+    /// Brings one kept target in line with `new`.
+    fn reload_target(
+        &mut self,
+        tid: u32,
+        new: &Target,
+        access_changed: bool,
+        report: &mut ReloadReport,
+    ) {
+        let log = self.log.clone();
+        let Some(old) = self.targets.get(&tid).cloned() else {
+            return;
+        };
+
+        // LUNs that go away or change: removed first, so a changed LUN's number is free.
+        let mut to_add: Vec<Lun> = Vec::new();
+        for (n, lun) in &old.luns {
+            match new.luns.get(n) {
+                Some(l) if l.params == lun.params => {}
+                Some(l) => {
+                    let change = Change::LunChanged { tid, lun: *n };
+                    match self.lun_delete(tid, *n) {
+                        Ok(()) => to_add.push(l.clone()),
+                        Err(e) => report.fail(&log, change, e),
+                    }
+                }
+                None => {
+                    let change = Change::LunRemoved { tid, lun: *n };
+                    match self.lun_delete(tid, *n) {
+                        Ok(()) => report.done(&log, change),
+                        Err(e) => report.fail(&log, change, e),
+                    }
+                }
+            }
+        }
+        for (n, lun) in &new.luns {
+            if !old.luns.contains_key(n) {
+                to_add.push(lun.clone());
+            }
+        }
+
+        let what = target_differences(&old, new);
+        if !what.is_empty() {
+            let change = Change::TargetUpdated {
+                tid,
+                name: old.name.clone(),
+                what,
+            };
+            let r = self.change_target(tid, "reloading the settings", |t| {
+                t.params = new.params.clone();
+                t.alias = new.alias.clone();
+                t.max_sessions = new.max_sessions;
+                t.accounts = new.accounts.clone();
+                Ok(())
+            });
+            match r {
+                Ok(()) => report.done(&log, change),
+                Err(e) => report.fail(&log, change, e),
+            }
+        }
+
+        if access_changed {
+            if let Some(t) = self.targets.get(&tid) {
+                let change = Change::TargetAccess {
+                    tid,
+                    name: t.name.clone(),
+                };
+                match self
+                    .prov
+                    .update_access(t)
+                    .map_err(prov_err(format!("updating the access of target {tid}")))
+                {
+                    Ok(true) => report.done(&log, change),
+                    Ok(false) => {}
+                    Err(e) => report.fail(&log, change, e),
+                }
+            }
+        }
+
+        // Changed LUNs were removed above and come back here; a failure leaves the LUN
+        // absent, which the report says (removed: done, added: failed).
+        for lun in in_file_order(to_add.into_iter().map(|l| (l.lun, l)).collect()) {
+            let n = lun.lun;
+            let changed = old.luns.contains_key(&n);
+            match self.add_lun(tid, lun) {
+                Ok(()) if changed => report.done(&log, Change::LunChanged { tid, lun: n }),
+                Ok(()) => report.done(&log, Change::LunAdded { tid, lun: n }),
+                Err(e) => {
+                    if changed {
+                        report.done(&log, Change::LunRemoved { tid, lun: n });
+                    }
+                    report.fail(&log, Change::LunAdded { tid, lun: n }, e);
+                }
+            }
+        }
+
+        // Where each kept object is defined now: bookkeeping only, no provisioning.
+        if let Some(t) = self.targets.get_mut(&tid) {
+            t.origin = new.origin.clone();
+            for (n, l) in t.luns.iter_mut() {
+                if let Some(nl) = new.luns.get(n) {
+                    l.origin = nl.origin.clone();
+                }
+            }
+        }
+    }
+}
