@@ -11,4 +11,3 @@ pub mod provision;
 pub mod state;
 pub mod supervise;
 pub mod views;
-pub mod views;
