@@ -385,3 +385,34 @@ impl Lun {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lun_is_send_and_sync() {
+        fn check<T: Send + Sync>() {}
+        check::<Lun>();
+    }
+
+    #[test]
+    fn needs_io_matches_the_handlers_that_touch_the_store() {
+        for op in [
+            0x08u8, 0x0A, 0x28, 0x2A, 0xA8, 0xAA, 0x88, 0x8A, 0x2E, 0x8E, 0x2F, 0xAF, 0x8F,
+        ] {
+            assert!(needs_io(&[op, 0, 0, 0, 0, 0]), "{op:#x}");
+        }
+        for op in [0x35u8, 0x91, 0x41, 0x93, 0x42, 0x89, 0x1B] {
+            assert!(needs_io(&[op, 0, 0, 0, 0, 0]), "{op:#x}");
+        }
+        assert!(needs_io(&[0x9E, 0x12]));
+        assert!(!needs_io(&[0x9E, 0x10]));
+        for op in [
+            0x00u8, 0x03, 0x12, 0x1A, 0x5A, 0x15, 0x55, 0x25, 0xA3, 0x04, 0x1E, 0x85,
+        ] {
+            assert!(!needs_io(&[op, 0, 0, 0, 0, 0]), "{op:#x}");
+        }
+        assert!(!needs_io(&[]));
+    }
+}
