@@ -226,9 +226,11 @@ stop_pid() {
 
 # ietd_start CONF [IETD_OPTION...]: start ietd in the foreground with its control socket
 # and pid file under /run (an AF_UNIX socket on a 9p share cannot be connected), export
-# IETD_SOCKET for ietadm, and wait until the socket exists.  Sets IETD_PID.  ietd is
-# stopped at exit and its log (/tmp/ietd.log) shown if the test fails.  Returns 1 if ietd
-# exits or has no socket within 30 s.
+# IETD_SOCKET for ietadm, and wait until ietd is ready.  Sets IETD_PID.  ietd is stopped
+# at exit and its log (/tmp/ietd.log) shown if the test fails.  Returns 1 if ietd exits
+# or is not ready within 60 s.
+# Ready means `ietadm --op show` is answered: the socket file alone is no sign, ietd
+# binds it before it provisions the configured targets, and serves requests only after.
 ietd_start() {
     local conf=$1 bin
     shift
@@ -237,13 +239,15 @@ ietd_start() {
     mkdir -p /run/ietd
     start_bg ietd "$bin" -f -c "$conf" --socket "$IETD_SOCKET" --pid-file /run/ietd.pid "$@"
     IETD_PID=$BG_PID
-    wait_until 30 ietd_ready_or_dead
+    wait_until 60 ietd_ready_or_dead
     kill -0 "$IETD_PID" 2> /dev/null || lib_err "ietd exited at start (see /tmp/ietd.log)" || return 1
-    [ -S "$IETD_SOCKET" ] || lib_err "ietd has no control socket after 30 s" || return 1
+    run_ietadm --op show > /dev/null 2>&1 ||
+        lib_err "ietd does not answer 'ietadm --op show' after 60 s" || return 1
 }
 
 ietd_ready_or_dead() {
-    [ -S "$IETD_SOCKET" ] || ! kill -0 "$IETD_PID" 2> /dev/null
+    ! kill -0 "$IETD_PID" 2> /dev/null && return 0
+    [ -S "$IETD_SOCKET" ] && run_ietadm --op show > /dev/null 2>&1
 }
 
 # ietd_stop [TIMEOUT_S]: SIGTERM ietd and return its exit status (0 = clean stop).

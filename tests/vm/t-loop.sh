@@ -37,6 +37,9 @@ check "the backing file holds the data" \
 check "reading the disk back gives the data" \
     cmp /tmp/pattern <(dd if="$da" bs=64k skip=64 count=16 iflag=direct status=none)
 
+objs=$(lio_objects)
+check_grep "lio_objects lists the backstores" '^backstore fileio_41/la$' "$objs"
+check_grep "lio_objects lists the tcm_loop target" '^loopback naa\.' "$objs"
 check "loop_unlink removes LUN 3" loop_unlink "$tpg" 3
 check "its disk disappeared" wait_until 10 sh -c "! test -b $db"
 lio_teardown
