@@ -1135,6 +1135,88 @@ mod tests {
         );
     }
 
+    fn loaded(text: &str) -> crate::conf::Loaded {
+        let (conf, diagnostics) =
+            crate::conf::parse_ietd_conf(text, std::path::Path::new("ietd.conf"));
+        crate::conf::Loaded {
+            config: Config {
+                targets: conf.targets,
+                discovery: conf.discovery,
+                isns: conf.isns,
+                access: AccessRules::default(),
+            },
+            diagnostics,
+        }
+    }
+
+    #[test]
+    fn reload_failure_midway_is_reported_and_the_rest_applied() {
+        let (mut s, j) = state();
+        let first = "Target iqn.a\n\tLun 0 Type=nullio\n\tLun 1 Type=nullio\nTarget iqn.b\n";
+        let r = s.reload(loaded(first)).unwrap();
+        assert_eq!(r.applied.len(), 4, "{:?}", r.applied);
+        j.lock().unwrap().calls.clear();
+        // LUN 1 changes, but adding it back fails; iqn.c is still made.
+        j.lock().unwrap().fail_on = Some("add_lun 1 1".into());
+        let second = "Target iqn.a\n\tLun 0 Type=nullio\n\tLun 1 Type=nullio,Blocks=9\n\
+                      Target iqn.b\nTarget iqn.c\n";
+        let r = s.reload(loaded(second)).unwrap();
+        assert_eq!(
+            r.applied,
+            vec![
+                Change::LunRemoved { tid: 1, lun: 1 },
+                Change::TargetAdded {
+                    tid: 3,
+                    name: "iqn.c".into()
+                }
+            ]
+        );
+        assert_eq!(r.failed.len(), 1);
+        assert_eq!(r.failed[0].0, Change::LunAdded { tid: 1, lun: 1 });
+        assert!(!r.is_complete());
+        assert_eq!(
+            j.lock().unwrap().calls,
+            ["delete_lun 1 1", "create 3 iqn.c"]
+        );
+        // The model says what the kernel side has: LUN 1 is gone, LUN 0 untouched.
+        assert_eq!(
+            s.get(1).unwrap().luns.keys().copied().collect::<Vec<_>>(),
+            [0]
+        );
+        // A later reload finishes the job.
+        j.lock().unwrap().fail_on = None;
+        let r = s.reload(loaded(second)).unwrap();
+        assert_eq!(r.applied, vec![Change::LunAdded { tid: 1, lun: 1 }]);
+    }
+
+    #[test]
+    fn reload_with_errors_makes_no_call() {
+        let (mut s, j) = state();
+        s.reload(loaded("Target iqn.a\n")).unwrap();
+        j.lock().unwrap().calls.clear();
+        let e = s
+            .reload(loaded("Target iqn.b\nTarget iqn.a\n\tLun 0 Type=bogus\n"))
+            .unwrap_err();
+        assert!(matches!(e, StateError::ConfigRejected { errors: 1 }), "{e}");
+        assert!(j.lock().unwrap().calls.is_empty());
+        assert_eq!(s.target_count(), 1);
+    }
+
+    #[test]
+    fn access_change_without_provisioner_support_is_reported() {
+        let (mut s, _) = state();
+        s.reload(loaded("Target iqn.a\n")).unwrap();
+        let mut l = loaded("Target iqn.a\n");
+        l.config.access.initiators_allow = crate::conf::AclFile::Unreadable {
+            path: "/etc/iet/initiators.allow".into(),
+            reason: "EACCES".into(),
+        };
+        let r = s.reload(l).unwrap();
+        assert_eq!(r.failed.len(), 1);
+        assert_eq!(r.failed[0].0, Change::AccessRules);
+        assert_eq!(r.failed[0].1.errno(), libc::EOPNOTSUPP);
+    }
+
     #[test]
     fn redirect_parsing() {
         assert_eq!(parse_redirect("  ").unwrap(), None);
