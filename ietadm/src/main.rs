@@ -23,9 +23,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use ietd::conf::model::Secret;
-use ietd::protocol::{
-    socket_path, KeyValue, Reply, Request, Response, TargetVolumes, MAX_REQUEST_LINE,
-};
+use ietd::protocol::{socket_path, KeyValue, Reply, Request, Response, MAX_REQUEST_LINE};
 
 mod args;
 
@@ -377,7 +375,7 @@ fn system(op: OpKind, c: &Client) -> Result<Option<String>, Action> {
             Ok(None)
         }
         OpKind::Show => match c.call(&Request::Volumes)? {
-            Reply::Volumes { targets } => Ok(Some(volume_view(&targets))),
+            Reply::Volumes { targets } => Ok(Some(ietd::views::render_volume(&targets))),
             other => Err(unexpected(&other).into()),
         },
         OpKind::New | OpKind::Update => {
@@ -391,30 +389,6 @@ fn key_values(params: &[KeyValue]) -> String {
         .iter()
         .map(|kv| format!("{}={}\n", kv.key, kv.value))
         .collect()
-}
-
-/// IET's `/proc/net/iet/volume` format (spec §8). A LUN whose backing store could not
-/// be sized has no `blocks:` field rather than a wrong number.
-fn volume_view(targets: &[TargetVolumes]) -> String {
-    let mut out = String::new();
-    for t in targets {
-        out.push_str(&format!("tid:{} name:{}\n", t.tid, t.name));
-        for l in &t.luns {
-            out.push_str(&format!(
-                "\tlun:{} state:{:x} iotype:{} iomode:{}",
-                l.lun, l.state, l.io_type, l.io_mode
-            ));
-            if let Some(b) = l.blocks {
-                out.push_str(&format!(" blocks:{b}"));
-            }
-            out.push_str(&format!(" blocksize:{}", l.block_size));
-            if let Some(p) = &l.path {
-                out.push_str(&format!(" path:{p}"));
-            }
-            out.push('\n');
-        }
-    }
-    out
 }
 
 fn print_warnings(reply: &Reply) {
