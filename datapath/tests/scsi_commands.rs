@@ -659,14 +659,14 @@ fn short_buffers() {
     let x = exchange(&lun, &cdb10(0x28, 0, 0, 1), &[], 2 * bs);
     good(&x);
     assert_eq!(x.response.data_in_len, Some(bs as u32));
-    // Write with too little Data-Out: internal target failure, nothing written.
+    // Write with too little Data-Out (initiator's expected length below the CDB's):
+    // refused as LIO refuses it for its own backstores, nothing written.
     let before = store.contents();
-    check(
-        &exchange(&lun, &cdb10(0x2A, 0, 0, 4), &[1; 1024], 1024),
-        0x4,
-        0x44,
-        0x00,
-    );
+    let short = |cdb: &[u8], n: usize| exchange(&lun, cdb, &vec![1; n], n);
+    check(&short(&cdb10(0x2A, 0, 0, 4), 1024), 0x5, 0x0E, 0x03);
+    check(&short(&cdb10(0x2E, 0, 0, 2), 1000), 0x5, 0x0E, 0x03);
+    check(&short(&cdb10(0x2F, 0x02, 0, 2), 1000), 0x5, 0x0E, 0x03);
+    check(&short(&caw(0, 1, 0), 1000), 0x5, 0x0E, 0x03);
     assert_eq!(store.contents(), before);
 }
 
@@ -928,9 +928,9 @@ fn write_same_bad_fields() {
     // Missing Data-Out block.
     check(
         &exchange(&lun, &cdb10(0x41, 0, 0, 1), &[], 0),
-        0x4,
-        0x44,
-        0x00,
+        0x5,
+        0x0E,
+        0x03,
     );
 }
 

@@ -186,12 +186,14 @@ impl Lun {
         Ok(Completion::data_in(n as usize))
     }
 
-    /// The Data-Out bytes a write of `bytes` needs. LIO refuses writes whose expected
-    /// length differs from the CDB before they reach us, so a short buffer is our bug
-    /// (or the ring's), not the initiator's.
+    /// The Data-Out bytes a command needs. LIO does not compare the initiator's expected
+    /// transfer length with the CDB for passthrough devices, so a short buffer is the
+    /// initiator's mismatch: refused the way LIO refuses it for its own backstores
+    /// (INVALID FIELD IN COMMAND INFORMATION UNIT), nothing is written. Extra Data-Out
+    /// beyond the CDB's transfer is ignored.
     fn need_out(&self, data: &DataIov<'_>, bytes: u64) -> Result<usize, Failure> {
         if (data.len() as u64) < bytes {
-            return Err(Failure::InternalTargetFailure);
+            return Err(Failure::DataOutTooShort);
         }
         Ok(bytes as usize)
     }

@@ -83,6 +83,10 @@ pub enum Failure {
     InvalidFieldInParameterList(FieldPointer),
     #[error("ILLEGAL REQUEST: parameter list length error")]
     ParameterListLength,
+    /// Less Data-Out than the CDB transfers: the initiator's expected transfer length
+    /// was smaller than the CDB's (LIO passes such commands to passthrough devices).
+    #[error("ILLEGAL REQUEST: invalid field in command information unit (Data-Out too short)")]
+    DataOutTooShort,
     #[error("ILLEGAL REQUEST: logical block address out of range")]
     LbaOutOfRange,
     #[error("ILLEGAL REQUEST: saving parameters not supported")]
@@ -140,6 +144,7 @@ impl Failure {
             | Failure::InvalidFieldInCdb(_)
             | Failure::InvalidFieldInParameterList(_)
             | Failure::ParameterListLength
+            | Failure::DataOutTooShort
             | Failure::LbaOutOfRange
             | Failure::SavingParametersNotSupported => ErrorClass::IllegalRequest,
             Failure::WriteProtected | Failure::SpaceAllocationFailed => ErrorClass::DataProtect,
@@ -156,6 +161,7 @@ impl Failure {
             Failure::InvalidFieldInCdb(_) => (key::ILLEGAL_REQUEST, 0x24, 0x00),
             Failure::InvalidFieldInParameterList(_) => (key::ILLEGAL_REQUEST, 0x26, 0x00),
             Failure::ParameterListLength => (key::ILLEGAL_REQUEST, 0x1A, 0x00),
+            Failure::DataOutTooShort => (key::ILLEGAL_REQUEST, 0x0E, 0x03),
             Failure::LbaOutOfRange => (key::ILLEGAL_REQUEST, 0x21, 0x00),
             Failure::SavingParametersNotSupported => (key::ILLEGAL_REQUEST, 0x39, 0x00),
             Failure::WriteProtected => (key::DATA_PROTECT, 0x27, 0x00),
