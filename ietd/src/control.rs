@@ -258,12 +258,14 @@ impl Extension for NoExtension {
 
 /// Serves the socket until `signals` (SIGTERM, SIGINT, SIGHUP and possibly SIGCHLD,
 /// registered by the caller early so that startup is covered too) delivers SIGTERM or
-/// SIGINT. SIGHUP is logged and ignored for now; SIGCHLD ticks `ext`.
+/// SIGINT. SIGHUP calls `on_hangup` (the daemon reloads its configuration there);
+/// SIGCHLD ticks `ext`.
 pub fn serve(
     socket: &mut ControlSocket,
     signals: &mut Signals,
     state: &mut State,
     ext: &mut dyn Extension,
+    on_hangup: &mut dyn FnMut(&mut State),
     opts: &ServeOptions,
     log: &Logger,
 ) -> Result<Stop, ControlError> {
@@ -297,10 +299,8 @@ pub fn serve(
                         if sig == SIGCHLD {
                             ext.tick(state);
                         } else if sig == SIGHUP {
-                            warn!(
-                                log,
-                                "SIGHUP: reload not yet supported; configuration unchanged"
-                            );
+                            info!(log, "SIGHUP: reloading the configuration");
+                            on_hangup(state);
                         } else {
                             info!(log, "stopping"; "signal" => sig);
                             close_all(&mut clients, &poll);

@@ -18,6 +18,7 @@ use iomodes::{IoType, OpenError};
 use slog::{debug, error, info, warn, Logger};
 
 use crate::conf::model::{Accounts, Lun, Target};
+use crate::conf::AccessRules;
 use crate::control::Extension;
 use crate::netlink::{self, EventKind, EventSource, NetlinkError};
 use crate::provision::{
@@ -214,6 +215,12 @@ impl Provisioner for KernelProvisioner {
         cid: u32,
     ) -> Result<(), ProvisionError> {
         self.inner.delete_connection(target, sid, cid)
+    }
+    fn set_access_rules(&mut self, access: &AccessRules) -> Result<(), ProvisionError> {
+        self.inner.set_access_rules(access)
+    }
+    fn update_access(&mut self, target: &Target) -> Result<bool, ProvisionError> {
+        self.inner.update_access(target)
     }
 }
 

@@ -10,7 +10,8 @@
 //! Options follow IET's ietd (`-c -f -d -u -g -a -p -v -h`) plus ours. Differences from
 //! IET: `--help` exits 0 (IET exits 1); an explicit `-c FILE` that cannot be read is an
 //! error (IET silently fell back to /etc/ietd.conf); SIGTERM/SIGINT remove the targets
-//! (IET relied on the kernel module's release handler); SIGHUP is logged, not fatal.
+//! (IET relied on the kernel module's release handler); SIGHUP reloads ietd.conf and the
+//! allow files (IET ignored it).
 
 use std::fs::File;
 use std::io::{Read, Seek, Write};
@@ -253,6 +254,13 @@ fn run(mut cli: Cli) -> Result<ExitCode, String> {
         return check(&cli);
     }
     cli.socket = Some(absolute(&protocol::socket_path(cli.socket.take()))?);
+    // A reload after the daemon's `chdir /` must find the same files.
+    cli.config = cli.config.as_deref().map(absolute).transpose()?;
+    cli.allow_dir = cli
+        .allow_dir
+        .iter()
+        .map(|d| absolute(d))
+        .collect::<Result<_, _>>()?;
     cli.pid_file = absolute(&cli.pid_file)?;
     cli.configfs_root = absolute(&cli.configfs_root)?;
     let admin_gid = cli.admin_group.as_deref().map(resolve_group).transpose()?;
@@ -426,7 +434,16 @@ fn serve(
         Some(k) => k,
         None => &mut NoExtension,
     };
-    let result = control::serve(&mut socket, &mut signals, &mut state, ext, &opts, log);
+    let mut reload = |state: &mut State| reload_config(cli, state, log);
+    let result = control::serve(
+        &mut socket,
+        &mut signals,
+        &mut state,
+        ext,
+        &mut reload,
+        &opts,
+        log,
+    );
     // Targets first (their LUN links go before the backstores, and each backstore is
     // detached from the datapath before its rmdir), then discovery auth, then the
     // datapath itself.
@@ -451,6 +468,36 @@ fn serve(
             info!(log, "ietd stopped"; "reason" => ?stop);
             ExitCode::SUCCESS
         }
+    }
+}
+
+/// SIGHUP: re-reads ietd.conf and the allow files and applies the differences. A file
+/// with errors changes nothing (the state model refuses it whole).
+fn reload_config(cli: &Cli, state: &mut State, log: &Logger) {
+    let loaded = match load_config(cli) {
+        Ok((loaded, notes)) => {
+            for n in &notes {
+                warn!(log, "{}", n);
+            }
+            loaded
+        }
+        Err(e) => {
+            error!(log, "reload: configuration not read; nothing changed"; "error" => %e);
+            return;
+        }
+    };
+    match state.reload(loaded) {
+        Ok(report) => {
+            for c in &report.applied {
+                info!(log, "reload: {}", c);
+            }
+            for (c, e) in &report.failed {
+                error!(log, "reload: not done: {}", c; "error" => %e);
+            }
+            info!(log, "reload finished"; "applied" => report.applied.len(),
+                  "failed" => report.failed.len());
+        }
+        Err(e) => error!(log, "reload refused; running configuration kept"; "error" => %e),
     }
 }
 
