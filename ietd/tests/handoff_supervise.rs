@@ -1,0 +1,164 @@
+//! Datapath supervision on the host (no TCMU needed): the real `ietd-datapath` is
+//! started and answers, a SIGKILLed one is restarted after its backoff, the restart limit
+//! holds, an attach the datapath refuses is not kept, a program that never answers is
+//! reported, and stop() leaves no process and no socket file behind.
+
+use std::fs::File;
+use std::os::fd::OwnedFd;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use datapath::control::proto::Attach;
+use ietd::supervise::{DatapathConfig, Device, SuperviseError, Supervisor};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
+/// `ietd-datapath` from the same target directory as the `ietd` under test.
+fn datapath_binary() -> PathBuf {
+    let p = PathBuf::from(env!("CARGO_BIN_EXE_ietd")).with_file_name("ietd-datapath");
+    assert!(
+        p.is_file(),
+        "{} missing: run 'cargo build --workspace' first",
+        p.display()
+    );
+    p
+}
+
+fn log() -> slog::Logger {
+    slog::Logger::root(slog::Discard, slog::o!())
+}
+
+fn config(dir: &tempfile::TempDir) -> DatapathConfig {
+    let mut cfg = DatapathConfig::new(datapath_binary(), dir.path().join("datapath.sock"));
+    cfg.start_timeout = Duration::from_secs(20);
+    cfg.reply_timeout = Duration::from_secs(20);
+    cfg
+}
+
+fn alive(pid: u32) -> bool {
+    // A zombie still accepts signal 0; only a reaped process is gone.
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .map(|s| {
+            !s.lines()
+                .any(|l| l.starts_with("State:") && l.contains('Z'))
+        })
+        .unwrap_or(false)
+}
+
+/// Calls `check()` until the datapath runs under a pid other than `old`.
+fn wait_restarted(sup: &mut Supervisor, old: u32, within: Duration) -> Option<u32> {
+    let end = Instant::now() + within;
+    while Instant::now() < end {
+        sup.check();
+        if let Some(p) = sup.pid().filter(|p| *p != old) {
+            return Some(p);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    None
+}
+
+#[test]
+fn starts_restarts_after_a_kill_and_stops() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("datapath.sock");
+    let mut sup = Supervisor::start(config(&dir), log()).expect("datapath starts");
+    let first = sup.pid().expect("running");
+    assert!(alive(first));
+    assert!(socket.exists());
+
+    kill(Pid::from_raw(first as i32), Signal::SIGKILL).unwrap();
+    let second = wait_restarted(&mut sup, first, Duration::from_secs(20))
+        .expect("a killed datapath is restarted");
+    assert!(alive(second));
+    assert!(!alive(first), "the dead datapath was reaped");
+
+    sup.stop();
+    assert_eq!(sup.pid(), None);
+    assert!(!alive(second), "stop() ends the datapath");
+    assert!(!socket.exists(), "stop() removes the control socket");
+}
+
+#[test]
+fn restart_limit_holds() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(&dir);
+    cfg.max_restarts_per_window = 1;
+    let mut sup = Supervisor::start(cfg, log()).expect("datapath starts");
+    let first = sup.pid().unwrap();
+    kill(Pid::from_raw(first as i32), Signal::SIGKILL).unwrap();
+    let second = wait_restarted(&mut sup, first, Duration::from_secs(20)).expect("first restart");
+    kill(Pid::from_raw(second as i32), Signal::SIGKILL).unwrap();
+    // Well past the backoff: the limit, not the backoff, keeps it down.
+    assert_eq!(
+        wait_restarted(&mut sup, second, Duration::from_secs(2)),
+        None
+    );
+    assert_eq!(sup.pid(), None);
+    sup.stop();
+}
+
+#[test]
+fn a_refused_attach_is_not_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut sup = Supervisor::start(config(&dir), log()).expect("datapath starts");
+    // /dev/null is no TCMU ring: the datapath cannot map it and must say so.
+    let uio_fd: OwnedFd = File::options()
+        .read(true)
+        .write(true)
+        .open("/dev/null")
+        .unwrap()
+        .into();
+    let dev = Device {
+        attach: Attach {
+            uio: "tcm-user/99/none/ietd/x".into(),
+            params: "Type=nullio".into(),
+            target: "iqn.2024-01.org.ietd.test:sup".into(),
+            lun: 0,
+            map_len: Some(1 << 20),
+            max_transfer_blocks: None,
+            uio_fd: true,
+            backing_fd: false,
+        },
+        tid: 1,
+        uio_fd,
+        backing_fd: None,
+    };
+    let pid = sup.pid().unwrap();
+    match sup.attach(dev) {
+        Err(SuperviseError::Refused { what, message }) => {
+            assert!(what.contains("tcm-user/99/none"), "{what}");
+            assert!(!message.is_empty());
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    assert_eq!(sup.devices().count(), 0);
+    assert!(sup.detach("tcm-user/99/none/ietd/x").is_none());
+    assert_eq!(sup.pid(), Some(pid), "a refusal does not cost a restart");
+    sup.stop();
+}
+
+#[test]
+fn a_program_that_never_answers_is_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(&dir);
+    cfg.binary = PathBuf::from("/bin/true");
+    cfg.start_timeout = Duration::from_secs(5);
+    match Supervisor::start(cfg, log()) {
+        Err(
+            e @ SuperviseError::NotReady {
+                exited: Some(_), ..
+            },
+        ) => {
+            assert!(e.to_string().contains("/bin/true"), "{e}");
+        }
+        Err(e) => panic!("expected NotReady with an exit status, got {e}"),
+        Ok(_) => panic!("/bin/true cannot be a datapath"),
+    }
+    let mut cfg = config(&dir);
+    cfg.binary = dir.path().join("no-such-binary");
+    assert!(matches!(
+        Supervisor::start(cfg, log()),
+        Err(SuperviseError::Spawn { .. })
+    ));
+}
