@@ -57,12 +57,21 @@ table() {
                   for (i = 1; i <= nf; i++) line = line sprintf(i < nf ? "%-" w[i] "s  " : "%s", c[r, i])
                   print line } }'
 }
-# human BYTES: 64 MiB, 8 GiB, 512 KiB.
+# human BYTES: 64 MiB, 8 GiB, 512 KiB (bash arithmetic: forks are slow under TCG).
 human() {
-    awk -v b="$1" 'BEGIN {
-        split("B KiB MiB GiB TiB", u, " "); i = 1
-        while (b >= 1024 && b % 1024 == 0 && i < 5) { b /= 1024; i++ }
-        printf "%d %s", b, u[i] }'
+    local b=$1 u=(B KiB MiB GiB TiB) i=0
+    while [ "$b" -ge 1024 ] && [ $((b % 1024)) -eq 0 ] && [ "$i" -lt 4 ]; do
+        b=$((b / 1024))
+        i=$((i + 1))
+    done
+    echo "$b ${u[$i]}"
+}
+# sysfs_word FILE: the file's content without surrounding blanks (SCSI vendor and model
+# are space padded).
+sysfs_word() {
+    local w
+    read -r w < "$1" || return 1
+    echo "$w"
 }
 
 # Private copies: a host-side rebuild during the run must not swap binaries under us.
@@ -213,11 +222,12 @@ for v in "${VOLS[@]}"; do
         continue
     }
     DEV[$key]=$dev
-    size=$(blockdev --getsize64 "$dev")
-    lbs=$(blockdev --getss "$dev")
-    sysd=/sys/block/${dev#/dev/}/device
-    vendor=$(xargs < "$sysd/vendor")
-    model=$(xargs < "$sysd/model")
+    # sysfs rather than blockdev(8)/lsblk(8): the same numbers without forks
+    sysb=/sys/block/${dev#/dev/}
+    size=$(($(sysfs_word "$sysb/size") * 512))
+    lbs=$(sysfs_word "$sysb/queue/logical_block_size")
+    vendor=$(sysfs_word "$sysb/device/vendor")
+    model=$(sysfs_word "$sysb/device/model")
     serial=$(sg_inq -p 0x80 "$dev" 2> /dev/null | sed -n 's/^ *Unit serial number: *//p')
     check_eq "$dev ($iqn LUN $lun) size" $((blocks * bs)) "$size" || RESULT[$key]="FAIL: size"
     check_eq "$dev logical block size" "$bs" "$lbs" || RESULT[$key]="FAIL: block size"
