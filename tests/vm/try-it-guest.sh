@@ -81,6 +81,11 @@ bins=()
 for b in ietd ietd-datapath ietadm; do bins+=("$(need_bin $b)") || die "binary $b"; done
 cp "${bins[@]}" /tmp/bin/ &
 COPY_PID=$!
+# Module loading takes seconds under TCG too; start it now (step 2 loads them again
+# through lib.sh, which then finds them loaded and reports any that failed).
+modprobe -q -a ext4 configfs target_core_mod target_core_user target_core_file \
+    target_core_iblock tcm_loop sd_mod sg iscsi_target_mod iscsi_tcp 2> /dev/null &
+MODPROBE_PID=$!
 
 # ---------------------------------------------------------------- 1. backing files
 section "1. Backing files for $CONF"
@@ -130,6 +135,7 @@ done
 # ---------------------------------------------------------------- 2. ietd
 section "2. ietd -f -c $CONF --allow-dir $ALLOW_DIR"
 wait "$COPY_PID" || die "cannot copy the binaries to /tmp/bin"
+wait "$MODPROBE_PID"
 # shellcheck disable=SC2034  # read by lib.sh (need_bin, run_ietadm, ietd_start)
 IETD_BIN=/tmp/bin
 iscsi_modules
