@@ -2,8 +2,8 @@
 # guest-fio.sh — the guest half of bench/vm-fio: serves one same-size backing file per
 # system, each file on one shared ext4 filesystem on a RAM disk (brd), each behind its own
 # tcm_loop LUN, checks that data written through every LUN lands in its file, then runs
-# the fio jobs alternating between systems (job 1 on A B C A B C, then job 2 ...) and
-# appends one JSON line per run to $BENCH_OUT/runs.jsonl.
+# the fio jobs alternating between systems (job 1 on A B C A B C, then job 2 ...), keeping
+# each run's fio JSON in $BENCH_OUT/fio/ and its counters in $BENCH_OUT/runs.tsv.
 #
 # Systems: ietd-fileio-wb, ietd-fileio-wt, ietd-blockio (ietd-datapath, one process each),
 # tcmu-runner (Debian package, qcow handler serving a raw file), kernel-fileio
@@ -31,10 +31,10 @@ ALL_JOBS="4k-randread-qd1 4k-randread-qd32 4k-randwrite-qd1 4k-randwrite-qd32 1m
 SYSTEMS=${SYSTEMS:-$ALL_SYSTEMS}
 JOBS=${JOBS:-$ALL_JOBS}
 SIZE=$((SIZE_MB << 20))
-RUNS=$BENCH_OUT/runs.jsonl
+RUNS=$BENCH_OUT/runs.tsv
 FS=/bench
 
-for t in fio jq mkfs.ext4; do command -v $t > /dev/null || die "missing $t (install it on the host)"; done
+for t in fio mkfs.ext4; do command -v $t > /dev/null || die "missing $t (install it on the host)"; done
 [ -x "$DP" ] || die "no datapath binary at $DP"
 
 declare -A DEV PID FILE
@@ -143,93 +143,89 @@ for sys in $SYSTEMS; do
         cmp /tmp/pattern <(dd if="$d" bs=1M skip=3 count=8 iflag=direct status=none)
 done
 
-# cpu_ticks PID: utime+stime of a process and all its threads, in clock ticks.
+# Process spawning costs about 25 ms under TCG, so the helpers below read /proc and
+# /sys with builtins only and store into the named variable instead of printing.
+
+# cpu_ticks PID VAR: utime+stime of a process and all its threads, in clock ticks ("null"
+# without a process).
 cpu_ticks() {
-    [ -n "$1" ] || { echo null; return; }
-    local s
-    s=$(< "/proc/$1/stat") || { echo null; return; }
-    s=${s##*) }
-    # shellcheck disable=SC2086 # split into fields on purpose
-    set -- $s
-    # after "pid (comm) ", field 3 (state) is $1: utime is field 14 -> $12, stime $13
-    echo $((${12} + ${13}))
+    local s f
+    if [ -z "$1" ] || ! read -r s < "/proc/$1/stat"; then
+        printf -v "$2" null
+        return
+    fi
+    # after "pid (comm) " the fields start at state; utime and stime are the 12th, 13th
+    read -r -a f <<< "${s##*) }"
+    printf -v "$2" %d $((f[11] + f[12]))
 }
 
-# sys_ticks: busy and total ticks of every CPU from /proc/stat.
+# sys_ticks BUSY_VAR TOTAL_VAR: busy and total ticks of every CPU from /proc/stat.
 sys_ticks() {
     local _ user nice system idle iowait irq softirq steal
     read -r _ user nice system idle iowait irq softirq steal _ < /proc/stat
-    echo "$((user + nice + system + irq + softirq + steal)) $((user + nice + system + idle + iowait + irq + softirq + steal))"
+    printf -v "$1" %d $((user + nice + system + irq + softirq + steal))
+    printf -v "$2" %d $((user + nice + system + idle + iowait + irq + softirq + steal))
 }
 
-# disk_ios DEV: completed reads + writes of a block device.
+# disk_ios DEV VAR: completed reads + writes of a block device.
 disk_ios() {
-    local r w s
-    s=$(< "/sys/block/${1#/dev/}/stat")
-    # shellcheck disable=SC2086 # split into fields on purpose
-    set -- $s
-    r=$1 w=$5
-    echo $((r + w))
+    local f
+    read -r -a f < "/sys/block/${1#/dev/}/stat"
+    printf -v "$2" %d $((f[0] + f[4]))
 }
 
-fio_args() {  # JOB -> fio options
+# fio_args JOB: sets FIO_ARGS to the job's fio options.
+fio_args() {
     case $1 in
-        4k-randread-qd1) echo "--rw=randread --bs=4k --iodepth=1" ;;
-        4k-randread-qd32) echo "--rw=randread --bs=4k --iodepth=32" ;;
-        4k-randwrite-qd1) echo "--rw=randwrite --bs=4k --iodepth=1" ;;
-        4k-randwrite-qd32) echo "--rw=randwrite --bs=4k --iodepth=32" ;;
-        1m-read-qd16) echo "--rw=read --bs=1M --iodepth=16" ;;
-        1m-write-qd16) echo "--rw=write --bs=1M --iodepth=16" ;;
-        4k-mixed-qd32) echo "--rw=randrw --rwmixread=70 --bs=4k --iodepth=32" ;;
+        4k-randread-qd1) FIO_ARGS="--rw=randread --bs=4k --iodepth=1" ;;
+        4k-randread-qd32) FIO_ARGS="--rw=randread --bs=4k --iodepth=32" ;;
+        4k-randwrite-qd1) FIO_ARGS="--rw=randwrite --bs=4k --iodepth=1" ;;
+        4k-randwrite-qd32) FIO_ARGS="--rw=randwrite --bs=4k --iodepth=32" ;;
+        1m-read-qd16) FIO_ARGS="--rw=read --bs=1M --iodepth=16" ;;
+        1m-write-qd16) FIO_ARGS="--rw=write --bs=1M --iodepth=16" ;;
+        4k-mixed-qd32) FIO_ARGS="--rw=randrw --rwmixread=70 --bs=4k --iodepth=32" ;;
         *) return 1 ;;
     esac
 }
 
-run_one() {  # JOB SYSTEM ROUND
-    local job=$1 sys=$2 round=$3 dev=${DEV[$2]} pid=${PID[$2]} args out c0 c1 s0 s1 i0 i1 st=
-    args=$(fio_args "$job") || die "unknown job $job"
+# run_one JOB SYSTEM ROUND: one fio run; its JSON goes to $BENCH_OUT/fio/ and a line of
+# counters (tab-separated, see the header written below) to $RUNS. bench/vm-fio joins
+# them on the host, where jq is fast.
+run_one() {
+    local job=$1 sys=$2 round=$3 dev=${DEV[$2]} pid=${PID[$2]} st=
+    local c0 c1 b0 b1 t0 t1 i0 i1 json=$BENCH_OUT/fio/$1.$2.$3.json
+    fio_args "$job" || die "unknown job $job"
     if [ "$STRACE" = 1 ] && [ -n "$pid" ]; then
         strace -c -f -p "$pid" -o "$BENCH_OUT/strace-$sys-$job-$round.txt" &
         st=$!
         sleep 1
     fi
-    c0=$(cpu_ticks "$pid")
-    s0=$(sys_ticks)
-    i0=$(disk_ios "$dev")
-    # shellcheck disable=SC2086
-    out=$(fio --name="$job" --filename="$dev" $args --direct=1 --ioengine=libaio \
+    cpu_ticks "$pid" c0
+    sys_ticks b0 t0
+    disk_ios "$dev" i0
+    # shellcheck disable=SC2086 # FIO_ARGS is a list of options
+    fio --name="$job" --filename="$dev" $FIO_ARGS --direct=1 --ioengine=libaio \
         --time_based --runtime="$RUNTIME" --ramp_time=1 --numjobs=1 --randrepeat=0 \
-        --norandommap --output-format=json 2> "/tmp/fio-$sys-$job.err") \
+        --norandommap --output-format=json --output="$json" 2> "/tmp/fio-$sys-$job.err" \
         || { cat "/tmp/fio-$sys-$job.err" >&2; fail "fio $job on $sys"; return; }
-    i1=$(disk_ios "$dev")
-    s1=$(sys_ticks)
-    c1=$(cpu_ticks "$pid")
+    disk_ios "$dev" i1
+    sys_ticks b1 t1
+    cpu_ticks "$pid" c1
     if [ -n "$st" ]; then
         kill -INT "$st" 2> /dev/null
         wait "$st" 2> /dev/null
     fi
-    jq -c --arg sys "$sys" --arg job "$job" --argjson round "$round" \
-        --argjson c0 "$c0" --argjson c1 "$c1" --argjson ios $((i1 - i0)) \
-        --argjson sbusy $(($(cut -d' ' -f1 <<< "$s1") - $(cut -d' ' -f1 <<< "$s0"))) \
-        --argjson stotal $(($(cut -d' ' -f2 <<< "$s1") - $(cut -d' ' -f2 <<< "$s0"))) \
-        --argjson hz "$(getconf CLK_TCK)" '
-        .jobs[0] as $j
-        | {system: $sys, job: $job, round: $round,
-           iops: ($j.read.iops + $j.write.iops),
-           mb_s: (($j.read.bw_bytes + $j.write.bw_bytes) / 1000000),
-           p99_us: ([$j.read, $j.write | select(.total_ios > 0)
-                     | .clat_ns.percentile["99.000000"]] | max / 1000),
-           ios: $ios,
-           proc_cpu_us: (if $c0 == null or $c1 == null then null else ($c1 - $c0) * 1000000 / $hz end),
-           sys_busy_us: ($sbusy * 1000000 / $hz),
-           sys_total_us: ($stotal * 1000000 / $hz)}' <<< "$out" >> "$RUNS" \
-        || { fail "cannot parse fio output for $job on $sys"; return; }
-    printf '%-18s %-15s r%s  %s\n' "$job" "$sys" "$round" \
-        "$(tail -n 1 "$RUNS" | jq -r '"iops=\(.iops|floor) MB/s=\(.mb_s*10|floor/10) p99=\(.p99_us|floor)us"')"
+    local proc=null
+    [ "$c0" = null ] || [ "$c1" = null ] || proc=$((c1 - c0))
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$job" "$sys" "$round" $((i1 - i0)) "$proc" \
+        $((b1 - b0)) $((t1 - t0)) >> "$RUNS"
+    echo "$job $sys r$round: $((i1 - i0)) I/Os"
 }
 
 note "fio: ${RUNTIME}s (+1s ramp) per run, $ROUNDS rounds, libaio direct=1, $(nproc) vCPUs, ${SIZE_MB} MiB files on ext4/brd"
-: > "$RUNS"
+mkdir -p "$BENCH_OUT/fio"
+printf 'job\tsystem\tround\tios\tproc_ticks\tsys_busy_ticks\tsys_total_ticks\tclk_tck=%s\n' \
+    "$(getconf CLK_TCK)" > "$RUNS"
 for job in $JOBS; do
     for round in $(seq 1 "$ROUNDS"); do
         for sys in $SYSTEMS; do
