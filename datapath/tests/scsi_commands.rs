@@ -1333,6 +1333,35 @@ fn get_lba_status_from_data() {
 }
 
 #[test]
+fn get_lba_status_reads_only_what_the_allocation_length_shows() {
+    // 8 MiB, thin: one data block at LBA 10, zeroes elsewhere.
+    let (store, lun) = lun_with(MemStore::caps(false, true), 512, 16384);
+    store.fill(10 * 512, &[7; 512]);
+    let ask = |lba: u64, alloc: u32| {
+        let mut c = cdb16(0x9E, 0x12, lba, 0);
+        c[10..14].copy_from_slice(&alloc.to_be_bytes());
+        let before = store.calls().reads;
+        let x = exchange(&lun, &c, &[], alloc as usize);
+        good(&x);
+        (x, store.calls().reads - before)
+    };
+    // Room for one descriptor: the scan ends where the first run ends, in the first
+    // chunk, and the parameter data says one descriptor follows.
+    let (x, reads) = ask(0, 24);
+    assert_eq!(lba_status_descriptors(&x), vec![(0, 10, 1)]);
+    assert_eq!(reads, 1);
+    let (x, reads) = ask(0, 40);
+    assert_eq!(lba_status_descriptors(&x), vec![(0, 10, 1), (10, 1, 0)]);
+    assert_eq!(reads, 1);
+    // A uniform range is described one scan window (1 MiB) at a time.
+    let (x, reads) = ask(11, 4096);
+    assert_eq!(lba_status_descriptors(&x), vec![(11, 2048, 1)]);
+    assert_eq!(reads, 1);
+    let (x, _) = ask(16384 - 5, 4096);
+    assert_eq!(lba_status_descriptors(&x), vec![(16384 - 5, 5, 1)]);
+}
+
+#[test]
 fn report_supported_operation_codes() {
     let (_, lun) = wt();
     let rsoc = |b2: u8, op: u8, sa: u16| {

@@ -22,8 +22,20 @@ use crate::ring::DataIov;
 /// Largest bounce buffer a compare or WRITE SAME allocates.
 const CHUNK_BYTES: usize = 1 << 20;
 
-/// How much of the medium one GET LBA STATUS reads to classify blocks.
-const LBA_STATUS_SCAN_BYTES: u64 = 8 << 20;
+/// How much of the medium one GET LBA STATUS reads to classify blocks. Each command
+/// pays for the whole window when the range is uniform (a fresh, all-zero LUN), and
+/// initiators walk a LUN with many small requests (libiscsi's conformance suite sends
+/// 512), so the window stays small; the initiator asks again from where it ends.
+const LBA_STATUS_SCAN_BYTES: u64 = 1 << 20;
+
+/// Compared against instead of testing byte by byte: slice equality is a `memcmp`,
+/// fast even in unoptimised builds, where a per-byte iterator costs a scan's whole budget.
+static ZEROES: [u8; 4096] = [0; 4096];
+
+/// True when every byte of `b` is zero.
+fn is_zero(b: &[u8]) -> bool {
+    b.chunks(ZEROES.len()).all(|c| c == &ZEROES[..c.len()])
+}
 
 /// The first `n` bytes of a list of mutable runs.
 fn prefix_mut<'b>(runs: &'b mut [IoSliceMut<'_>], mut n: usize) -> Vec<IoSliceMut<'b>> {
@@ -473,29 +485,50 @@ impl Lun {
     /// answer is derived from the data: a block that reads as zeroes is reported
     /// deallocated, which is what the initiator would observe if it were (it reads back
     /// zeroes) and lets thin-aware copy tools skip it. Without LBPME everything is
-    /// mapped. At most [`LBA_STATUS_SCAN_BYTES`] are scanned per command; the initiator
-    /// asks again from the first LBA not described, as SBC intends.
-    pub(super) fn get_lba_status(&self, lba: u64) -> Result<Vec<u8>, Failure> {
+    /// mapped. At most [`LBA_STATUS_SCAN_BYTES`] are scanned per command, and the scan
+    /// stops as soon as the descriptors that fit in `alloc` are complete: reading further
+    /// would classify blocks the initiator never sees. The initiator asks again from the
+    /// first LBA not described, as SBC intends.
+    pub(super) fn get_lba_status(&self, lba: u64, alloc: u32) -> Result<Vec<u8>, Failure> {
         if lba >= self.geometry.blocks {
             return Err(Failure::LbaOutOfRange);
         }
         let remaining = self.geometry.blocks - lba;
+        // At least one descriptor, even when the allocation length cuts it short: the
+        // answer is the same, only truncated.
+        let wanted = ((alloc as usize).saturating_sub(8) / 16).max(1);
         // (first LBA, blocks, provisioning status)
         let mut runs: Vec<(u64, u64, u8)> = Vec::new();
         if self.caps.can_discard && self.caps.discard_zeroes {
-            let window = remaining.min((LBA_STATUS_SCAN_BYTES / self.bs()).max(1));
-            let bs = self.bs() as usize;
-            self.read_chunks(lba * self.bs(), window * self.bs(), |at, chunk| {
-                for (k, block) in chunk.chunks(bs).enumerate() {
-                    let b = lba + at / self.bs() + k as u64;
-                    let state = if block.iter().all(|&x| x == 0) { 1 } else { 0 };
+            let bs = self.bs();
+            let window = remaining.min((LBA_STATUS_SCAN_BYTES / bs).max(1));
+            let chunk_blocks = (CHUNK_BYTES as u64 / bs).max(1).min(window);
+            let mut buf = vec![0u8; (chunk_blocks * bs) as usize];
+            let mut next = lba;
+            // A run is complete once a later one starts; stop when one more than wanted
+            // has started (that extra run is dropped below).
+            'scan: while next < lba + window {
+                let n = chunk_blocks.min(lba + window - next);
+                let part = &mut buf[..(n * bs) as usize];
+                self.store
+                    .read_at(&mut [IoSliceMut::new(part)], next * bs)
+                    .map_err(|e| self.io_err(e))?;
+                for (k, block) in part.chunks(bs as usize).enumerate() {
+                    let b = next + k as u64;
+                    let state = u8::from(is_zero(block));
                     match runs.last_mut() {
                         Some(r) if r.2 == state && r.1 < u64::from(u32::MAX) => r.1 += 1,
-                        _ => runs.push((b, 1, state)),
+                        _ => {
+                            runs.push((b, 1, state));
+                            if runs.len() > wanted {
+                                break 'scan;
+                            }
+                        }
                     }
                 }
-                Ok(())
-            })?;
+                next += n;
+            }
+            runs.truncate(wanted);
         } else {
             runs.push((lba, remaining.min(u64::from(u32::MAX)), 0));
         }

@@ -230,7 +230,7 @@ impl Lun {
             }
             Command::ReadCapacity16 { alloc } => Ok(data_in(data, &self.read_capacity16(), alloc)),
             Command::GetLbaStatus { lba, alloc } => {
-                let d = self.get_lba_status(lba)?;
+                let d = self.get_lba_status(lba, alloc)?;
                 Ok(data_in(data, &d, alloc))
             }
             Command::ModeSense {
