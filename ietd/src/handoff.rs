@@ -22,7 +22,8 @@ use crate::conf::AccessRules;
 use crate::control::Extension;
 use crate::netlink::{self, EventKind, EventSource, NetlinkError};
 use crate::provision::{
-    Backstore, ConfigfsProvisioner, DeviceHook, ProvisionError, Provisioner, Session,
+    AdoptionReport, Backstore, ConfigfsProvisioner, DeviceHook, ProvisionError, Provisioner,
+    Session,
 };
 use crate::state::State;
 use crate::supervise::{Device, Supervisor};
@@ -104,6 +105,45 @@ impl DatapathHook {
     }
 }
 
+/// Opens `/dev/uioN` and the backing store of `lun` and describes the attach.
+fn open_device(
+    uio_name: &str,
+    target: &Target,
+    lun: &Lun,
+    max_transfer_blocks: Option<u32>,
+) -> Result<Device, ProvisionError> {
+    let uio = UioDevice::find(uio_name)
+        .map_err(|e| ProvisionError::NotFound(format!("{uio_name} ({e})")))?;
+    let uio_fd = uio.open().map_err(|e| ProvisionError::Io {
+        path: uio.dev_path.display().to_string(),
+        source: std::io::Error::other(e.to_string()),
+    })?;
+    let backing_fd: Option<OwnedFd> = match lun.params.io_type {
+        IoType::NullIo => None,
+        _ => Some(
+            iomodes::open_backing(&lun.params.store_spec())
+                .map_err(open_error)?
+                .into(),
+        ),
+    };
+    let attach = Attach {
+        uio: uio_name.to_string(),
+        params: lun.params.to_param_string(),
+        target: target.name.clone(),
+        lun: lun.lun,
+        map_len: Some(uio.map_len),
+        max_transfer_blocks,
+        uio_fd: true,
+        backing_fd: backing_fd.is_some(),
+    };
+    Ok(Device {
+        attach,
+        tid: target.tid,
+        uio_fd,
+        backing_fd,
+    })
+}
+
 impl DeviceHook for DatapathHook {
     fn device_enabled(
         &mut self,
@@ -111,46 +151,54 @@ impl DeviceHook for DatapathHook {
         lun: &Lun,
         dev: &Backstore,
     ) -> Result<(), ProvisionError> {
-        let uio = UioDevice::find(&dev.uio_name)
-            .map_err(|e| ProvisionError::NotFound(format!("{} ({e})", dev.uio_name)))?;
-        let uio_fd = uio.open().map_err(|e| ProvisionError::Io {
-            path: uio.dev_path.display().to_string(),
-            source: std::io::Error::other(e.to_string()),
-        })?;
-        let backing_fd: Option<OwnedFd> = match lun.params.io_type {
-            IoType::NullIo => None,
-            _ => Some(
-                iomodes::open_backing(&lun.params.store_spec())
-                    .map_err(open_error)?
-                    .into(),
-            ),
-        };
-        let attach = Attach {
-            uio: dev.uio_name.clone(),
-            params: lun.params.to_param_string(),
-            target: target.name.clone(),
-            lun: lun.lun,
-            map_len: Some(uio.map_len),
-            max_transfer_blocks: self.max_transfer_blocks(dev),
-            uio_fd: true,
-            backing_fd: backing_fd.is_some(),
-        };
-        debug!(self.log, "attaching"; "uio" => &dev.uio_name, "node" => %uio.dev_path.display(),
-               "params" => &attach.params);
-        let device = Device {
-            attach,
-            tid: target.tid,
-            uio_fd,
-            backing_fd,
-        };
+        let device = open_device(&dev.uio_name, target, lun, self.max_transfer_blocks(dev))?;
+        debug!(self.log, "attaching"; "uio" => &dev.uio_name, "params" => &device.attach.params);
         self.handle.lock().datapath.attach(device).map_err(|e| {
             ProvisionError::Invalid(format!("handing {} to the datapath: {e}", dev.uio_name))
         })
     }
 
+    /// A backstore the adopted datapath serves stays with it (its uio device cannot be
+    /// opened a second time); ietd keeps what it needs to re-open it later. One that no
+    /// running datapath serves is handed over like a new one.
+    fn device_adopted(
+        &mut self,
+        target: &Target,
+        lun: &Lun,
+        dev: &Backstore,
+    ) -> Result<(), ProvisionError> {
+        let serves = self.handle.lock().datapath.serves_unowned(&dev.uio_name);
+        if !serves {
+            return self.device_enabled(target, lun, dev);
+        }
+        let max = self.max_transfer_blocks(dev);
+        let attach = Attach {
+            uio: dev.uio_name.clone(),
+            params: lun.params.to_param_string(),
+            target: target.name.clone(),
+            lun: lun.lun,
+            map_len: None,
+            max_transfer_blocks: max,
+            uio_fd: true,
+            backing_fd: lun.params.io_type != IoType::NullIo,
+        };
+        let (uio_name, t, l) = (dev.uio_name.clone(), target.clone(), lun.clone());
+        let reopen =
+            Box::new(move || open_device(&uio_name, &t, &l, max).map_err(|e| e.to_string()));
+        self.handle
+            .lock()
+            .datapath
+            .adopt_device(attach, target.tid, reopen)
+            .map_err(|e| ProvisionError::Invalid(format!("adopting {}: {e}", dev.uio_name)))
+    }
+
     fn device_removing(&mut self, _target: &Target, _lun: u32, dev: &Backstore) {
         // Dropping the returned device closes ietd's copies of its descriptors, so the
         // backstore's rmdir that follows finds the ring unused.
+        drop(self.handle.lock().datapath.detach(&dev.uio_name));
+    }
+
+    fn device_released(&mut self, dev: &Backstore) {
         drop(self.handle.lock().datapath.detach(&dev.uio_name));
     }
 }
@@ -219,6 +267,15 @@ impl Provisioner for KernelProvisioner {
     fn set_access_rules(&mut self, access: &AccessRules) -> Result<(), ProvisionError> {
         self.inner.set_access_rules(access)
     }
+    fn finish_adoption(&mut self) -> AdoptionReport {
+        let report = self.inner.finish_adoption();
+        // Devices the adopted datapath still serves that no LUN claimed (their backstore
+        // was removed behind our back while ietd was down).
+        for uio in self.handle.lock().datapath.release_unclaimed() {
+            warn!(self.log, "datapath served a device no configured LUN has; detached"; "uio" => uio);
+        }
+        report
+    }
     fn update_access(&mut self, target: &Target) -> Result<bool, ProvisionError> {
         self.inner.update_access(target)
     }
@@ -269,10 +326,14 @@ impl KernelEvents {
     fn vanished(&mut self, state: &mut State, uio: &str) {
         let dev = {
             let mut shared = self.handle.lock();
-            let Some(dev) = shared.datapath.device(uio) else {
+            let Some((_, tid, lun)) = shared
+                .datapath
+                .served()
+                .into_iter()
+                .find(|(u, _, _)| u == uio)
+            else {
                 return;
             };
-            let (tid, lun) = (dev.tid, dev.attach.lun);
             shared.vanished.insert(uio.to_string());
             shared.datapath.detach(uio);
             (tid, lun)
@@ -292,8 +353,9 @@ impl KernelEvents {
             .handle
             .lock()
             .datapath
-            .devices()
-            .map(|d| d.attach.uio.clone())
+            .served()
+            .into_iter()
+            .map(|(u, _, _)| u)
             .collect();
         for u in uios {
             if UioDevice::find(&u).is_err() {
@@ -338,7 +400,7 @@ impl KernelEvents {
     /// Stops the datapath (after the targets are gone).
     pub fn shutdown(&mut self) {
         let mut shared = self.handle.lock();
-        let left = shared.datapath.devices().count();
+        let left = shared.datapath.served().len();
         if left > 0 {
             warn!(self.log, "devices still attached at shutdown; detaching"; "count" => left);
         }

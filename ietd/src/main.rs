@@ -395,6 +395,8 @@ fn serve(
             return fail(format!("setuid {}: {e}", cli.uid));
         }
     }
+    // Every start adopts what a previous ietd left (nothing after a clean stop): objects
+    // the configuration has are taken over, the rest removed after the state is built.
     let prov: Result<Box<dyn Provisioner>, _> = match &kernel {
         Some((handle, _)) => ConfigfsProvisioner::with_hook(
             cli.configfs_root.clone(),
@@ -406,8 +408,10 @@ fn serve(
             )),
             log.clone(),
         )
+        .and_then(|mut p| p.begin_adoption().map(|_| p))
         .map(|p| Box::new(KernelProvisioner::new(p, handle.clone(), log.clone())) as _),
         None => ConfigfsProvisioner::new(cli.configfs_root.clone(), settings, log.clone())
+            .and_then(|mut p| p.begin_adoption().map(|_| p))
             .map(|p| Box::new(p) as _),
     };
     let prov = match prov {
@@ -418,6 +422,7 @@ fn serve(
         }
     };
     let (mut state, failures) = State::from_config(loaded.config, prov, log.clone());
+    state.finish_adoption();
     info!(log, "ietd started"; "targets" => state.target_count(), "failed" => failures,
         "configfs" => %cli.configfs_root.display(), "socket" => %socket_path.display());
     if let Some(mut r) = ready.take() {
@@ -535,10 +540,6 @@ fn start_kernel(
             warn!(log, "could not reset pending TCM-USER commands"; "error" => %e);
         }
     }
-    if !leftovers.backstores.is_empty() {
-        warn!(log, "LIO objects of a previous ietd are still there; targets with the same name will fail to start until they are removed";
-              "targets" => leftovers.targets.join(" "), "backstores" => leftovers.backstores.join(" "));
-    }
     let binary = cli
         .datapath
         .clone()
@@ -552,7 +553,8 @@ fn start_kernel(
     if cli.debug > 0 {
         cfg.args.push("--verbose".into());
     }
-    let sup = Supervisor::start(cfg, log.clone()).map_err(|e| e.to_string())?;
+    // A datapath left by an ietd that died still serves its rings: adopt it.
+    let sup = Supervisor::start_or_adopt(cfg, log.clone()).map_err(|e| e.to_string())?;
     Ok((Handle::new(sup), nl))
 }
 

@@ -215,6 +215,17 @@ impl State {
         (state, failures)
     }
 
+    /// Ends the adoption of a previous ietd's objects begun on the provisioner before
+    /// [`State::from_config`]: what no configured target or LUN claimed is removed.
+    pub fn finish_adoption(&mut self) -> crate::provision::AdoptionReport {
+        let report = self.prov.finish_adoption();
+        if !report.removed.is_empty() || !report.failed.is_empty() {
+            info!(self.log, "adoption finished"; "removed" => report.removed.len(),
+                  "not_removed" => report.failed.len());
+        }
+        report
+    }
+
     fn target(&self, tid: u32) -> Result<&Target, StateError> {
         self.targets.get(&tid).ok_or(StateError::NoTarget { tid })
     }

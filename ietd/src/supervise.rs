@@ -7,6 +7,16 @@
 //! holds its copy the kernel keeps the ring (and the commands on it) across a datapath
 //! crash; the new datapath resumes from `cmd_tail` (see `datapath::ring`).
 //!
+//! The datapath outlives a crashed ietd (no parent-death signal, its own session), so
+//! I/O continues while the control plane is down. A restarted ietd finds it on its
+//! control socket ([`Supervisor::start_or_adopt`]) and adopts the devices it serves.
+//! Limit of adoption: TCMU refuses a second open of a ring's uio device (EBUSY), so the
+//! new ietd cannot hold its own copy of an adopted device's descriptor; it keeps a way to
+//! re-open it instead ([`Reopen`]), used once the adopted datapath has died (its last
+//! descriptor closed, which makes the device openable again). Commands the dead
+//! datapath had taken from such a ring are retried by the initiator after LIO's
+//! command timeout rather than resumed.
+//!
 //! Not its job: deciding which devices exist (the provisioner and its device hook in
 //! [`crate::handoff`]) or serving commands (the datapath).
 
@@ -126,6 +136,29 @@ impl Device {
     }
 }
 
+/// Re-opens an adopted device's descriptors (uio and backing store) for a new datapath.
+pub type Reopen = Box<dyn FnMut() -> Result<Device, String> + Send>;
+
+/// A device a previous ietd handed to the datapath that this ietd adopted: served,
+/// but ietd holds no descriptor of it.
+struct Adopted {
+    attach: Attach,
+    tid: u32,
+    reopen: Reopen,
+}
+
+/// Whether process `pid` exists and is not a zombie (an adopted datapath is not our
+/// child, so its exit is seen only this way or through its socket).
+fn process_alive(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state letter follows the parenthesised command name.
+        Ok(stat) => stat
+            .rsplit_once(") ")
+            .is_some_and(|(_, rest)| !rest.starts_with('Z') && !rest.starts_with('X')),
+        Err(_) => false,
+    }
+}
+
 /// One blocking request/answer connection with a reply timeout.
 struct Conn {
     stream: UnixStream,
@@ -159,6 +192,12 @@ pub struct Supervisor {
     child: Option<Child>,
     conn: Option<Conn>,
     devices: BTreeMap<String, Device>,
+    /// Devices served by an adopted datapath, without descriptors of ours.
+    adopted: BTreeMap<String, Adopted>,
+    /// pid of an adopted datapath (not our child).
+    adopted_pid: Option<i32>,
+    /// uio names the adopted datapath reported serving when it was found.
+    found_serving: Vec<datapath::control::proto::LunStats>,
     /// Start times of recent restarts (not the first start).
     restarts: VecDeque<Instant>,
     /// When the datapath was found dead; a restart is due after the backoff.
@@ -171,32 +210,159 @@ pub struct Supervisor {
 impl Supervisor {
     /// Starts the datapath and waits until it answers `ping`.
     pub fn start(cfg: DatapathConfig, log: Logger) -> Result<Supervisor, SuperviseError> {
-        let mut s = Supervisor {
-            cfg,
-            child: None,
-            conn: None,
-            devices: BTreeMap::new(),
-            restarts: VecDeque::new(),
-            down_since: None,
-            limit_logged: false,
-            log,
-        };
+        let mut s = Supervisor::idle(cfg, log);
         s.spawn()?;
         Ok(s)
     }
 
-    /// The datapath's pid while it runs.
-    pub fn pid(&self) -> Option<u32> {
-        self.child.as_ref().map(Child::id)
+    fn idle(cfg: DatapathConfig, log: Logger) -> Supervisor {
+        Supervisor {
+            cfg,
+            child: None,
+            conn: None,
+            devices: BTreeMap::new(),
+            adopted: BTreeMap::new(),
+            adopted_pid: None,
+            found_serving: Vec::new(),
+            restarts: VecDeque::new(),
+            down_since: None,
+            limit_logged: false,
+            log,
+        }
     }
 
-    /// Devices currently handed to the datapath, by uio name.
+    /// Connects to a datapath already serving on the control socket (left running by an
+    /// ietd that died) and learns which devices it serves; if none answers, starts one.
+    pub fn start_or_adopt(cfg: DatapathConfig, log: Logger) -> Result<Supervisor, SuperviseError> {
+        let mut s = Supervisor::idle(cfg, log);
+        match s.connect_existing() {
+            Ok(true) => Ok(s),
+            Ok(false) => {
+                s.spawn()?;
+                Ok(s)
+            }
+            Err(e) => {
+                warn!(s.log, "a datapath answers on the control socket but cannot be adopted; starting a new one";
+                      "control" => %s.cfg.socket.display(), "error" => %e);
+                s.spawn()?;
+                Ok(s)
+            }
+        }
+    }
+
+    /// Ok(false): nobody listens on the socket.
+    fn connect_existing(&mut self) -> Result<bool, SuperviseError> {
+        let Ok(mut conn) = Conn::connect(&self.cfg.socket, self.cfg.reply_timeout) else {
+            return Ok(false);
+        };
+        let creds =
+            nix::sys::socket::getsockopt(&conn.stream, nix::sys::socket::sockopt::PeerCredentials)
+                .map_err(|e| {
+                    self.io_err("peer credentials")(io::Error::from_raw_os_error(e as i32))
+                })?;
+        match conn
+            .call(&Request::Stats, &[])
+            .map_err(self.io_err("stats"))?
+        {
+            Reply::Stats { luns } => {
+                info!(self.log, "adopted the running datapath"; "pid" => creds.pid(),
+                      "control" => %self.cfg.socket.display(), "devices" => luns.len());
+                for l in &luns {
+                    info!(self.log, "datapath serves"; "uio" => &l.uio, "target" => &l.target,
+                          "lun" => l.lun, "in_flight" => l.in_flight);
+                }
+                self.found_serving = luns;
+                self.adopted_pid = Some(creds.pid());
+                self.conn = Some(conn);
+                Ok(true)
+            }
+            reply => Err(SuperviseError::Unexpected {
+                what: "stats".into(),
+                reply,
+            }),
+        }
+    }
+
+    /// What an adopted datapath served when it was found (empty for a started one).
+    pub fn found_serving(&self) -> &[datapath::control::proto::LunStats] {
+        &self.found_serving
+    }
+
+    /// Whether the datapath serves `uio` without ietd holding its descriptors: it was
+    /// found serving it at adoption and nobody detached it since.
+    pub fn serves_unowned(&self, uio: &str) -> bool {
+        self.conn.is_some() && self.found_serving.iter().any(|l| l.uio == uio)
+    }
+
+    /// Records a device the adopted datapath already serves. `reopen` gives the
+    /// descriptors for a datapath started later (see the module notes).
+    pub fn adopt_device(
+        &mut self,
+        attach: Attach,
+        tid: u32,
+        reopen: Reopen,
+    ) -> Result<(), SuperviseError> {
+        let uio = attach.uio.clone();
+        if self.devices.contains_key(&uio) || self.adopted.contains_key(&uio) {
+            return Err(SuperviseError::AlreadyAttached { uio });
+        }
+        info!(self.log, "device adopted (served by the running datapath)"; "uio" => &uio,
+              "target" => &attach.target, "lun" => attach.lun);
+        self.adopted.insert(
+            uio,
+            Adopted {
+                attach,
+                tid,
+                reopen,
+            },
+        );
+        Ok(())
+    }
+
+    /// Devices the datapath serves but nobody claimed after adoption: detached (their
+    /// LUN is gone from the configuration). Returns their uio names.
+    pub fn release_unclaimed(&mut self) -> Vec<String> {
+        let unclaimed: Vec<String> = self
+            .found_serving
+            .iter()
+            .map(|l| l.uio.clone())
+            .filter(|u| !self.devices.contains_key(u) && !self.adopted.contains_key(u))
+            .collect();
+        for u in &unclaimed {
+            self.detach_uio(u);
+        }
+        unclaimed
+    }
+
+    /// The datapath's pid while it runs (started or adopted).
+    pub fn pid(&self) -> Option<u32> {
+        match &self.child {
+            Some(c) => Some(c.id()),
+            None if self.conn.is_some() => self.adopted_pid.and_then(|p| u32::try_from(p).ok()),
+            None => None,
+        }
+    }
+
+    /// Devices currently handed to the datapath with descriptors ietd keeps, by uio name.
     pub fn devices(&self) -> impl Iterator<Item = &Device> {
         self.devices.values()
     }
 
     pub fn device(&self, uio: &str) -> Option<&Device> {
         self.devices.get(uio)
+    }
+
+    /// Every device ietd knows served (kept or adopted): uio name, tid and LUN.
+    pub fn served(&self) -> Vec<(String, u32, u32)> {
+        self.devices
+            .values()
+            .map(|d| (d.attach.uio.clone(), d.tid, d.attach.lun))
+            .chain(
+                self.adopted
+                    .values()
+                    .map(|a| (a.attach.uio.clone(), a.tid, a.attach.lun)),
+            )
+            .collect()
     }
 
     fn io_err(&self, what: &'static str) -> impl FnOnce(io::Error) -> SuperviseError {
@@ -215,11 +381,12 @@ impl Supervisor {
             .args(&self.cfg.args)
             .stdin(Stdio::null());
         // SAFETY: the closure runs in the child between fork and exec and only calls
-        // prctl, which is async-signal-safe. The datapath must not outlive ietd: a
-        // stray one would keep serving rings no ietd knows about.
+        // setsid, which is async-signal-safe. A session of its own keeps the datapath out
+        // of signals aimed at ietd's process group or terminal: it must outlive a crashed
+        // ietd so that I/O continues (a restarted ietd adopts it).
         unsafe {
             cmd.pre_exec(|| {
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
+                if libc::setsid() < 0 {
                     return Err(io::Error::last_os_error());
                 }
                 Ok(())
@@ -277,6 +444,23 @@ impl Supervisor {
             let _ = c.kill();
             let _ = c.wait();
         }
+        if let Some(pid) = self.adopted_pid.take() {
+            let pid = nix::unistd::Pid::from_raw(pid);
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+            self.wait_gone(pid.as_raw(), STOP_GRACE);
+        }
+    }
+
+    /// Waits until the adopted datapath `pid` is gone; its parent (init) reaps it.
+    fn wait_gone(&self, pid: i32, within: Duration) -> bool {
+        let deadline = Instant::now() + within;
+        while process_alive(pid) {
+            if Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        true
     }
 
     /// Sends one request; on a broken or silent connection the datapath is treated as
@@ -335,7 +519,7 @@ impl Supervisor {
     /// keeps the descriptors; on failure they are closed.
     pub fn attach(&mut self, dev: Device) -> Result<(), SuperviseError> {
         let uio = dev.attach.uio.clone();
-        if self.devices.contains_key(&uio) {
+        if self.devices.contains_key(&uio) || self.adopted.contains_key(&uio) {
             return Err(SuperviseError::AlreadyAttached { uio });
         }
         self.ensure_running()?;
@@ -350,8 +534,26 @@ impl Supervisor {
     /// Tells the datapath to stop serving `uio` and closes ietd's copies of its
     /// descriptors. Returns the device, if it was attached. A datapath that is down
     /// has nothing to detach; it will simply not get the device back.
+    /// An adopted device (served without descriptors of ours) is detached the same way;
+    /// it returns None as there is nothing of ours to close.
     pub fn detach(&mut self, uio: &str) -> Option<Device> {
-        let dev = self.devices.remove(uio)?;
+        if self.adopted.remove(uio).is_some() {
+            self.detach_uio(uio);
+            return None;
+        }
+        let Some(dev) = self.devices.remove(uio) else {
+            // Served by an adopted datapath but not (yet) claimed by any LUN.
+            if self.found_serving.iter().any(|l| l.uio == uio) {
+                self.detach_uio(uio);
+            }
+            return None;
+        };
+        self.detach_uio(uio);
+        Some(dev)
+    }
+
+    fn detach_uio(&mut self, uio: &str) {
+        self.found_serving.retain(|l| l.uio != uio);
         if self.conn.is_some() {
             let req = Request::Detach {
                 uio: uio.to_string(),
@@ -361,11 +563,21 @@ impl Supervisor {
                 Err(e) => warn!(self.log, "detach failed"; "uio" => uio, "error" => %e),
             }
         }
-        Some(dev)
     }
 
     /// Notices a datapath that exited (reaps it).
     fn check_child(&mut self) {
+        if let Some(pid) = self.adopted_pid {
+            if !process_alive(pid) {
+                error!(self.log, "adopted datapath exited"; "pid" => pid,
+                       "devices" => self.devices.len() + self.adopted.len());
+                self.adopted_pid = None;
+                self.conn = None;
+                self.found_serving.clear();
+                self.down_since.get_or_insert_with(Instant::now);
+            }
+            return;
+        }
         let Some(child) = self.child.as_mut() else {
             return;
         };
@@ -425,8 +637,34 @@ impl Supervisor {
         info!(self.log, "restarting the datapath"; "attempt_in_window" => self.restarts.len(),
               "devices" => self.devices.len());
         self.spawn()?;
+        self.reopen_adopted();
         self.reattach_all();
         Ok(())
+    }
+
+    /// The datapath that served the adopted devices is gone, so their uio devices can
+    /// be opened again: they become ordinary kept devices. One that cannot be opened
+    /// stays adopted and is tried again at the next restart.
+    fn reopen_adopted(&mut self) {
+        let uios: Vec<String> = self.adopted.keys().cloned().collect();
+        for uio in uios {
+            let Some(a) = self.adopted.get_mut(&uio) else {
+                continue;
+            };
+            match (a.reopen)() {
+                Ok(dev) => {
+                    info!(self.log, "adopted device re-opened for the new datapath"; "uio" => &uio,
+                          "target" => &a.attach.target, "lun" => a.attach.lun);
+                    self.adopted.remove(&uio);
+                    self.devices.insert(uio, dev);
+                }
+                Err(e) => {
+                    error!(self.log, "adopted device cannot be re-opened; its LUN stays unserved";
+                                 "uio" => &uio, "target" => &a.attach.target, "lun" => a.attach.lun,
+                                 "error" => %e)
+                }
+            }
+        }
     }
 
     /// Sends every kept device to a fresh datapath. A device it refuses stays kept (the
@@ -467,7 +705,27 @@ impl Supervisor {
         for uio in uios {
             self.detach(&uio);
         }
+        let adopted: Vec<String> = self.adopted.keys().cloned().collect();
+        for uio in adopted {
+            self.detach(&uio);
+        }
         self.conn = None;
+        if let Some(pid) = self.adopted_pid.take() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+            if self.wait_gone(pid, STOP_GRACE) {
+                info!(self.log, "adopted datapath stopped"; "pid" => pid);
+            } else {
+                warn!(self.log, "adopted datapath did not stop in time; killing it"; "pid" => pid);
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+                self.wait_gone(pid, STOP_GRACE);
+            }
+        }
         if let Some(mut child) = self.child.take() {
             let pid = nix::unistd::Pid::from_raw(child.id() as i32);
             let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
@@ -496,7 +754,7 @@ impl Supervisor {
 
 impl Drop for Supervisor {
     fn drop(&mut self) {
-        if self.child.is_some() {
+        if self.child.is_some() || self.adopted_pid.is_some() {
             self.stop();
         }
     }

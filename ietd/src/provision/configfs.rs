@@ -2,6 +2,14 @@
 //! [`ConfigFs`], keeps a journal per target so removal is the exact reverse of creation,
 //! and rolls back a half-made object when a step fails.
 //!
+//! Adoption (a restarted ietd): after [`ConfigfsProvisioner::begin_adoption`], objects
+//! of a previous ietd that the new steps would create are taken over as they are (a
+//! directory or link that exists is journaled without being touched, a setting that
+//! already has its value is not rewritten), so LUNs keep their identity and sessions
+//! survive. A LUN whose backstore no longer matches the configuration (other backing
+//! file, size, block size) is removed and made anew. [`Provisioner::finish_adoption`]
+//! then removes what the configuration no longer has.
+//!
 //! Not its job: deciding the steps (`plan`), the filesystem primitives (`fs`), or finding
 //! the UIO device and feeding the datapath (a [`DeviceHook`] does that).
 
@@ -11,8 +19,10 @@ use std::path::PathBuf;
 use slog::{debug, error, info, warn, Logger};
 
 use super::fs::ConfigFs;
+use super::kernel::owned_objects;
 use super::plan::{
-    tpg_path, Acl, Action, Backstore, Builder, Op, Setting, Settings, Step, ISCSI_DIR,
+    backstore_name, tpg_path, Acl, Action, Backstore, Builder, Op, Setting, Settings, Step,
+    ISCSI_DIR,
 };
 use super::session;
 use super::{ProvisionError, Provisioner, Session};
@@ -32,6 +42,21 @@ pub trait DeviceHook: Send {
     ) -> Result<(), ProvisionError>;
     /// The backstore of LUN `lun` is about to be removed (already unexported).
     fn device_removing(&mut self, target: &Target, lun: u32, dev: &Backstore);
+    /// An enabled backstore of a previous ietd is being adopted for `lun`. By default it
+    /// is handed over like a new one.
+    fn device_adopted(
+        &mut self,
+        target: &Target,
+        lun: &Lun,
+        dev: &Backstore,
+    ) -> Result<(), ProvisionError> {
+        self.device_enabled(target, lun, dev)
+    }
+    /// A backstore of a previous ietd that the configuration no longer has is about to
+    /// be removed.
+    fn device_released(&mut self, dev: &Backstore) {
+        let _ = dev;
+    }
 }
 
 /// A hook that does nothing: for a temp-dir configfs, where there is no device.
@@ -66,6 +91,95 @@ pub struct ConfigfsProvisioner {
     live: BTreeMap<String, LiveTarget>,
     discovery: BTreeMap<String, Setting>,
     warned: BTreeSet<String>,
+    /// Set between `begin_adoption` and `finish_adoption`.
+    adopting: Option<Adoption>,
+}
+
+/// Objects of a previous ietd found at startup, while they are being adopted.
+#[derive(Debug, Default)]
+struct Adoption {
+    /// Our backstores by name (`ietd_t<tid>_l<lun>`): their path.
+    backstores: BTreeMap<String, String>,
+    /// Targets exporting one of them.
+    targets: Vec<String>,
+}
+
+/// What adoption found, kept and removed (for the log and tests).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct AdoptionReport {
+    /// configfs paths removed because the configuration no longer has them.
+    pub removed: Vec<String>,
+    /// Removals that failed, with the reason.
+    pub failed: Vec<(String, String)>,
+}
+
+/// How a step fared during adoption.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fate {
+    /// The object or value was already there and is now ours.
+    Kept,
+    /// Made or written now.
+    Made,
+}
+
+/// Whether a value read back from configfs is the value that was written. LIO appends
+/// a newline, and `vpd_unit_serial` reads back with a label.
+fn same_value(read: &str, written: &str) -> bool {
+    let r = read.trim_end_matches('\n');
+    r == written
+        || r.strip_prefix("T10 VPD Unit Serial Number: ")
+            .is_some_and(|v| v == written)
+}
+
+/// Moves the steps of a LUN from the backstore path the builder chose to the existing
+/// one at `existing` (`target/core/user_<K>/<name>`).
+fn rebase(steps: &mut [Step], dev: &mut Backstore, existing: &str) {
+    let Some((hba_dir, _)) = existing.rsplit_once('/') else {
+        return;
+    };
+    let Some(hba) = hba_dir
+        .rsplit_once("user_")
+        .and_then(|(_, n)| n.parse::<u32>().ok())
+    else {
+        return;
+    };
+    let old_path = dev.path.clone();
+    let old_hba_dir = format!("target/core/user_{}", dev.hba);
+    let moved = Backstore {
+        hba,
+        name: dev.name.clone(),
+        path: existing.to_string(),
+        dev_config: dev.dev_config.clone(),
+        uio_name: format!("tcm-user/{hba}/{}/{}", dev.name, dev.dev_config),
+    };
+    let fix = |p: &mut String| {
+        if *p == old_hba_dir {
+            *p = hba_dir.to_string();
+        } else if let Some(rest) = p.strip_prefix(&old_path) {
+            if rest.is_empty() || rest.starts_with('/') {
+                *p = format!("{existing}{rest}");
+            }
+        }
+    };
+    let fix_action = |a: &mut Action| match a {
+        Action::Op(
+            Op::Mkdir { path } | Op::Write { path, .. } | Op::Unlink { path } | Op::Rmdir { path },
+        ) => fix(path),
+        Action::Op(Op::Symlink { link, target }) => {
+            fix(link);
+            fix(target);
+        }
+        Action::DeviceEnabled { dev, .. } | Action::DeviceRemoving { dev, .. } => {
+            *dev = moved.clone()
+        }
+    };
+    for s in steps.iter_mut() {
+        fix_action(&mut s.action);
+        if let Some(u) = s.undo.as_mut() {
+            fix_action(u);
+        }
+    }
+    *dev = moved;
 }
 
 fn key(name: &str) -> String {
@@ -137,6 +251,7 @@ impl ConfigfsProvisioner {
             live: BTreeMap::new(),
             discovery: BTreeMap::new(),
             warned: BTreeSet::new(),
+            adopting: None,
         }
     }
 
@@ -296,6 +411,379 @@ impl ConfigfsProvisioner {
     }
 }
 
+/// Adoption of a previous ietd's objects (see the module notes).
+impl ConfigfsProvisioner {
+    /// Scans for objects of a previous ietd; until [`Provisioner::finish_adoption`],
+    /// targets and LUNs take them over instead of creating them. Returns the number of
+    /// backstores and targets found.
+    pub fn begin_adoption(&mut self) -> Result<(usize, usize), ProvisionError> {
+        let owned = owned_objects(&self.fs, &self.settings.subtype)?;
+        let mut adoption = Adoption {
+            targets: owned.targets,
+            ..Adoption::default()
+        };
+        for path in owned.backstores {
+            if let Some((_, name)) = path.rsplit_once('/') {
+                adoption.backstores.insert(name.to_string(), path);
+            }
+        }
+        let found = (adoption.backstores.len(), adoption.targets.len());
+        if found != (0, 0) {
+            info!(self.log, "objects of a previous ietd found; adopting those the configuration has";
+                  "backstores" => found.0, "targets" => found.1);
+        }
+        self.adopting = Some(adoption);
+        Ok(found)
+    }
+
+    /// Why the existing backstore at `path` cannot serve the LUN these steps describe:
+    /// a `control` value that reads back differently, or not enabled. Values that
+    /// cannot be read back (a simulated tree) are not held against it.
+    fn backstore_mismatch(&self, path: &str, steps: &[Step]) -> Option<String> {
+        let control = format!("{path}/control");
+        for s in steps {
+            let Action::Op(Op::Write { path: p, value, .. }) = &s.action else {
+                continue;
+            };
+            if *p != control {
+                continue;
+            }
+            let Some((k, v)) = value.split_once('=') else {
+                continue;
+            };
+            if let Ok(have) = self.fs.read(&format!("{path}/attrib/{k}")) {
+                // LIO reports the opt-out of netlink replies as 0 once it is in effect
+                // on some kernels; any non-positive value means no replies.
+                let equal = same_value(&have, v)
+                    || (k == "nl_reply_supported"
+                        && have.trim().parse::<i32>().is_ok_and(|n| n <= 0)
+                        && v.parse::<i32>().is_ok_and(|n| n <= 0));
+                if !equal {
+                    return Some(format!(
+                        "{k} is {}, the configuration wants {v}",
+                        have.trim()
+                    ));
+                }
+            }
+        }
+        match self.fs.read(&format!("{path}/enable")) {
+            Ok(e) if e.trim() != "1" => Some("not enabled".into()),
+            _ => None,
+        }
+    }
+
+    /// Removes LUN `lun` of the TPG at `tpg` as a previous ietd left it: the mapped LUNs
+    /// in the node ACLs, the LUN link and directory. Errors are collected.
+    fn remove_tpg_lun(&self, tpg: &str, lun_dir: &str, report: &mut AdoptionReport) {
+        for ini in self.fs.list(&format!("{tpg}/acls")).unwrap_or_default() {
+            for m in self
+                .fs
+                .list(&format!("{tpg}/acls/{ini}"))
+                .unwrap_or_default()
+            {
+                let mdir = format!("{tpg}/acls/{ini}/{m}");
+                if !m.starts_with("lun_") {
+                    continue;
+                }
+                let points_here = self.fs.list(&mdir).unwrap_or_default().iter().any(|e| {
+                    self.fs
+                        .read_link(&format!("{mdir}/{e}"))
+                        .is_ok_and(|t| t == lun_dir)
+                });
+                if points_here {
+                    self.remove_dir_with_links(&mdir, report);
+                }
+            }
+        }
+        self.remove_dir_with_links(lun_dir, report);
+    }
+
+    /// Unlinks the symlinks in `dir`, then removes it.
+    fn remove_dir_with_links(&self, dir: &str, report: &mut AdoptionReport) {
+        for e in self.fs.list(dir).unwrap_or_default() {
+            let p = format!("{dir}/{e}");
+            if self.fs.read_link(&p).is_ok() {
+                if let Err(err) = self.fs.unlink(&p) {
+                    report.failed.push((p, err.to_string()));
+                }
+            }
+        }
+        match self.fs.rmdir(dir) {
+            Ok(()) => {
+                info!(self.log, "removed (no longer in the configuration)"; "object" => dir);
+                report.removed.push(dir.to_string());
+            }
+            Err(e) => {
+                error!(self.log, "not removed"; "object" => dir, "error" => %e);
+                report.failed.push((dir.to_string(), e.to_string()));
+            }
+        }
+    }
+
+    /// Removes a backstore of a previous ietd (already unexported) and its HBA
+    /// directory when nothing else is in it.
+    fn remove_backstore(&mut self, path: &str, report: &mut AdoptionReport) {
+        let Some((hba_dir, name)) = path.rsplit_once('/') else {
+            return;
+        };
+        let hba = hba_dir
+            .rsplit_once("user_")
+            .and_then(|(_, n)| n.parse::<u32>().ok())
+            .unwrap_or_default();
+        let dev_config = self
+            .fs
+            .read(&format!("{path}/attrib/dev_config"))
+            .map(|c| c.trim_end().to_string())
+            .unwrap_or_default();
+        let dev = Backstore {
+            hba,
+            name: name.to_string(),
+            path: path.to_string(),
+            uio_name: format!("tcm-user/{hba}/{name}/{dev_config}"),
+            dev_config,
+        };
+        self.hook.device_released(&dev);
+        match self.fs.rmdir(path) {
+            Ok(()) => {
+                info!(self.log, "removed (no longer in the configuration)"; "object" => path);
+                report.removed.push(path.to_string());
+            }
+            Err(e) => {
+                error!(self.log, "not removed"; "object" => path, "error" => %e);
+                report.failed.push((path.to_string(), e.to_string()));
+                return;
+            }
+        }
+        let others = self
+            .fs
+            .list(hba_dir)
+            .unwrap_or_default()
+            .into_iter()
+            .any(|e| self.fs.abs(&format!("{hba_dir}/{e}")).is_dir());
+        if !others {
+            if let Err(e) = self.fs.rmdir(hba_dir) {
+                warn!(self.log, "empty HBA not removed"; "object" => hba_dir, "error" => %e);
+            }
+        }
+    }
+
+    /// Builds the LUN's steps against its existing backstore, or, when that no longer
+    /// matches, removes the old LUN so the steps make a new one.
+    fn adopt_lun_steps(
+        &mut self,
+        target: &Target,
+        lun: u32,
+        steps: &mut [Step],
+        dev: &mut Backstore,
+    ) {
+        let name = backstore_name(target.tid, lun);
+        let Some(existing) = self
+            .adopting
+            .as_ref()
+            .and_then(|a| a.backstores.get(&name).cloned())
+        else {
+            return;
+        };
+        let mut moved = steps.to_vec();
+        let mut moved_dev = dev.clone();
+        rebase(&mut moved, &mut moved_dev, &existing);
+        match self.backstore_mismatch(&existing, &moved) {
+            None => {
+                steps.clone_from_slice(&moved);
+                *dev = moved_dev;
+            }
+            Some(why) => {
+                warn!(self.log, "existing LUN does not match the configuration; making it anew";
+                      "target" => &target.name, "lun" => lun, "backstore" => &existing,
+                      "reason" => &why);
+                let tpg = tpg_path(&target.name);
+                let mut report = AdoptionReport::default();
+                let lun_dir = format!("{tpg}/lun/lun_{lun}");
+                if self.fs.exists(&lun_dir) {
+                    self.remove_tpg_lun(&tpg, &lun_dir, &mut report);
+                }
+                self.remove_backstore(&existing, &mut report);
+                if let Some(a) = self.adopting.as_mut() {
+                    a.backstores.remove(&name);
+                }
+            }
+        }
+    }
+
+    /// Runs `steps` taking over what exists. On failure undoes only what it made.
+    fn run_adopting(
+        &mut self,
+        target: &Target,
+        steps: Vec<Step>,
+    ) -> Result<Vec<Step>, ProvisionError> {
+        let mut kept_dirs: Vec<String> = Vec::new();
+        let mut done: Vec<(Step, Fate)> = Vec::with_capacity(steps.len());
+        for step in steps {
+            let fate = self.adopt_step(target, &step, &mut kept_dirs);
+            match fate {
+                Ok(f) => done.push((step, f)),
+                Err(e) => {
+                    error!(self.log, "adoption failed, rolling back what was made"; "target" => &target.name,
+                           "lun" => ?step.lun, "error" => %e);
+                    let made: Vec<Step> = done
+                        .into_iter()
+                        .filter(|(_, f)| *f == Fate::Made)
+                        .map(|(s, _)| s)
+                        .collect();
+                    self.undo(target, made);
+                    return Err(e);
+                }
+            }
+        }
+        let kept = done.iter().filter(|(_, f)| *f == Fate::Kept).count();
+        debug!(self.log, "adoption steps"; "target" => &target.name, "kept" => kept,
+               "made" => done.len() - kept);
+        Ok(done.into_iter().map(|(s, _)| s).collect())
+    }
+
+    fn adopt_step(
+        &mut self,
+        target: &Target,
+        step: &Step,
+        kept_dirs: &mut Vec<String>,
+    ) -> Result<Fate, ProvisionError> {
+        let in_kept = |p: &str, kept: &[String]| kept.iter().any(|d| under(p, d));
+        match &step.action {
+            Action::Op(Op::Mkdir { path }) if self.fs.exists(path) => {
+                kept_dirs.push(path.clone());
+                Ok(Fate::Kept)
+            }
+            Action::Op(Op::Symlink { link, target: to })
+                if self.fs.abs(link).symlink_metadata().is_ok() =>
+            {
+                let have = self.fs.read_link(link)?;
+                if have == *to {
+                    Ok(Fate::Kept)
+                } else {
+                    Err(ProvisionError::Invalid(format!(
+                        "{link} points at {have}, the configuration wants {to}"
+                    )))
+                }
+            }
+            Action::Op(Op::Write { path, value, .. }) if in_kept(path, kept_dirs) => {
+                let leaf = path.rsplit('/').next().unwrap_or("");
+                let backstore_dir = path.starts_with("target/core/");
+                // A kept backstore was checked against these values already and refuses
+                // them once enabled.
+                if backstore_dir && (leaf == "control" || leaf == "enable") {
+                    return Ok(Fate::Kept);
+                }
+                if self
+                    .fs
+                    .read(path)
+                    .is_ok_and(|have| same_value(&have, value))
+                {
+                    return Ok(Fate::Kept);
+                }
+                match self.apply(target, &step.action) {
+                    Ok(()) => Ok(Fate::Made),
+                    // A live object may refuse a change (an exported backstore's
+                    // attributes): it keeps running with the old value.
+                    Err(e) if step.setting || backstore_dir => {
+                        warn!(self.log, "adopted object keeps its old value"; "target" => &target.name,
+                              "lun" => ?step.lun, "path" => path, "error" => %e);
+                        Ok(Fate::Kept)
+                    }
+                    Err(e) => Err(e),
+                }
+            }
+            Action::DeviceEnabled { lun, dev } if kept_dirs.contains(&dev.path) => {
+                let l = target.luns.get(lun).ok_or_else(|| {
+                    ProvisionError::NotFound(format!("target {} lun {lun}", target.name))
+                })?;
+                info!(self.log, "backstore adopted"; "target" => &target.name, "lun" => lun,
+                      "uio" => &dev.uio_name);
+                self.hook.device_adopted(target, l, dev)?;
+                Ok(Fate::Kept)
+            }
+            action => self.apply(target, action).map(|()| Fate::Made),
+        }
+    }
+
+    /// configfs paths (directories and links) the live targets own.
+    fn claimed(&self) -> BTreeSet<String> {
+        let mut out = BTreeSet::new();
+        for live in self.live.values() {
+            for s in &live.journal {
+                match &s.action {
+                    Action::Op(Op::Mkdir { path }) => {
+                        out.insert(path.clone());
+                    }
+                    Action::Op(Op::Symlink { link, .. }) => {
+                        out.insert(link.clone());
+                    }
+                    _ => {}
+                }
+            }
+        }
+        out
+    }
+
+    /// Removes what a previous ietd left that the live targets did not claim: under
+    /// our targets the LUNs, node ACLs, mapped LUNs and portals no longer configured,
+    /// our targets no longer configured, then our unclaimed backstores.
+    fn remove_unclaimed(&mut self, adoption: Adoption) -> AdoptionReport {
+        let mut report = AdoptionReport::default();
+        let claimed = self.claimed();
+        for iqn in &adoption.targets {
+            let tdir = format!("target/iscsi/{iqn}");
+            let whole = !claimed.contains(&tdir);
+            for tpgt in self.fs.list(&tdir).unwrap_or_default() {
+                if !tpgt.starts_with("tpgt_") {
+                    continue;
+                }
+                let tpg = format!("{tdir}/{tpgt}");
+                let whole_tpg = whole || !claimed.contains(&tpg);
+                if whole_tpg {
+                    // Stop logins first; sessions end with the TPG.
+                    let _ = self.fs.write(&format!("{tpg}/enable"), "0");
+                }
+                for ini in self.fs.list(&format!("{tpg}/acls")).unwrap_or_default() {
+                    let acl = format!("{tpg}/acls/{ini}");
+                    for m in self.fs.list(&acl).unwrap_or_default() {
+                        let mdir = format!("{acl}/{m}");
+                        if m.starts_with("lun_") && (whole_tpg || !claimed.contains(&mdir)) {
+                            self.remove_dir_with_links(&mdir, &mut report);
+                        }
+                    }
+                    if whole_tpg || !claimed.contains(&acl) {
+                        self.remove_dir_with_links(&acl, &mut report);
+                    }
+                }
+                for l in self.fs.list(&format!("{tpg}/lun")).unwrap_or_default() {
+                    let ldir = format!("{tpg}/lun/{l}");
+                    if whole_tpg || !claimed.contains(&ldir) {
+                        self.remove_tpg_lun(&tpg, &ldir, &mut report);
+                    }
+                }
+                for np in self.fs.list(&format!("{tpg}/np")).unwrap_or_default() {
+                    let npdir = format!("{tpg}/np/{np}");
+                    if whole_tpg || !claimed.contains(&npdir) {
+                        self.remove_dir_with_links(&npdir, &mut report);
+                    }
+                }
+                if whole_tpg {
+                    self.remove_dir_with_links(&tpg, &mut report);
+                }
+            }
+            if whole {
+                self.remove_dir_with_links(&tdir, &mut report);
+            }
+        }
+        for path in adoption.backstores.values() {
+            if !claimed.contains(path) {
+                self.remove_backstore(path, &mut report);
+            }
+        }
+        report
+    }
+}
+
 fn settings_of(steps: &[Step]) -> BTreeMap<String, Setting> {
     let mut out = BTreeMap::new();
     for s in steps.iter().filter(|s| s.setting) {
@@ -331,11 +819,34 @@ impl Provisioner for ConfigfsProvisioner {
         let built = b.target_steps(target, &acl);
         let warnings = std::mem::take(&mut b.warnings);
         self.warn_all(warnings);
-        let (steps, devs) = built?;
+        let (mut steps, mut devs) = built?;
         self.ensure_iscsi_dir()?;
-        let journal = self.run(target, steps)?;
-        info!(self.log, "target created"; "target" => &target.name, "tid" => target.tid,
-              "luns" => devs.len());
+        let journal = if self.adopting.is_some() {
+            for (lun, dev) in devs.iter_mut() {
+                let mut mine: Vec<Step> = steps
+                    .iter()
+                    .filter(|s| s.lun == Some(*lun))
+                    .cloned()
+                    .collect();
+                self.adopt_lun_steps(target, *lun, &mut mine, dev);
+                let mut it = mine.into_iter();
+                for s in steps.iter_mut().filter(|s| s.lun == Some(*lun)) {
+                    if let Some(m) = it.next() {
+                        *s = m;
+                    }
+                }
+            }
+            let adopted = self.fs.exists(&format!("target/iscsi/{}", target.name));
+            let j = self.run_adopting(target, steps)?;
+            info!(self.log, "{}", if adopted { "target adopted" } else { "target created" };
+                  "target" => &target.name, "tid" => target.tid, "luns" => devs.len());
+            j
+        } else {
+            let j = self.run(target, steps)?;
+            info!(self.log, "target created"; "target" => &target.name, "tid" => target.tid,
+                  "luns" => devs.len());
+            j
+        };
         let applied = settings_of(&journal);
         self.live.insert(
             key(&target.name),
@@ -377,10 +888,20 @@ impl Provisioner for ConfigfsProvisioner {
         });
         let warnings = std::mem::take(&mut b.warnings);
         self.warn_all(warnings);
-        let (steps, dev) = built?;
-        let done = self.run(target, steps)?;
-        info!(self.log, "lun added"; "target" => &target.name, "lun" => lun.lun,
-              "backstore" => &dev.path);
+        let (mut steps, mut dev) = built?;
+        let done = if self.adopting.is_some() {
+            self.adopt_lun_steps(target, lun.lun, &mut steps, &mut dev);
+            let adopted = self.fs.exists(&dev.path);
+            let done = self.run_adopting(target, steps)?;
+            info!(self.log, "{}", if adopted { "lun adopted" } else { "lun added" };
+                  "target" => &target.name, "lun" => lun.lun, "backstore" => &dev.path);
+            done
+        } else {
+            let done = self.run(target, steps)?;
+            info!(self.log, "lun added"; "target" => &target.name, "lun" => lun.lun,
+                  "backstore" => &dev.path);
+            done
+        };
         let live = self
             .live
             .get_mut(&key(&target.name))
@@ -455,6 +976,13 @@ impl Provisioner for ConfigfsProvisioner {
     fn set_access_rules(&mut self, access: &AccessRules) -> Result<(), ProvisionError> {
         self.settings.access = access.clone();
         Ok(())
+    }
+
+    fn finish_adoption(&mut self) -> AdoptionReport {
+        match self.adopting.take() {
+            Some(a) => self.remove_unclaimed(a),
+            None => AdoptionReport::default(),
+        }
     }
 
     /// Order: new node ACLs (with their mapped LUNs) first, then the settings (demo

@@ -85,6 +85,11 @@ pub trait Provisioner: Send {
         sid: u64,
         cid: u32,
     ) -> Result<(), ProvisionError>;
+    /// Ends the adoption of a previous ietd's objects (if one was begun): removes those
+    /// no live target claimed.
+    fn finish_adoption(&mut self) -> AdoptionReport {
+        AdoptionReport::default()
+    }
     /// Replaces the access rules (initiators.allow, targets.allow) used from now on by
     /// `create_target` and `update_access`. Live targets keep the access they were made
     /// with until `update_access` is called for each of them (a reload does that).
@@ -111,7 +116,7 @@ pub mod kernel;
 pub mod plan;
 pub mod session;
 
-pub use configfs::{ConfigfsProvisioner, DeviceHook, NoHook};
+pub use configfs::{AdoptionReport, ConfigfsProvisioner, DeviceHook, NoHook};
 pub use fs::{ConfigFs, FsKind};
 pub use kernel::{owned_objects, prepare_kernel, OwnedObjects};
 pub use plan::{plan, plan_config, Backstore, Op, Plan, Settings};
