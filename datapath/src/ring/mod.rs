@@ -202,6 +202,10 @@ static RING_SERIAL: AtomicU64 = AtomicU64::new(1);
 pub struct Ring {
     map: Arc<SharedMap>,
     event: OwnedFd,
+    /// A uio fd: one read returns the cumulative event count and clears readiness, so
+    /// reading again until EAGAIN (needed for the simulated kernel's socket, which
+    /// queues one message per event) would only cost a syscall per wakeup.
+    one_read_clears: bool,
     serial: u64,
     flags: RingFlags,
     cmdr_off: usize,
@@ -228,7 +232,7 @@ impl Ring {
     pub fn open(uio_fd: OwnedFd, map_len: usize) -> Result<Ring, RingError> {
         let map = SharedMap::map(uio_fd.as_fd(), map_len)
             .map_err(|source| RingError::Map { map_len, source })?;
-        Ring::from_map(map, uio_fd)
+        Ring::from_map(map, uio_fd, true)
     }
 
     /// Maps `map_fd` and uses a separate `event_fd` for events and notifications (the
@@ -240,10 +244,11 @@ impl Ring {
     ) -> Result<Ring, RingError> {
         let map =
             SharedMap::map(map_fd, map_len).map_err(|source| RingError::Map { map_len, source })?;
-        Ring::from_map(map, event_fd)
+        Ring::from_map(map, event_fd, false)
     }
 
-    fn from_map(map: SharedMap, event: OwnedFd) -> Result<Ring, RingError> {
+    /// `one_read_clears`: the event fd is a uio device (see [`Ring::clear_event`]).
+    fn from_map(map: SharedMap, event: OwnedFd, one_read_clears: bool) -> Result<Ring, RingError> {
         let map_len = map.len();
         let bad = |field, value: u64, reason| RingError::BadMailbox {
             field,
@@ -290,6 +295,7 @@ impl Ring {
         Ok(Ring {
             map: Arc::new(map),
             event,
+            one_read_clears,
             serial: RING_SERIAL.fetch_add(1, Ordering::Relaxed),
             flags,
             cmdr_off,
@@ -337,6 +343,11 @@ impl Ring {
 
     /// Consumes pending device events (non-blocking). Returns whether there was one.
     /// Call before draining so an event arriving during the drain wakes us again.
+    ///
+    /// On a uio fd one successful read is enough: uio hands back the running event
+    /// count and marks everything up to it as seen, and a later event wakes the poller
+    /// again. That saves the EAGAIN read on every wakeup (measured with strace on the
+    /// event loop at queue depth 1: 2.0 → 1.0 reads per command).
     pub fn clear_event(&mut self) -> Result<bool, RingError> {
         let mut seen = false;
         loop {
@@ -344,6 +355,7 @@ impl Ring {
             match nix::unistd::read(self.event.as_raw_fd(), &mut buf) {
                 // The simulated kernel closed its end.
                 Ok(0) => return Err(RingError::DeviceGone),
+                Ok(_) if self.one_read_clears => return Ok(true),
                 Ok(_) => seen = true,
                 Err(nix::errno::Errno::EAGAIN) => return Ok(seen),
                 Err(nix::errno::Errno::EINTR) => continue,
