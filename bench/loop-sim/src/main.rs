@@ -55,26 +55,33 @@ fn parse() -> Result<Opts, String> {
         };
         match a.as_str() {
             "--qd" => o.qd = num("--qd", val("--qd")?)? as usize,
-            "--secs" => {
-                o.secs = val("--secs")?
-                    .parse()
-                    .map_err(|e| format!("--secs: {e}"))?
-            }
+            "--secs" => o.secs = val("--secs")?.parse().map_err(|e| format!("--secs: {e}"))?,
             "--workers" => o.workers = Some(num("--workers", val("--workers")?)? as usize),
             "--write" => o.write = true,
             "--bs" => o.bs = num("--bs", val("--bs")?)? as usize,
             "--file" => o.file = PathBuf::from(val("--file")?),
             "--size-mb" => o.size_mb = num("--size-mb", val("--size-mb")?)?,
             "-h" | "--help" => {
-                return Err("usage: loop-sim [--qd N] [--secs S] [--workers N] [--write] \
+                return Err(
+                    "usage: loop-sim [--qd N] [--secs S] [--workers N] [--write] \
                             [--bs BYTES] [--file PATH] [--size-mb MB]"
-                    .into())
+                        .into(),
+                )
             }
             other => return Err(format!("unknown argument {other}")),
         }
     }
+    if !(o.secs.is_finite() && o.secs > 0.0) {
+        return Err(format!(
+            "--secs must be a positive number of seconds, not {}",
+            o.secs
+        ));
+    }
     if o.bs as u64 % LBS != 0 || o.bs as u64 > o.size_mb << 20 {
-        return Err(format!("--bs {} must be a multiple of {LBS} within the file", o.bs));
+        return Err(format!(
+            "--bs {} must be a multiple of {LBS} within the file",
+            o.bs
+        ));
     }
     Ok(o)
 }
@@ -98,7 +105,12 @@ fn thread_stats() -> BTreeMap<String, [u64; 3]> {
             .and_then(|(_, r)| r.rsplit_once(')'))
             .map_or("?", |(n, _)| n);
         // Worker threads are io-0, io-1...: one bucket for all of them.
-        let name = if name.starts_with("io-") { "io-*" } else { name }.to_string();
+        let name = if name.starts_with("io-") {
+            "io-*"
+        } else {
+            name
+        }
+        .to_string();
         let f: Vec<&str> = stat
             .rsplit_once(')')
             .map_or("", |(_, r)| r)
@@ -259,6 +271,7 @@ fn run(o: &Opts) -> Result<(), String> {
         return Err(format!("{bad} commands failed"));
     }
 
+    // SAFETY: sysconf only reads a configuration value; no memory is passed.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
     println!(
         "{} {} B, qd {}, workers {}: {:.0} cmds/s, {:.2} completion notifications per 100 cmds",
