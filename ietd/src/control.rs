@@ -231,6 +231,32 @@ pub struct ServeOptions {
     pub admin_gid: Option<u32>,
     /// How long a client may leave a request unfinished or stay silent.
     pub client_timeout: Duration,
+    /// Where IET's `volume` and `session` views are kept current (`/run/ietd`), if at
+    /// all. Rewritten after anything that may change the state and every
+    /// [`VIEWS_PERIOD`], because sessions come and go without ietd doing anything.
+    pub views_dir: Option<std::path::PathBuf>,
+}
+
+/// How often the views are rewritten when nothing else prompts it.
+pub const VIEWS_PERIOD: Duration = Duration::from_secs(3);
+
+/// Rewrites the views; a failure is logged once until a write succeeds again.
+fn refresh_views(opts: &ServeOptions, state: &State, failing: &mut bool, log: &Logger) {
+    let Some(dir) = &opts.views_dir else {
+        return;
+    };
+    match crate::views::write_views(dir, state) {
+        Ok(()) => {
+            if std::mem::take(failing) {
+                info!(log, "views written again"; "dir" => %dir.display());
+            }
+        }
+        Err(e) => {
+            if !std::mem::replace(failing, true) {
+                warn!(log, "views not written"; "dir" => %dir.display(), "error" => %e);
+            }
+        }
+    }
 }
 
 /// More work for the control loop than the socket: the real-kernel ietd adds TCM-USER
@@ -283,8 +309,14 @@ pub fn serve(
     let mut next = FIRST_CLIENT;
     let mut events = Events::with_capacity(128);
     let mut last_tick = Instant::now();
+    let mut views_failing = false;
+    refresh_views(opts, state, &mut views_failing, log);
+    let mut last_views = Instant::now();
     info!(log, "control socket ready"; "path" => %socket.path.display());
     loop {
+        // Anything but the listener may have changed the state (a request, a reload, a
+        // device event, a datapath restart).
+        let mut touched = false;
         let tick = opts.client_timeout.min(Duration::from_secs(1));
         if let Err(e) = poll.poll(&mut events, Some(tick)) {
             if e.kind() == io::ErrorKind::Interrupted {
@@ -293,6 +325,7 @@ pub fn serve(
             return Err(loop_err("waiting for events")(e));
         }
         for ev in events.iter() {
+            touched |= ev.token() != LISTENER;
             match ev.token() {
                 SIGNALS => {
                     for sig in signals.pending() {
@@ -321,6 +354,10 @@ pub fn serve(
         if now.duration_since(last_tick) >= Duration::from_secs(1) {
             last_tick = now;
             ext.tick(state);
+        }
+        if touched || now.duration_since(last_views) >= VIEWS_PERIOD {
+            last_views = now;
+            refresh_views(opts, state, &mut views_failing, log);
         }
         for c in clients.values_mut() {
             if !c.closing && now.duration_since(c.last_active) >= opts.client_timeout {

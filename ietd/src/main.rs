@@ -433,6 +433,7 @@ fn serve(
     let opts = ServeOptions {
         admin_gid,
         client_timeout: Duration::from_secs(cli.client_timeout.max(1)),
+        views_dir: Some(views_dir(&socket_path)),
     };
     let mut kernel_events = kernel.map(|(handle, nl)| KernelEvents::new(handle, nl, log.clone()));
     let ext: &mut dyn Extension = match kernel_events.as_mut() {
@@ -457,6 +458,9 @@ fn serve(
     if let Some(k) = kernel_events.as_mut() {
         k.shutdown();
     }
+    // The views go with the daemon, as IET's /proc files went with its module: a script
+    // that finds none knows no ietd runs.
+    remove_views(&views_dir(&socket_path), log);
     socket.remove(log);
     drop(pid_file);
     let _ = std::fs::remove_file(&cli.pid_file);
@@ -472,6 +476,25 @@ fn serve(
         Ok(stop) => {
             info!(log, "ietd stopped"; "reason" => ?stop);
             ExitCode::SUCCESS
+        }
+    }
+}
+
+/// Where the IET views are kept: the control socket's directory (`/run/ietd`).
+fn views_dir(socket_path: &Path) -> PathBuf {
+    socket_path
+        .parent()
+        .unwrap_or(Path::new("/run/ietd"))
+        .to_path_buf()
+}
+
+fn remove_views(dir: &Path, log: &Logger) {
+    for f in [ietd::views::VOLUME_FILE, ietd::views::SESSION_FILE] {
+        let p = dir.join(f);
+        match std::fs::remove_file(&p) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => warn!(log, "view not removed"; "path" => %p.display(), "error" => %e),
         }
     }
 }
