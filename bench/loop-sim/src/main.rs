@@ -77,7 +77,7 @@ fn parse() -> Result<Opts, String> {
             o.secs
         ));
     }
-    if o.bs as u64 % LBS != 0 || o.bs as u64 > o.size_mb << 20 {
+    if !(o.bs as u64).is_multiple_of(LBS) || o.bs as u64 > o.size_mb << 20 {
         return Err(format!(
             "--bs {} must be a multiple of {LBS} within the file",
             o.bs
