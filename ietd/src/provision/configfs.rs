@@ -958,7 +958,19 @@ impl Provisioner for ConfigfsProvisioner {
         let warnings = std::mem::take(&mut b.warnings);
         self.warn_all(warnings);
         self.ensure_iscsi_dir()?;
-        let had = std::mem::take(&mut self.discovery);
+        let mut had = std::mem::take(&mut self.discovery);
+        if self.adopting.is_some() {
+            // What a previous ietd set and still holds is not written again.
+            for w in &want {
+                if self
+                    .fs
+                    .read(&w.path)
+                    .is_ok_and(|v| same_value(&v, &w.value))
+                {
+                    had.entry(w.path.clone()).or_insert_with(|| w.clone());
+                }
+            }
+        }
         match self.sync_settings(&had, want) {
             Ok(now) => {
                 self.discovery = now;

@@ -236,6 +236,26 @@ impl DeviceHook for TestHook {
             .expect("events")
             .push(format!("removing {} {lun} {}", target.name, dev.uio_name));
     }
+
+    fn device_adopted(
+        &mut self,
+        target: &Target,
+        lun: &Lun,
+        dev: &Backstore,
+    ) -> Result<(), ProvisionError> {
+        self.events.lock().expect("events").push(format!(
+            "adopted {} {} {}",
+            target.name, lun.lun, dev.uio_name
+        ));
+        Ok(())
+    }
+
+    fn device_released(&mut self, dev: &Backstore) {
+        self.events
+            .lock()
+            .expect("events")
+            .push(format!("released {}", dev.uio_name));
+    }
 }
 
 /// Counts of `enabled`/`removing` events per (target, lun), to check they pair up.
