@@ -16,6 +16,10 @@ for b in ietd ietd-datapath ietadm; do
     cp "$(need_bin $b)" /tmp/bin/ || die "binary $b"
 done
 IETD_BIN=/tmp/bin
+# OPS_LOG_DIR (a run-in-vm --share): where ietd's and fio's logs are copied at the end.
+# fio runs in /tmp so its verify state files never land in the (shared) source tree.
+cd /tmp || die "cd /tmp"
+[ -z "${OPS_LOG_DIR:-}" ] || at_exit sh -c 'cp /tmp/ietd.log /tmp/fio*.out /tmp/fio*.json "$0"/' "$OPS_LOG_DIR"
 
 A=iqn.2024-01.org.ietd.vm:reload-a
 B=iqn.2024-01.org.ietd.vm:reload-b
@@ -83,7 +87,7 @@ reloads() { grep -cE 'reload finished|reload refused|reload: configuration not r
 # (verify_backlog) and all read back at the end
 FIO_JOB=(--name=reload-a --filename="$da" --direct=1 --ioengine=libaio --rw=randwrite
     --bs=4k --iodepth=8 --size="$FIO_SIZE" --verify=crc32c --verify_fatal=1
-    --verify_backlog=1024 --randrepeat=1 --randseed=777 --group_reporting)
+    --verify_backlog=1024 --verify_state_save=0 --randrepeat=1 --randseed=777 --group_reporting)
 fio "${FIO_JOB[@]}" --output-format=json --output=/tmp/fio1.json > /tmp/fio1.out 2>&1 &
 fio_pid=$!
 show_log_on_failure /tmp/fio1.out

@@ -18,6 +18,10 @@ for b in ietd ietd-datapath ietadm; do
     cp "$(need_bin $b)" /tmp/bin/ || die "binary $b"
 done
 IETD_BIN=/tmp/bin
+# OPS_LOG_DIR (a run-in-vm --share): where ietd's and fio's logs are copied at the end.
+# fio runs in /tmp so its verify state files never land in the (shared) source tree.
+cd /tmp || die "cd /tmp"
+[ -z "${OPS_LOG_DIR:-}" ] || at_exit sh -c 'cp /tmp/ietd.log /tmp/fio*.out /tmp/fio*.json "$0"/' "$OPS_LOG_DIR"
 
 T=iqn.2024-01.org.ietd.vm:stress
 P=127.0.0.1:3260
@@ -76,7 +80,7 @@ ok "datapath running (pid $pid)"
 # writes (so reads run through the kills too), and the final verify phase reads back all.
 FIO_JOB=(--name=stress --filename="$dev" --direct=1 --ioengine=libaio --rw=randwrite
     --bs=4k --iodepth=8 --size="$FIO_SIZE" --verify=crc32c --verify_fatal=1
-    --verify_backlog=2048 --randrepeat=1 --randseed=4242 --group_reporting)
+    --verify_backlog=2048 --verify_state_save=0 --randrepeat=1 --randseed=4242 --group_reporting)
 t_fio=$(now_ms)
 fio "${FIO_JOB[@]}" --output-format=json --output=/tmp/fio1.json > /tmp/fio1.out 2>&1 &
 fio_pid=$!
