@@ -5,21 +5,24 @@
 # the test fails if a test outside the LUN's recorded failure list fails, or if the passed
 # count drops below the recorded one.  It prints one plain count line per LUN:
 #     conformance lun0 (fileio wb 512): 216/230 passed
-# Environment: CONFORMANCE_LUNS="0 1" (which LUNs to run, default both),
+# LUN 1 (fileio wt, 4096-byte blocks) is in the configuration but not run by default: the
+# CI budget covers one full run (~130-150 s of VM time on an idle 2-core host; every
+# command is a round trip through TCG, so a loaded host makes it several times slower).
+# Environment: CONFORMANCE_LUNS="0 1" (which LUNs to run, default 0),
 # CONFORMANCE_TESTS=REGEX (iscsi-test-cu --test, default ALL; a subset skips the count
 # check), CONFORMANCE_OUT=DIR (keep the full iscsi-test-cu logs there, e.g. a --share).
-# vm: --mem 2G --timeout 900
+# vm: --mem 2G --timeout 660
 . "$(dirname "$0")/lib.sh"
 
 BASELINE=$IETD_ROOT/tests/vm/conformance-baseline.txt
 IQN=iqn.2024-01.org.ietd.vm:conformance
 P=127.0.0.1:3260
-LUNS=${CONFORMANCE_LUNS:-0 1}
+LUNS=${CONFORMANCE_LUNS:-0}
 TESTS=${CONFORMANCE_TESTS:-ALL}
 OUT=${CONFORMANCE_OUT:-/tmp/conformance}
 # Per LUN: a whole 512-byte run takes ~130 s in the VM; a run that hangs (a lost command,
 # a stuck connection) must end as a failure of this test, not as the VM's timeout.
-RUN_LIMIT=${CONFORMANCE_RUN_LIMIT:-330}
+RUN_LIMIT=${CONFORMANCE_RUN_LIMIT:-480}
 INI1=iqn.2007-10.com.github:sahlberg:libiscsi:iscsi-test
 INI2=iqn.2007-10.com.github:sahlberg:libiscsi:iscsi-test-2
 
