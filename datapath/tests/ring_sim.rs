@@ -180,6 +180,68 @@ fn out_of_order_completion_with_oooc() {
 }
 
 #[test]
+fn early_completion_survives_a_restart_exactly_once() {
+    // A takes X (older) and Y, finishes Y first, and dies before X is done. Y must not
+    // be executed again by B, and X must still complete: each exactly once, ring intact.
+    // With slot stealing (libtcmu's OOOC) Y's result would overwrite X's entry, B would
+    // take Y again on recycled data blocks and X would never complete.
+    let (mut sim, mut a) = setup(SimConfig {
+        flags: CAP_OOOC | CAP_READ_LEN,
+        ..SimConfig::default()
+    });
+    let x = sim.submit(&read_cdb(1, 0), &[], 4096).unwrap();
+    let y = sim.submit(&read_cdb(2, 0), &[], 4096).unwrap();
+    let mut cmds = take_all(&mut a);
+    let mut written = HashMap::new();
+    let mut cy = cmds.pop().unwrap();
+    assert_eq!(cy.id(), y);
+    let resp = execute(&mut cy, &mut written);
+    a.complete(cy, &resp).unwrap();
+    a.notify().unwrap();
+    let mut all = sim.reap();
+    drop(cmds);
+    drop(a);
+    let mut b = sim.attach().unwrap().into_ring().unwrap();
+    let again = take_all(&mut b);
+    assert_eq!(
+        again.iter().map(Command::id).collect::<Vec<_>>(),
+        vec![x, y]
+    );
+    for mut c in again {
+        let resp = execute(&mut c, &mut written);
+        b.complete(c, &resp).unwrap();
+    }
+    b.notify().unwrap();
+    all.extend(sim.reap());
+    let ids: Vec<u16> = all.iter().map(|c| c.id).collect();
+    assert_eq!(
+        ids,
+        vec![x, y],
+        "each command completed exactly once, in order"
+    );
+    assert_eq!(sim.broken(), None);
+}
+
+#[test]
+fn slot_stealing_completes_early_when_allowed() {
+    let (mut sim, mut ring) = setup(SimConfig {
+        flags: CAP_OOOC | CAP_READ_LEN,
+        ..SimConfig::default()
+    });
+    ring.allow_slot_stealing(true);
+    let _x = sim.submit(&read_cdb(1, 0), &[], 512).unwrap();
+    let y = sim.submit(&read_cdb(2, 0), &[], 512).unwrap();
+    let mut cmds = take_all(&mut ring);
+    let mut cy = cmds.pop().unwrap();
+    let resp = execute(&mut cy, &mut HashMap::new());
+    ring.complete(cy, &resp).unwrap();
+    ring.notify().unwrap();
+    let done: Vec<u16> = sim.reap().iter().map(|c| c.id).collect();
+    assert_eq!(done, vec![y], "Y reaped before the older X");
+    assert_eq!(sim.broken(), None);
+}
+
+#[test]
 fn out_of_order_completion_without_oooc_is_serialised() {
     // The simulator breaks the ring if a slot is completed with another id.
     out_of_order(CAP_READ_LEN);

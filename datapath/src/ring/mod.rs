@@ -13,11 +13,19 @@
 //! any command exists, even after the `Ring` itself is dropped.
 //!
 //! Restart: a new `Ring` starts taking at `cmd_tail`, so commands a dead process took
-//! but did not complete are taken (and executed) again. One window is not covered: a
-//! process killed between writing a response into a slot and advancing `cmd_tail` leaves
-//! a half-overwritten entry; it then fails validation (completed with HARDWARE ERROR) or,
-//! if its id was stolen for another command, the ring reports `Corrupt` and the device
-//! needs `action/reset_ring`.
+//! but did not complete are taken (and executed) again. That is only sound if every
+//! entry before `cmd_tail` is a completed command and every entry after it is one that
+//! was not completed. So by default results are written strictly in ring order, each
+//! into its own slot, even when the kernel offers out-of-order completion (CAP_OOOC):
+//! completing command X early by stealing the slot of an older command Y (what libtcmu
+//! does) destroys Y's request in the ring while X's own entry stays behind `cmd_tail`.
+//! A process killed then leaves X to be executed again by its successor, on data blocks
+//! the kernel has already given to other commands, and Y is never completed — found by
+//! `tests/vm/t-ops-stress.sh` as fio verify errors after `kill -9` of the datapath.
+//! [`Ring::allow_slot_stealing`] turns the stealing back on for callers that never
+//! restart (benchmarks). One window remains: a process killed between writing a
+//! response into a slot and advancing `cmd_tail` leaves a half-overwritten entry, which
+//! its successor fails with HARDWARE ERROR (the initiator retries the command).
 
 mod data;
 mod layout;
@@ -217,7 +225,11 @@ pub struct Ring {
     tail: u32,
     ids: Vec<u8>,
     in_flight: usize,
-    /// Without OOOC: taken commands in ring order, and results waiting for their turn.
+    /// Write results into other commands' slots (OOOC) instead of in ring order; off
+    /// by default because it is not restart-safe (see the module docs).
+    steal_slots: bool,
+    /// In-order completion: taken commands in ring order, and results waiting for
+    /// their turn.
     order: VecDeque<u16>,
     waiting: HashMap<u16, SlotResult>,
     need_notify: bool,
@@ -307,6 +319,7 @@ impl Ring {
             tail,
             ids: vec![ID_FREE; 1 << 16],
             in_flight: 0,
+            steal_slots: false,
             order: VecDeque::new(),
             waiting: HashMap::new(),
             need_notify: false,
@@ -314,6 +327,15 @@ impl Ring {
             stats: RingStats::default(),
             log: Logger::root(slog::Discard, o!()),
         })
+    }
+
+    /// Completes commands out of order by writing a result into the oldest uncompleted
+    /// slot, as the kernel allows with CAP_OOOC (ignored without it). Only for a ring
+    /// that is never taken over by another process: it is not restart-safe (module
+    /// docs). Call before taking the first command.
+    pub fn allow_slot_stealing(&mut self, on: bool) {
+        debug_assert_eq!(self.in_flight, 0, "set before taking commands");
+        self.steal_slots = on && self.flags.ooo_completion() && self.in_flight == 0;
     }
 
     /// Logs through `log` from now on.
@@ -330,7 +352,7 @@ impl Ring {
     }
 
     /// Commands taken and not yet completed (including those whose result waits for an
-    /// older command when the kernel lacks OOOC).
+    /// older command).
     pub fn in_flight(&self) -> usize {
         self.in_flight
     }
@@ -512,7 +534,7 @@ impl Ring {
         self.ids[usize::from(id)] = ID_IN_FLIGHT;
         self.in_flight += 1;
         self.stats.commands += 1;
-        if !self.flags.ooo_completion() {
+        if !self.steal_slots {
             self.order.push_back(id);
         }
         match self.parse_cmd(entry, len as usize) {
@@ -648,9 +670,9 @@ impl Ring {
         self.finish(id, res)
     }
 
-    /// Writes `res` for `id` now (OOOC) or when every older command is done.
+    /// Writes `res` for `id` now (slot stealing) or when every older command is done.
     fn finish(&mut self, id: u16, res: SlotResult) -> Result<(), RingError> {
-        if self.flags.ooo_completion() {
+        if self.steal_slots {
             return self.write_slot(id, res);
         }
         self.ids[usize::from(id)] = ID_DONE;
