@@ -167,7 +167,9 @@ impl Lun {
 
     /// READ(6/10/12/16). A buffer shorter than the transfer (initiator's expected length
     /// smaller than the CDB's, which LIO passes on as an overflow) gets as many bytes as
-    /// fit, with a partial last block through a bounce buffer; LIO reports the residual.
+    /// fit, with a partial last block through a bounce buffer. No residual reaches the
+    /// initiator: LIO parses TCMU commands with `passthrough_parse_cdb`, which computes
+    /// no overflow, and the ring's READ_LEN can only report a shorter transfer.
     pub(super) fn read(
         &self,
         lba: u64,
