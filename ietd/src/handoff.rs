@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use datapath::control::proto::Attach;
 use datapath::ring::UioDevice;
 use iomodes::{IoType, OpenError};
-use slog::{debug, error, info, warn, Logger};
+use slog::{debug, error, warn, Logger};
 
 use crate::conf::model::{Accounts, Lun, Target};
 use crate::conf::AccessRules;
@@ -405,7 +405,6 @@ impl KernelEvents {
             warn!(self.log, "devices still attached at shutdown; detaching"; "count" => left);
         }
         shared.datapath.stop();
-        info!(self.log, "datapath stopped");
     }
 }
 

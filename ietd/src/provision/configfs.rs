@@ -838,12 +838,16 @@ impl Provisioner for ConfigfsProvisioner {
             }
             let adopted = self.fs.exists(&format!("target/iscsi/{}", target.name));
             let j = self.run_adopting(target, steps)?;
-            info!(self.log, "{}", if adopted { "target adopted" } else { "target created" };
-                  "target" => &target.name, "tid" => target.tid, "luns" => devs.len());
+            // Creations are logged by the state model; adoption only happens here.
+            if adopted {
+                info!(self.log, "target adopted"; "target" => &target.name, "tid" => target.tid);
+            } else {
+                debug!(self.log, "target created"; "target" => &target.name, "tid" => target.tid);
+            }
             j
         } else {
             let j = self.run(target, steps)?;
-            info!(self.log, "target created"; "target" => &target.name, "tid" => target.tid,
+            debug!(self.log, "target created"; "target" => &target.name, "tid" => target.tid,
                   "luns" => devs.len());
             j
         };
@@ -866,7 +870,7 @@ impl Provisioner for ConfigfsProvisioner {
             .remove(&key(&target.name))
             .ok_or_else(|| ProvisionError::NotFound(format!("target {}", target.name)))?;
         let result = self.undo(target, live.journal);
-        info!(self.log, "target deleted"; "target" => &target.name);
+        debug!(self.log, "target deleted"; "target" => &target.name);
         result.map_or(Ok(()), Err)
     }
 
@@ -893,13 +897,18 @@ impl Provisioner for ConfigfsProvisioner {
             self.adopt_lun_steps(target, lun.lun, &mut steps, &mut dev);
             let adopted = self.fs.exists(&dev.path);
             let done = self.run_adopting(target, steps)?;
-            info!(self.log, "{}", if adopted { "lun adopted" } else { "lun added" };
-                  "target" => &target.name, "lun" => lun.lun, "backstore" => &dev.path);
+            if adopted {
+                info!(self.log, "lun adopted"; "target" => &target.name, "lun" => lun.lun,
+                      "backstore" => &dev.path);
+            } else {
+                debug!(self.log, "lun added"; "target" => &target.name, "lun" => lun.lun,
+                       "backstore" => &dev.path);
+            }
             done
         } else {
             let done = self.run(target, steps)?;
-            info!(self.log, "lun added"; "target" => &target.name, "lun" => lun.lun,
-                  "backstore" => &dev.path);
+            debug!(self.log, "lun added"; "target" => &target.name, "lun" => lun.lun,
+                   "backstore" => &dev.path);
             done
         };
         let live = self
@@ -927,7 +936,7 @@ impl Provisioner for ConfigfsProvisioner {
             .partition(|s| s.lun == Some(lun));
         live.journal = rest;
         let result = self.undo(target, mine);
-        info!(self.log, "lun deleted"; "target" => &target.name, "lun" => lun);
+        debug!(self.log, "lun deleted"; "target" => &target.name, "lun" => lun);
         result.map_or(Ok(()), Err)
     }
 
