@@ -7,6 +7,14 @@
 //! `ietd-datapath`, hands it every backstore's ring, and listens to TCM-USER netlink.
 //! Any other root (a temp dir in tests) only gets configfs-shaped files.
 //!
+//! Crash and restart: the datapath outlives an ietd killed with SIGKILL (I/O continues).
+//! Every start adopts what a previous ietd left: the running datapath (found on
+//! `datapath.sock` next to the control socket) and the LIO objects of ours that match
+//! the configuration are taken over untouched (sessions survive); the rest is removed.
+//! IET's `volume` and `session` views are kept in the control socket's directory
+//! (`/run/ietd`) while ietd runs and removed at a clean stop. Under systemd the unit
+//! needs `KillMode=process` (or `mixed`) for the datapath to survive an ietd crash.
+//!
 //! Options follow IET's ietd (`-c -f -d -u -g -a -p -v -h`) plus ours. Differences from
 //! IET: `--help` exits 0 (IET exits 1); an explicit `-c FILE` that cannot be read is an
 //! error (IET silently fell back to /etc/ietd.conf); SIGTERM/SIGINT remove the targets

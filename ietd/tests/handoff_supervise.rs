@@ -1,7 +1,8 @@
 //! Datapath supervision on the host (no TCMU needed): the real `ietd-datapath` is
 //! started and answers, a SIGKILLed one is restarted after its backoff, the restart limit
 //! holds, an attach the datapath refuses is not kept, a program that never answers is
-//! reported, and stop() leaves no process and no socket file behind.
+//! reported, stop() leaves no process and no socket file behind, and a datapath left
+//! running by a killed ietd is adopted, replaced when it dies, and stopped.
 
 use std::fs::File;
 use std::os::fd::OwnedFd;
@@ -161,4 +162,52 @@ fn a_program_that_never_answers_is_reported() {
         Supervisor::start(cfg, log()),
         Err(SuperviseError::Spawn { .. })
     ));
+}
+
+#[test]
+fn a_datapath_left_running_is_adopted_restarted_when_it_dies_and_stopped() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("datapath.sock");
+    let first = Supervisor::start(config(&dir), log()).expect("datapath starts");
+    let pid = first.pid().expect("running");
+    // An ietd killed with SIGKILL runs no destructor: its datapath keeps running.
+    std::mem::forget(first);
+    assert!(alive(pid));
+
+    let mut sup = Supervisor::start_or_adopt(config(&dir), log()).expect("adopts");
+    assert_eq!(
+        sup.pid(),
+        Some(pid),
+        "the running datapath is adopted, not replaced"
+    );
+    assert!(sup.found_serving().is_empty());
+    assert!(!sup.serves_unowned("tcm-user/0/none/ietd/x"));
+    sup.check();
+    assert_eq!(
+        sup.pid(),
+        Some(pid),
+        "a live adopted datapath is left alone"
+    );
+
+    kill(Pid::from_raw(pid as i32), Signal::SIGKILL).unwrap();
+    let second = wait_restarted(&mut sup, pid, Duration::from_secs(20))
+        .expect("a dead adopted datapath is replaced");
+    assert!(alive(second));
+
+    sup.stop();
+    assert!(!alive(second), "stop() ends the datapath");
+    assert!(!socket.exists(), "stop() removes the control socket");
+}
+
+#[test]
+fn stop_ends_an_adopted_datapath() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = Supervisor::start(config(&dir), log()).expect("datapath starts");
+    let pid = first.pid().expect("running");
+    std::mem::forget(first);
+    let mut sup = Supervisor::start_or_adopt(config(&dir), log()).expect("adopts");
+    assert_eq!(sup.pid(), Some(pid));
+    sup.stop();
+    assert_eq!(sup.pid(), None);
+    assert!(!alive(pid), "stop() ends the adopted datapath");
 }
