@@ -6,8 +6,8 @@
 # count drops below the recorded one.  It prints one plain count line per LUN:
 #     conformance lun0 (fileio wb 512): 216/230 passed
 # LUN 1 (fileio wt, 4096-byte blocks) is in the configuration but not run by default: the
-# CI budget covers one full run (~130-150 s of VM time on an idle 2-core host; every
-# command is a round trip through TCG, so a loaded host makes it several times slower).
+# CI budget covers one full run (every command is a round trip through TCG, so the run
+# takes minutes, several times longer on a loaded host).
 # Environment: CONFORMANCE_LUNS="0 1" (which LUNs to run, default 0),
 # CONFORMANCE_TESTS=REGEX (iscsi-test-cu --test, default ALL; a subset skips the count
 # check), CONFORMANCE_OUT=DIR (keep the full iscsi-test-cu logs there, e.g. a --share).
@@ -20,9 +20,10 @@ P=127.0.0.1:3260
 LUNS=${CONFORMANCE_LUNS:-0}
 TESTS=${CONFORMANCE_TESTS:-ALL}
 OUT=${CONFORMANCE_OUT:-/tmp/conformance}
-# Per LUN: a whole 512-byte run takes ~130 s in the VM; a run that hangs (a lost command,
-# a stuck connection) must end as a failure of this test, not as the VM's timeout.
-RUN_LIMIT=${CONFORMANCE_RUN_LIMIT:-480}
+# Per LUN: a whole 512-byte run took 432 s of VM time on a 2-core host busy with other
+# VMs (iscsi-test-cu's own clock: 128 s); a run that hangs (a lost command, a stuck
+# connection) must end as a failure of this test, not as the VM's timeout.
+RUN_LIMIT=${CONFORMANCE_RUN_LIMIT:-540}
 INI1=iqn.2007-10.com.github:sahlberg:libiscsi:iscsi-test
 INI2=iqn.2007-10.com.github:sahlberg:libiscsi:iscsi-test-2
 
@@ -96,7 +97,7 @@ run_lun() {
     echo "conformance lun$lun (${DESC[$lun]}): $passed/$total passed"
     note "lun$lun: $ran ran, $failed failed, ${secs}s"
     mapfile -t failures < <(sed -n 's/^Suite \(.*\), Test \(.*\) had failures:.*/\1.\2/p' "$log")
-    mapfile -t allowed < <(baseline_field fail "$lun")
+    mapfile -t allowed < <(baseline_field fail "$lun"; baseline_field flaky "$lun")
     check_eq "lun$lun: every test ran" "$total" "$ran"
     check_eq "lun$lun: failure list matches the failed count" "$failed" "${#failures[@]}"
     local f new=0 known
@@ -113,7 +114,8 @@ run_lun() {
         fi
     done
     [ "$new" -eq 0 ] && ok "lun$lun: no failure outside the baseline's list"
-    for a in "${allowed[@]}"; do
+    # a "flaky" line may pass or fail; a "fail" line that passes means the list is stale
+    for a in $(baseline_field fail "$lun"); do
         printf '%s\n' "${failures[@]}" | grep -qxF -- "$a" ||
             note "lun$lun: $a now passes (remove it from the baseline's list and raise the count)"
     done
