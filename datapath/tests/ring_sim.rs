@@ -222,6 +222,69 @@ fn early_completion_survives_a_restart_exactly_once() {
     assert_eq!(sim.broken(), None);
 }
 
+/// What a datapath killed while writing X's completion leaves in X's slot: the
+/// "writing" marker, GOOD over `iov_cnt` (so the request now reads as a WRITE with no
+/// data), and, if it got that far, the "done" marker. `cmd_tail` was not advanced.
+fn interrupted_completion(done: bool) -> (Vec<Completed>, u64) {
+    let (mut sim, mut a) = setup(SimConfig::default());
+    let x = sim.submit(&write_cdb(), &[0x5a; 512], 0).unwrap();
+    let y = sim.submit(&read_cdb(3, 0), &[], 512).unwrap();
+    let taken = take_all(&mut a);
+    assert_eq!(taken.len(), 2);
+    drop(taken);
+    drop(a);
+    let kflags = if done { 0xc0u8 } else { 0x40 };
+    assert!(sim.poke_entry(x, 6, &[kflags]));
+    assert!(sim.poke_entry(x, 8, &[0, 0, 0, 0]));
+    let mut b = sim.attach().unwrap().into_ring().unwrap();
+    let recovered = b.stats().recovered_slots;
+    let mut written = HashMap::new();
+    let again = take_all(&mut b);
+    assert_eq!(
+        again.iter().map(Command::id).collect::<Vec<_>>(),
+        vec![y],
+        "X is not taken again"
+    );
+    for mut c in again {
+        let resp = execute(&mut c, &mut written);
+        b.complete(c, &resp).unwrap();
+    }
+    b.notify().unwrap();
+    let done_cmds = sim.reap();
+    assert_eq!(sim.broken(), None);
+    assert!(
+        written.is_empty(),
+        "the interrupted WRITE was not executed again"
+    );
+    let ids: Vec<u16> = done_cmds.iter().map(|c| c.id).collect();
+    assert_eq!(ids, vec![x, y], "each completed once, in order");
+    (done_cmds, recovered)
+}
+
+#[test]
+fn a_completion_written_in_full_before_a_kill_is_kept() {
+    let (done, recovered) = interrupted_completion(true);
+    assert_eq!(recovered, 1);
+    assert_eq!(done[0].status, status::GOOD);
+}
+
+#[test]
+fn a_completion_cut_short_by_a_kill_becomes_busy() {
+    let (done, recovered) = interrupted_completion(false);
+    assert_eq!(recovered, 1);
+    assert_eq!(done[0].status, status::BUSY, "the initiator retries it");
+}
+
+#[test]
+fn untouched_slots_are_not_recovered() {
+    let (mut sim, a) = setup(SimConfig::default());
+    sim.submit(&write_cdb(), &[1; 512], 0).unwrap();
+    drop(a);
+    let mut b = sim.attach().unwrap().into_ring().unwrap();
+    assert_eq!(b.stats().recovered_slots, 0);
+    assert_eq!(take_all(&mut b).len(), 1);
+}
+
 #[test]
 fn slot_stealing_completes_early_when_allowed() {
     let (mut sim, mut ring) = setup(SimConfig {

@@ -34,6 +34,11 @@ pub const E_LEN_OP: usize = 0;
 pub const E_CMD_ID: usize = 4;
 pub const E_KFLAGS: usize = 6;
 pub const E_UFLAGS: usize = 7;
+/// Our markers in `hdr.kflags`: the kernel zeroes every entry it queues and never reads
+/// kflags when reaping, so they can only have been set by a datapath process, and they
+/// tell a successor how far a killed one got in writing this slot's response.
+pub const KFLAG_RSP_WRITING: u8 = 0x40;
+pub const KFLAG_RSP_DONE: u8 = 0x80;
 
 /// User flags in the entry header.
 pub const UFLAG_UNKNOWN_OP: u8 = 0x1;

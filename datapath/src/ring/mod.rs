@@ -23,9 +23,15 @@
 //! the kernel has already given to other commands, and Y is never completed — found by
 //! `tests/vm/t-ops-stress.sh` as fio verify errors after `kill -9` of the datapath.
 //! [`Ring::allow_slot_stealing`] turns the stealing back on for callers that never
-//! restart (benchmarks). One window remains: a process killed between writing a
-//! response into a slot and advancing `cmd_tail` leaves a half-overwritten entry, which
-//! its successor fails with HARDWARE ERROR (the initiator retries the command).
+//! restart (benchmarks).
+//!
+//! Writing a response overwrites the request it answers (`iov_cnt`, `cdb_off`, …), so a
+//! process killed between writing a response and advancing `cmd_tail` would leave its
+//! successor an entry that parses as a different command (a WRITE with no data). The
+//! slot is therefore marked in `hdr.kflags` (which the kernel zeroes when queueing and
+//! never reads back) before the response is written and again once it is complete;
+//! [`Ring::open`] finishes such a slot instead of taking it: a complete response is
+//! kept, an incomplete one becomes BUSY, which the initiator retries.
 
 mod data;
 mod layout;
@@ -110,6 +116,9 @@ pub struct RingStats {
     /// Entries of an unknown type, flagged with UNKNOWN_OP.
     pub unknown_entries: u64,
     pub notifies: u64,
+    /// Slots whose response a previous process was writing when it died, finished at
+    /// open (see the module docs).
+    pub recovered_slots: u64,
 }
 
 /// Largest CDB copied out of the ring. Longer (variable-length) CDBs are truncated to
@@ -304,7 +313,7 @@ impl Ring {
                 "outside the ring or unaligned",
             ));
         }
-        Ok(Ring {
+        Ring {
             map: Arc::new(map),
             event,
             one_read_clears,
@@ -326,7 +335,54 @@ impl Ring {
             aborted: Vec::new(),
             stats: RingStats::default(),
             log: Logger::root(slog::Discard, o!()),
-        })
+        }
+        .finish_interrupted_slot()
+    }
+
+    /// A previous process may have died while writing a response (in ring order, so only
+    /// into the first command slot at `cmd_tail`). Finish that slot rather than take its
+    /// half-overwritten request: keep a response that was complete, answer BUSY (the
+    /// initiator retries) for one that was not, and move `cmd_tail` past it.
+    fn finish_interrupted_slot(mut self) -> Result<Ring, RingError> {
+        let head = self
+            .map
+            .load_u32_acquire(l::MB_CMD_HEAD)
+            .ok_or_else(|| self.corrupt(0, "cmd_head outside the map"))?;
+        if head >= self.cmdr_size || !head.is_multiple_of(l::ENTRY_ALIGN) {
+            return Err(self.corrupt(head, format!("cmd_head {head} is invalid")));
+        }
+        let mut pos = self.tail;
+        while pos != head {
+            let (op, len) = self.entry_header(pos, Some(head))?;
+            if op != l::OP_CMD {
+                pos = (pos + len) % self.cmdr_size;
+                continue;
+            }
+            let e = self.ring_off(pos);
+            let kflags = self
+                .map
+                .read_u8(e + l::E_KFLAGS)
+                .ok_or_else(|| self.corrupt(pos, "entry outside the map"))?;
+            if kflags & l::KFLAG_RSP_WRITING == 0 {
+                break;
+            }
+            if kflags & l::KFLAG_RSP_DONE == 0 {
+                let m = &self.map;
+                let ok = m.write_u8(e + l::E_UFLAGS, 0).is_some()
+                    && m.write_u8(e + l::RSP_SCSI_STATUS, status::BUSY).is_some()
+                    && m.write_u32(e + l::RSP_READ_LEN, 0).is_some();
+                if !ok {
+                    return Err(self.corrupt(pos, "completion slot outside the map"));
+                }
+            }
+            self.tail = (pos + len) % self.cmdr_size;
+            self.cursor = self.tail;
+            self.map.store_u32_release(l::MB_CMD_TAIL, self.tail);
+            self.need_notify = true;
+            self.stats.recovered_slots += 1;
+            break;
+        }
+        Ok(self)
     }
 
     /// Completes commands out of order by writing a result into the oldest uncompleted
@@ -704,7 +760,11 @@ impl Ring {
             }
             let e = self.ring_off(pos);
             let m = &self.map;
-            let mut ok = m.write_u16(e + l::E_CMD_ID, id).is_some();
+            // From here on the request in this slot is being destroyed: say so first,
+            // for a successor should we die before cmd_tail moves (module docs).
+            let mut ok = m.write_u8(e + l::E_KFLAGS, l::KFLAG_RSP_WRITING).is_some();
+            std::sync::atomic::fence(Ordering::Release);
+            ok &= m.write_u16(e + l::E_CMD_ID, id).is_some();
             let uflags = if res.read_len.is_some() {
                 l::UFLAG_READ_LEN
             } else {
@@ -720,6 +780,10 @@ impl Ring {
                 buf[..sense.len()].copy_from_slice(&sense);
                 ok &= m.write_bytes(e + l::RSP_SENSE, &buf).is_some();
             }
+            std::sync::atomic::fence(Ordering::Release);
+            ok &= m
+                .write_u8(e + l::E_KFLAGS, l::KFLAG_RSP_WRITING | l::KFLAG_RSP_DONE)
+                .is_some();
             if !ok {
                 return Err(self.corrupt(pos, "completion slot outside the map"));
             }

@@ -515,6 +515,25 @@ impl SimRing {
 
     /// Queues a TMR notification listing `ids` (the kernel only does this with CAP_TMR
     /// and `tmr_notification=1`).
+    /// Writes `bytes` at `offset` into the ring entry the kernel queued for command
+    /// `id`, as another process could have left it (e.g. one killed half-way through
+    /// writing a completion). Returns false if `id` has no slot or the write does not
+    /// fit the ring.
+    pub fn poke_entry(&mut self, id: u16, offset: usize, bytes: &[u8]) -> bool {
+        let Some(pos) = self
+            .slot_ids
+            .iter()
+            .find_map(|(&pos, &sid)| (sid == id).then_some(pos))
+        else {
+            return false;
+        };
+        let start = l::MAILBOX_SIZE + pos as usize + offset;
+        if start + bytes.len() > l::MAILBOX_SIZE + self.cfg.cmdr_size as usize {
+            return false;
+        }
+        self.map.write_bytes(start, bytes).is_some()
+    }
+
     pub fn submit_tmr(&mut self, tmr_type: u8, ids: &[u16]) -> Result<(), SimError> {
         let size = l::tmr_entry_size(ids.len());
         let pos = self.reserve(size as u32)?;
