@@ -522,19 +522,8 @@ fn reload_config(cli: &Cli, state: &mut State, log: &Logger) {
             return;
         }
     };
-    match state.reload(loaded) {
-        Ok(report) => {
-            for c in &report.applied {
-                info!(log, "reload: {}", c);
-            }
-            for (c, e) in &report.failed {
-                error!(log, "reload: not done: {}", c; "error" => %e);
-            }
-            info!(log, "reload finished"; "applied" => report.applied.len(),
-                  "failed" => report.failed.len());
-        }
-        Err(e) => error!(log, "reload refused; running configuration kept"; "error" => %e),
-    }
+    // State::reload logs every change, every failure and the outcome itself (once).
+    let _ = state.reload(loaded);
 }
 
 /// Whether `root` is the kernel's configfs (kernel mode) rather than a test directory.

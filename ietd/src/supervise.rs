@@ -49,7 +49,9 @@ pub struct DatapathConfig {
     /// which can take a while on a slow disk, but a datapath silent for this long is
     /// considered hung and is killed and restarted.
     pub reply_timeout: Duration,
-    /// Restarts allowed within [`RESTART_WINDOW`]; beyond that ietd waits for the window.
+    /// Restarts within [`RESTART_WINDOW`] with the short, doubling backoff; beyond that
+    /// the datapath is crash-looping and is restarted only every `MAX_BACKOFF` (5 s),
+    /// which stays well inside TCMU's 30 s command timeout.
     pub max_restarts_per_window: usize,
 }
 
@@ -616,23 +618,32 @@ impl Supervisor {
         {
             self.restarts.pop_front();
         }
-        if self.restarts.len() >= self.cfg.max_restarts_per_window {
-            if !self.limit_logged {
-                error!(self.log, "datapath restarted too often; waiting before the next try";
-                       "restarts" => self.restarts.len(), "window_s" => RESTART_WINDOW.as_secs());
-                self.limit_logged = true;
-            }
-            return Ok(());
+        // Past the limit the datapath is crash-looping: say so once, and keep trying at
+        // the slowest pace. Giving up for longer than TCMU's cmd_time_out (30 s) would
+        // turn every command in flight into an I/O error at the initiator, while a
+        // retry every MAX_BACKOFF costs little.
+        let crash_loop = self.restarts.len() >= self.cfg.max_restarts_per_window;
+        if crash_loop && !self.limit_logged {
+            error!(self.log, "datapath keeps dying; restarting it every few seconds";
+                   "restarts" => self.restarts.len(), "window_s" => RESTART_WINDOW.as_secs(),
+                   "interval_s" => MAX_BACKOFF.as_secs());
+            self.limit_logged = true;
         }
         let shift = u32::try_from(self.restarts.len())
             .unwrap_or(u32::MAX)
             .min(16);
-        let backoff = FIRST_BACKOFF.saturating_mul(1 << shift).min(MAX_BACKOFF);
+        let backoff = if crash_loop {
+            MAX_BACKOFF
+        } else {
+            FIRST_BACKOFF.saturating_mul(1 << shift).min(MAX_BACKOFF)
+        };
         let since = self.down_since.get_or_insert(t);
         if !now && t.duration_since(*since) < backoff {
             return Ok(());
         }
-        self.limit_logged = false;
+        if !crash_loop {
+            self.limit_logged = false;
+        }
         self.restarts.push_back(t);
         info!(self.log, "restarting the datapath"; "attempt_in_window" => self.restarts.len(),
               "devices" => self.devices.len());

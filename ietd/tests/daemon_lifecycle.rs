@@ -74,8 +74,16 @@ fn sigint_stops_cleanly_and_sighup_does_not() {
     assert!(d.call(r#"{"op":"volumes"}"#).contains("\"ok\":true"));
     // The configuration did not change: the reload finds nothing to do.
     let log = d.log();
-    assert!(log.contains("reload finished"), "{log}");
-    assert!(log.contains("applied=0") && log.contains("failed=0"), "{log}");
+    assert!(log.contains("configuration reloaded"), "{log}");
+    assert!(
+        log.contains("changes=0") && log.contains("failed=0"),
+        "{log}"
+    );
+    assert_eq!(
+        log.matches("configuration reloaded").count(),
+        1,
+        "the reload is logged once: {log}"
+    );
     d.signal(Signal::SIGINT);
     assert_eq!(d.wait_exit().code(), Some(0));
     assert_eq!(our_objects(&d.configfs), Vec::<String>::new());
