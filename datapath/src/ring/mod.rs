@@ -339,11 +339,9 @@ impl Ring {
         .finish_interrupted_slot()
     }
 
-    /// A previous process may have died while writing a response (in ring order, so only
-    /// into the first command slot at `cmd_tail`). Finish that slot rather than take its
-    /// half-overwritten request: keep a response that was complete, answer BUSY (the
-    /// initiator retries) for one that was not, and move `cmd_tail` past it.
-    fn finish_interrupted_slot(mut self) -> Result<Ring, RingError> {
+    /// The kernel's `cmd_head`, read with acquire ordering (the entries before it are
+    /// then visible) and checked to lie inside the ring on an entry boundary.
+    fn load_head(&self) -> Result<u32, RingError> {
         let head = self
             .map
             .load_u32_acquire(l::MB_CMD_HEAD)
@@ -351,6 +349,15 @@ impl Ring {
         if head >= self.cmdr_size || !head.is_multiple_of(l::ENTRY_ALIGN) {
             return Err(self.corrupt(head, format!("cmd_head {head} is invalid")));
         }
+        Ok(head)
+    }
+
+    /// A previous process may have died while writing a response (in ring order, so only
+    /// into the first command slot at `cmd_tail`). Finish that slot rather than take its
+    /// half-overwritten request: keep a response that was complete, answer BUSY (the
+    /// initiator retries) for one that was not, and move `cmd_tail` past it.
+    fn finish_interrupted_slot(mut self) -> Result<Ring, RingError> {
+        let head = self.load_head()?;
         let mut pos = self.tail;
         while pos != head {
             let (op, len) = self.entry_header(pos, Some(head))?;
@@ -524,13 +531,7 @@ impl Ring {
     /// [`Ring::notify`] after draining). An `Err` means the ring cannot be walked any
     /// further and the device must be given up.
     pub fn next_command(&mut self) -> Result<Option<Command>, RingError> {
-        let head = self
-            .map
-            .load_u32_acquire(l::MB_CMD_HEAD)
-            .ok_or_else(|| self.corrupt(0, "cmd_head outside the map"))?;
-        if head >= self.cmdr_size || !head.is_multiple_of(l::ENTRY_ALIGN) {
-            return Err(self.corrupt(head, format!("cmd_head {head} is invalid")));
-        }
+        let head = self.load_head()?;
         while self.cursor != head {
             let pos = self.cursor;
             let (op, len) = self.entry_header(pos, Some(head))?;
