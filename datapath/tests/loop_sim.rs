@@ -169,14 +169,25 @@ fn serves_scsi_over_the_ring() {
     assert_eq!(stats[0].latency_hist_us.iter().sum::<u64>(), 5);
 }
 
-/// A store whose reads wait until the test opens the gate.
+/// A store whose reads wait until the test opens the gate; with `cached`, reads that
+/// may not wait are served at once (as a page-cache hit would be).
 struct GatedStore {
     inner: MemStore,
     open: Mutex<bool>,
     cv: Condvar,
+    cached: bool,
 }
 
 impl GatedStore {
+    fn new(cached: bool) -> Arc<GatedStore> {
+        Arc::new(GatedStore {
+            inner: MemStore::new(BS, BLOCKS, MemStore::caps(true, false)),
+            open: Mutex::new(false),
+            cv: Condvar::new(),
+            cached,
+        })
+    }
+
     fn release(&self) {
         *self.open.lock().unwrap() = true;
         self.cv.notify_all();
@@ -201,6 +212,9 @@ impl BackingStore for GatedStore {
         drop(open);
         self.inner.read_at(bufs, offset)
     }
+    fn try_read_at(&self, bufs: &mut [IoSliceMut<'_>], offset: u64) -> Option<Result<(), IoError>> {
+        self.cached.then(|| self.inner.read_at(bufs, offset))
+    }
     fn write_at(&self, bufs: &[IoSlice<'_>], offset: u64, fua: bool) -> Result<(), IoError> {
         self.inner.write_at(bufs, offset, fua)
     }
@@ -217,11 +231,7 @@ impl BackingStore for GatedStore {
 
 #[test]
 fn a_stuck_lun_does_not_stall_another() {
-    let gated = Arc::new(GatedStore {
-        inner: MemStore::new(BS, BLOCKS, MemStore::caps(true, false)),
-        open: Mutex::new(false),
-        cv: Condvar::new(),
-    });
+    let gated = GatedStore::new(false);
     let mut slow = SimRing::new(SimConfig::default()).unwrap();
     let mut fast = SimRing::new(SimConfig::default()).unwrap();
     let mut ev = new_loop(4);
@@ -255,6 +265,60 @@ fn a_stuck_lun_does_not_stall_another() {
     gated.release();
     let done = wait_for(&mut slow, 16);
     assert!(done.iter().all(|c| c.status == status::GOOD));
+    running.stop();
+}
+
+/// Reads the store can serve without waiting are answered by the loop itself: they
+/// complete while the only worker hangs, and a big one still goes to a worker.
+#[test]
+fn cache_hits_are_answered_while_every_worker_is_busy() {
+    let stuck = GatedStore::new(false);
+    let cached = GatedStore::new(true);
+    cached.inner.fill(0, &[0x3c; 4 * BS as usize]);
+    let mut a = SimRing::new(SimConfig::default()).unwrap();
+    let mut b = SimRing::new(SimConfig::default()).unwrap();
+    let mut ev = EventLoop::new(
+        LoopConfig {
+            workers: 1,
+            per_lun_max: 1,
+        },
+        log(),
+    )
+    .unwrap();
+    ev.attach(device(
+        "a",
+        a.attach().unwrap().into_ring().unwrap(),
+        lun_over(stuck.clone(), 0),
+    ))
+    .unwrap();
+    ev.attach(device(
+        "b",
+        b.attach().unwrap().into_ring().unwrap(),
+        lun_over(cached.clone(), 1),
+    ))
+    .unwrap();
+    let running = start(ev);
+
+    a.submit(&read10(0, 1), &[], BS as usize).unwrap();
+    thread::sleep(Duration::from_millis(50));
+    for _ in 0..8 {
+        b.submit(&read10(0, 4), &[], 4 * BS as usize).unwrap();
+    }
+    let done = wait_for(&mut b, 8);
+    assert!(done
+        .iter()
+        .all(|c| c.status == status::GOOD && c.data_in == [0x3c; 4 * BS as usize]));
+
+    // Bigger than INLINE_MAX_BYTES: a worker's, so it waits like LUN a's read.
+    let blocks = (datapath::scsi::INLINE_MAX_BYTES / BS as usize + 1) as u16;
+    b.submit(&read10(0, blocks), &[], usize::from(blocks) * BS as usize)
+        .unwrap();
+    thread::sleep(Duration::from_millis(100));
+    assert!(b.reap().is_empty() && a.reap().is_empty());
+    stuck.release();
+    cached.release();
+    assert_eq!(wait_for(&mut a, 1)[0].status, status::GOOD);
+    assert_eq!(wait_for(&mut b, 1)[0].status, status::GOOD);
     running.stop();
 }
 
@@ -328,11 +392,7 @@ fn a_removed_device_is_dropped_and_others_keep_going() {
 
 #[test]
 fn stop_finishes_in_flight_and_leaves_the_rest() {
-    let gated = Arc::new(GatedStore {
-        inner: MemStore::new(BS, BLOCKS, MemStore::caps(true, false)),
-        open: Mutex::new(false),
-        cv: Condvar::new(),
-    });
+    let gated = GatedStore::new(false);
     let mut sim = SimRing::new(SimConfig::default()).unwrap();
     let mut ev = new_loop(2);
     ev.attach(device(

@@ -6,8 +6,8 @@ use std::path::Path;
 use std::sync::Arc;
 
 use datapath::ring::status;
-use datapath::scsi::testing::{exchange, Exchange};
-use datapath::scsi::{Identity, Lun};
+use datapath::scsi::testing::{exchange, try_exchange, Exchange};
+use datapath::scsi::{Identity, Lun, INLINE_MAX_BYTES};
 use iomodes::{IoMode, IoType, StoreSpec};
 
 fn identity() -> Identity {
@@ -170,4 +170,83 @@ fn unmap_on_a_file_reads_back_zeroes_when_lbprz_is_advertised() {
     }
     let x = read10(&lun, 8, 1, 512);
     assert!(x.buffer.iter().all(|&b| b == 0xEE));
+}
+
+/// Drops the file's clean pages from the page cache; false where that cannot work
+/// (tmpfs keeps its pages).
+fn evict(path: &Path) -> bool {
+    use nix::sys::statfs::{statfs, TMPFS_MAGIC};
+    use std::os::fd::AsRawFd;
+    if statfs(path).unwrap().filesystem_type() == TMPFS_MAGIC {
+        return false;
+    }
+    let f = std::fs::File::open(path).unwrap();
+    f.sync_all().unwrap();
+    nix::fcntl::posix_fadvise(
+        f.as_raw_fd(),
+        0,
+        0,
+        nix::fcntl::PosixFadviseAdvice::POSIX_FADV_DONTNEED,
+    )
+    .unwrap();
+    true
+}
+
+fn try_read10(lun: &Lun, lba: u32, blocks: u16) -> Option<Exchange> {
+    let n = blocks.to_be_bytes();
+    let l = lba.to_be_bytes();
+    try_exchange(
+        lun,
+        &[0x28, 0, l[0], l[1], l[2], l[3], 0, n[0], n[1], 0],
+        &[],
+        usize::from(blocks) * 512,
+    )
+}
+
+/// What the event loop may answer itself (`try_execute`): page-cache hits, memory-only
+/// commands and refusals; everything that could wait is left for a worker.
+#[test]
+fn cached_reads_and_refusals_are_answered_without_a_worker() {
+    // On disk (the target directory), so the eviction below is real.
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let original: Vec<u8> = (0..4 << 20).map(|i| (i % 249) as u8).collect();
+    let path = backing(dir.path(), &original);
+    let lun = open(&path, IoMode::Wb, 512);
+
+    // Just written, so cached: served, with the file's bytes.
+    let x = try_read10(&lun, 8, 16).expect("a cache hit is answered inline");
+    good(&x);
+    assert_eq!(x.buffer, &original[8 * 512..24 * 512]);
+    // Too big to hold up the loop, though cached.
+    let big = (INLINE_MAX_BYTES / 512 + 1) as u16;
+    assert!(try_read10(&lun, 0, big).is_none());
+    // A refusal needs no I/O: LBA OUT OF RANGE at once.
+    let x = try_read10(&lun, 8192, 1).expect("answered inline");
+    assert_eq!(x.sense_code(), Some((0x5, 0x21, 0x00)));
+    // Memory-only commands are answered; a flush waits for a worker.
+    good(&try_exchange(&lun, &[0x00, 0, 0, 0, 0, 0], &[], 0).unwrap());
+    assert!(try_exchange(&lun, &[0x35, 0, 0, 0, 0, 0, 0, 0, 0, 0], &[], 0).is_none());
+
+    let evicted = evict(&path);
+    if evicted {
+        assert!(
+            try_read10(&lun, 4096, 16).is_none(),
+            "a read that needs the disk goes to a worker"
+        );
+        let x = read10(&lun, 4096, 16, 512);
+        good(&x);
+        assert_eq!(x.buffer, &original[4096 * 512..4112 * 512]);
+    } else {
+        eprintln!("target dir on tmpfs: eviction part skipped");
+    }
+    // Three answered inline (and one by `execute`), each counted once; the refused
+    // ones not at all.
+    assert_eq!(lun.stats().commands, if evicted { 4 } else { 3 });
+
+    // A read-only LUN refuses a WRITE inline, and nothing reaches the file.
+    let ro = open(&path, IoMode::Ro, 512);
+    let x = try_exchange(&ro, &[0x2A, 0, 0, 0, 0, 0, 0, 0, 1, 0], &[1u8; 512], 512)
+        .expect("answered inline");
+    assert_eq!(x.sense_code(), Some((0x7, 0x27, 0x00)));
+    assert_eq!(std::fs::read(&path).unwrap(), original);
 }

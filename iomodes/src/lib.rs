@@ -120,6 +120,30 @@ pub trait BackingStore: Send + Sync {
     /// whatever the IOMode. In `wt` every write is durable before return.
     fn write_at(&self, bufs: &[IoSlice<'_>], offset: u64, fua: bool) -> Result<(), IoError>;
 
+    /// [`read_at`](Self::read_at), but only if it can finish without waiting for a
+    /// device, a lock or memory: for `fileio`, when every byte is in the page cache.
+    /// `None` means it would have had to wait (or this store never can): nothing is
+    /// reported, `bufs` may be partly filled, and the caller does the blocking
+    /// `read_at`. Lets an event loop answer cache hits without a thread hand-off.
+    fn try_read_at(
+        &self,
+        _bufs: &mut [IoSliceMut<'_>],
+        _offset: u64,
+    ) -> Option<Result<(), IoError>> {
+        None
+    }
+
+    /// [`write_at`](Self::write_at) on the same terms as [`try_read_at`](Self::try_read_at).
+    /// A durable write (`wt`, `fua`) always waits for the device, so it is always `None`.
+    fn try_write_at(
+        &self,
+        _bufs: &[IoSlice<'_>],
+        _offset: u64,
+        _fua: bool,
+    ) -> Option<Result<(), IoError>> {
+        None
+    }
+
     /// Makes every acknowledged write durable (SYNCHRONIZE CACHE).
     fn flush(&self) -> Result<(), IoError>;
 

@@ -15,6 +15,15 @@ use std::sync::atomic::{AtomicBool, Ordering};
 pub(crate) trait Engine: Send + Sync {
     fn read(&self, bufs: &mut [IoSliceMut<'_>], offset: u64) -> Result<(), IoError>;
     fn write(&self, bufs: &[IoSlice<'_>], offset: u64, durable: bool) -> Result<(), IoError>;
+    /// A read that must not wait: true when every byte was read (see
+    /// [`BackingStore::try_read_at`]); false when the caller must use `read`.
+    fn try_read(&self, _bufs: &mut [IoSliceMut<'_>], _offset: u64) -> bool {
+        false
+    }
+    /// A non-durable write that must not wait, like `try_read`.
+    fn try_write(&self, _bufs: &[IoSlice<'_>], _offset: u64) -> bool {
+        false
+    }
     fn flush(&self) -> Result<(), IoError>;
     fn discard(&self, offset: u64, len: u64, durable: bool) -> Result<(), IoError>;
     fn write_zeroes(
@@ -126,6 +135,39 @@ impl<E: Engine> BackingStore for Store<E> {
             return Ok(());
         }
         self.engine.write(bufs, offset, fua || self.write_through())
+    }
+
+    fn try_read_at(&self, bufs: &mut [IoSliceMut<'_>], offset: u64) -> Option<Result<(), IoError>> {
+        let len = buffers_len(bufs.iter().map(|b| b.len()));
+        if let Err(e) = check_range(&self.geometry, offset, len) {
+            return Some(Err(e));
+        }
+        if len == 0 {
+            return Some(Ok(()));
+        }
+        self.engine.try_read(bufs, offset).then_some(Ok(()))
+    }
+
+    fn try_write_at(
+        &self,
+        bufs: &[IoSlice<'_>],
+        offset: u64,
+        fua: bool,
+    ) -> Option<Result<(), IoError>> {
+        if let Err(e) = self.writable() {
+            return Some(Err(e));
+        }
+        let len = buffers_len(bufs.iter().map(|b| b.len()));
+        if let Err(e) = check_range(&self.geometry, offset, len) {
+            return Some(Err(e));
+        }
+        if len == 0 {
+            return Some(Ok(()));
+        }
+        if fua || self.write_through() {
+            return None;
+        }
+        self.engine.try_write(bufs, offset).then_some(Ok(()))
     }
 
     /// On `ro` nothing can be dirty, so a flush succeeds without a syscall.

@@ -236,6 +236,77 @@ pub(crate) fn write_all_at(
     Ok(())
 }
 
+/// What a non-blocking transfer ([`try_read_at`], [`try_write_at`]) did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Nowait {
+    /// Every byte was transferred without waiting.
+    Done,
+    /// It would have had to wait (data not cached, a lock held, dirty throttling), was
+    /// cut short, or failed: the caller redoes the whole transfer the blocking way,
+    /// which also reports any error properly. Some bytes may have been transferred.
+    WouldBlock,
+    /// This file cannot do RWF_NOWAIT transfers in this direction at all.
+    Unsupported,
+}
+
+fn nowait_outcome(r: Result<usize, Errno>, total: usize) -> Nowait {
+    match r {
+        Ok(n) if n == total => Nowait::Done,
+        // EOPNOTSUPP: the file lacks FMODE_NOWAIT; EINVAL: buffered writes on a
+        // filesystem without async buffered-write support (generic_write_checks).
+        Err(Errno::EOPNOTSUPP | Errno::EINVAL | Errno::ENOSYS) => Nowait::Unsupported,
+        _ => Nowait::WouldBlock,
+    }
+}
+
+/// One preadv2(RWF_NOWAIT): fills `bufs` only if that needs no waiting, i.e. for a
+/// buffered file when every page is already in the page cache.
+pub(crate) fn try_read_at(fd: BorrowedFd<'_>, bufs: &mut [IoSliceMut<'_>], offset: u64) -> Nowait {
+    let total = total_len(bufs.iter().map(|b| b.len()));
+    if bufs.len() > IOV_MAX {
+        return Nowait::WouldBlock;
+    }
+    let Ok(off) = to_off(offset) else {
+        return Nowait::WouldBlock;
+    };
+    // SAFETY: `IoSliceMut` is ABI-compatible with `struct iovec` on Unix; the slice is
+    // borrowed mutably for the duration of the call, so the kernel may write through it.
+    let n = unsafe {
+        libc::preadv2(
+            fd.as_raw_fd(),
+            bufs.as_ptr().cast(),
+            bufs.len() as libc::c_int,
+            off,
+            libc::RWF_NOWAIT,
+        )
+    };
+    nowait_outcome(Errno::result(n).map(|n| n as usize), total)
+}
+
+/// One pwritev2(RWF_NOWAIT), never durable: writes `bufs` only if that needs no waiting
+/// (pages cached, no lock contention, no dirty throttling).
+pub(crate) fn try_write_at(fd: BorrowedFd<'_>, bufs: &[IoSlice<'_>], offset: u64) -> Nowait {
+    let total = total_len(bufs.iter().map(|b| b.len()));
+    if bufs.len() > IOV_MAX {
+        return Nowait::WouldBlock;
+    }
+    let Ok(off) = to_off(offset) else {
+        return Nowait::WouldBlock;
+    };
+    // SAFETY: `IoSlice` is ABI-compatible with `struct iovec` on Unix; the memory is
+    // borrowed for the duration of the call and the kernel only reads it.
+    let n = unsafe {
+        libc::pwritev2(
+            fd.as_raw_fd(),
+            bufs.as_ptr().cast(),
+            bufs.len() as libc::c_int,
+            off,
+            libc::RWF_NOWAIT,
+        )
+    };
+    nowait_outcome(Errno::result(n).map(|n| n as usize), total)
+}
+
 pub(crate) fn fdatasync(fd: BorrowedFd<'_>) -> Result<(), Errno> {
     loop {
         // SAFETY: plain syscall on a valid descriptor.

@@ -16,7 +16,7 @@ use iomodes::IoError;
 
 use super::cdb::ByteCheck;
 use super::sense::{Completion, Failure, FieldPointer};
-use super::Lun;
+use super::{Lun, INLINE_MAX_BYTES};
 use crate::ring::DataIov;
 
 /// Largest bounce buffer a compare or WRITE SAME allocates.
@@ -212,6 +212,63 @@ impl Lun {
         Ok(bytes as usize)
     }
 
+    /// [`read`](Self::read) only if it cannot wait: a whole transfer of at most
+    /// [`INLINE_MAX_BYTES`] that the store serves without waiting; `None` otherwise.
+    pub(super) fn try_read(
+        &self,
+        lba: u64,
+        blocks: u32,
+        data: &mut DataIov<'_>,
+    ) -> Option<Result<Completion, Failure>> {
+        if let Err(f) = self.check_range(lba, u64::from(blocks)) {
+            return Some(Err(f));
+        }
+        let n = u64::from(blocks) * self.bs();
+        if n > INLINE_MAX_BYTES as u64 || n > data.len() as u64 {
+            return None;
+        }
+        let mut runs = data.slices_mut();
+        let mut p = prefix_mut(&mut runs, n as usize);
+        let r = self.store.try_read_at(&mut p, lba * self.bs())?;
+        Some(
+            r.map(|()| Completion::data_in(n as usize))
+                .map_err(|e| self.io_err(e)),
+        )
+    }
+
+    /// The Data-Out bytes a WRITE of `blocks` at `lba` moves, once the LUN, the range
+    /// and the buffer allow it.
+    fn write_len(&self, lba: u64, blocks: u32, data: &DataIov<'_>) -> Result<usize, Failure> {
+        self.check_writable()?;
+        self.check_range(lba, u64::from(blocks))?;
+        self.need_out(data, u64::from(blocks) * self.bs())
+    }
+
+    /// [`write`](Self::write) only if it cannot wait, on the terms of `try_read`.
+    pub(super) fn try_write(
+        &self,
+        lba: u64,
+        blocks: u32,
+        fua: bool,
+        data: &DataIov<'_>,
+    ) -> Option<Result<Completion, Failure>> {
+        let n = match self.write_len(lba, blocks, data) {
+            Ok(0) => return Some(Ok(Completion::no_data())),
+            Ok(n) if n <= INLINE_MAX_BYTES => n,
+            Ok(_) => return None,
+            Err(f) => return Some(Err(f)),
+        };
+        // A COMPARE AND WRITE on a worker holds the order exclusively: wait on a worker.
+        let _order = self.write_order.try_read().ok()?;
+        let runs = data.slices();
+        let p = prefix(&runs, n);
+        let r = self.store.try_write_at(&p, lba * self.bs(), fua)?;
+        Some(
+            r.map(|()| Completion::no_data())
+                .map_err(|e| self.io_err(e)),
+        )
+    }
+
     /// WRITE(6/10/12/16).
     pub(super) fn write(
         &self,
@@ -220,9 +277,7 @@ impl Lun {
         fua: bool,
         data: &DataIov<'_>,
     ) -> Result<Completion, Failure> {
-        self.check_writable()?;
-        self.check_range(lba, u64::from(blocks))?;
-        let n = self.need_out(data, u64::from(blocks) * self.bs())?;
+        let n = self.write_len(lba, blocks, data)?;
         if n == 0 {
             return Ok(Completion::no_data());
         }

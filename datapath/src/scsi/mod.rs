@@ -123,6 +123,11 @@ pub struct Lun {
     counters: Counters,
 }
 
+/// Largest READ or WRITE [`Lun::try_execute`] runs on the caller's thread. Bigger ones
+/// go to workers even when cached: the copy would hold up every other LUN of the event
+/// loop, and on a worker it overlaps with the kernel's own copy of the previous command.
+pub const INLINE_MAX_BYTES: usize = 128 << 10;
+
 /// True when the command touches the backing store (must run on a worker thread).
 /// Unknown or malformed CDBs are answered without I/O, so they return false.
 pub fn needs_io(cdb: &[u8]) -> bool {
@@ -191,6 +196,24 @@ impl Lun {
         };
         self.count(parsed.ok().as_ref(), &outcome);
         sense::respond(&outcome)
+    }
+
+    /// Runs the command only if it cannot wait: answers from memory, READ and WRITE
+    /// (up to [`INLINE_MAX_BYTES`]) that the store can move without waiting (a page-cache
+    /// hit), and every refusal found by checking the CDB. `None`: the command needs a
+    /// worker, which runs [`execute`](Self::execute) (nothing was counted or answered;
+    /// a refused READ may have filled part of the buffer, which the worker overwrites).
+    pub fn try_execute(&self, cdb: &[u8], data: &mut DataIov<'_>) -> Option<Response> {
+        let parsed = cdb::parse(cdb, &self.caps);
+        let outcome = match &parsed {
+            Ok(Command::Read { lba, blocks, .. }) => self.try_read(*lba, *blocks, data)?,
+            Ok(Command::Write { lba, blocks, fua }) => self.try_write(*lba, *blocks, *fua, data)?,
+            Ok(_) if needs_io(cdb) => return None,
+            Ok(cmd) => self.run(cmd, data),
+            Err(f) => Err(*f),
+        };
+        self.count(parsed.ok().as_ref(), &outcome);
+        Some(sense::respond(&outcome))
     }
 
     /// Dispatch: one arm per command, naming its handler.

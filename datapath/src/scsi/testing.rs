@@ -273,6 +273,22 @@ pub const GARBAGE: u8 = 0xA5;
 /// exercise iovec boundaries): Data-Out bytes from `out`, the rest pre-filled with
 /// [`GARBAGE`].
 pub fn exchange(lun: &super::Lun, cdb: &[u8], out: &[u8], len: usize) -> Exchange {
+    run_with(cdb, out, len, |cdb, data| Some(lun.execute(cdb, data)))
+        .expect("execute always answers")
+}
+
+/// [`exchange`] through [`Lun::try_execute`](super::Lun::try_execute): `None` when the
+/// command would have gone to a worker.
+pub fn try_exchange(lun: &super::Lun, cdb: &[u8], out: &[u8], len: usize) -> Option<Exchange> {
+    run_with(cdb, out, len, |cdb, data| lun.try_execute(cdb, data))
+}
+
+fn run_with(
+    cdb: &[u8],
+    out: &[u8],
+    len: usize,
+    run: impl FnOnce(&[u8], &mut crate::ring::DataIov<'_>) -> Option<crate::ring::Response>,
+) -> Option<Exchange> {
     let mut buffer = vec![GARBAGE; len];
     let n = out.len().min(len);
     buffer[..n].copy_from_slice(&out[..n]);
@@ -280,7 +296,7 @@ pub fn exchange(lun: &super::Lun, cdb: &[u8], out: &[u8], len: usize) -> Exchang
     let response = {
         let (a, b) = buffer.split_at_mut(split);
         let mut data = crate::ring::DataIov::from_slices(vec![a, b]);
-        lun.execute(cdb, &mut data)
-    };
-    Exchange { response, buffer }
+        run(cdb, &mut data)
+    }?;
+    Some(Exchange { response, buffer })
 }

@@ -235,3 +235,19 @@ pub fn punch_hole_works(dir: &Path) -> bool {
         ) == 0
     }
 }
+
+/// Drops the clean pages of a file range from the page cache (POSIX_FADV_DONTNEED); true
+/// when none of them stayed resident.
+pub fn evict(path: &Path, off: u64, len: u64) -> bool {
+    let f = File::open(path).expect("open for fadvise");
+    // SAFETY: advisory call on a valid descriptor.
+    unsafe {
+        libc::posix_fadvise(
+            f.as_raw_fd(),
+            off as i64,
+            len as i64,
+            libc::POSIX_FADV_DONTNEED,
+        )
+    };
+    resident_pages(&f, off, len) == 0
+}
