@@ -6,14 +6,17 @@
 # each run's fio JSON in $BENCH_OUT/fio/ and its counters in $BENCH_OUT/runs.tsv.
 #
 # Systems: ietd-fileio-wb, ietd-fileio-wt, ietd-blockio (ietd-datapath, one process each),
+# ietd-base-wb (fileio wb served by another datapath binary, $BASE_DP, for A/B runs),
 # tcmu-runner (Debian package, qcow handler serving a raw file), kernel-fileio
 # (target_core_file). Why ext4 on brd: blockio needs O_DIRECT, which tmpfs lacks, and every
 # system should see the same filesystem; brd keeps it in RAM like the reference's tmpfs.
 #
 # Environment (set by bench/vm-fio): BENCH_OUT (host directory shared into the guest),
 # DP (ietd-datapath binary), RUNTIME (seconds per run), ROUNDS, SIZE_MB, JOBS, SYSTEMS,
-# HW_MAX_SECTORS, DATA_AREA_MB, DP_WORKERS (empty = datapath default), STRACE (1 = count
-# the datapath's syscalls with strace -c -f during each ietd run; slows it down).
+# HW_MAX_SECTORS, DATA_AREA_MB, DP_WORKERS (empty = datapath default), DP_ARGS (more
+# ietd-datapath options, not for ietd-base-wb), STRACE (1 = count
+# the datapath's syscalls with strace -c -f during each ietd run; slows it down), PERF (1 =
+# sample the whole guest with perf during every run and keep a flat profile of each).
 # vm: --mem 4G --cpus 2
 # shellcheck source=../tests/vm/lib.sh
 . "$(dirname "$0")/../tests/vm/lib.sh"
@@ -26,6 +29,7 @@ HW_MAX_SECTORS=${HW_MAX_SECTORS:-2048}
 DATA_AREA_MB=${DATA_AREA_MB:-256}
 DP_WORKERS=${DP_WORKERS:-}
 STRACE=${STRACE:-0}
+PERF=${PERF:-0}
 ALL_SYSTEMS="ietd-fileio-wb ietd-fileio-wt ietd-blockio tcmu-runner kernel-fileio"
 ALL_JOBS="4k-randread-qd1 4k-randread-qd32 4k-randwrite-qd1 4k-randwrite-qd32 1m-read-qd16 1m-write-qd16 4k-mixed-qd32"
 SYSTEMS=${SYSTEMS:-$ALL_SYSTEMS}
@@ -73,8 +77,8 @@ mkfile() {
 # N counts systems; system N is HBA 10+N and LUN N-1 (a lone LUN 1 without a LUN 0 is
 # never scanned by tcm_loop's host).
 N=0
-serve_ietd() {  # SYSTEM TYPE IOMODE
-    local sys=$1 type=$2 mode=$3 bs uio f=$FS/$1.img wargs=()
+serve_ietd() {  # SYSTEM TYPE IOMODE [DATAPATH-BINARY]
+    local sys=$1 type=$2 mode=$3 dp=${4:-$DP} bs uio f=$FS/$1.img wargs=()
     N=$((N + 1))
     mkfile "$f"
     bs=$(lio_user_backstore "$((10 + N))" "$sys" "$SIZE" "ietd/$sys" 512 \
@@ -82,7 +86,9 @@ serve_ietd() {  # SYSTEM TYPE IOMODE
         || die "backstore $sys"
     uio=$(uio_by_name "tcm-user/$((10 + N))/$sys/ietd/$sys") || die "no uio device for $sys"
     [ -z "$DP_WORKERS" ] || wargs=(--workers "$DP_WORKERS")
-    "$DP" --attach "$uio" --target "$TARGET" --lun "$((N - 1))" \
+    # shellcheck disable=SC2206 # DP_ARGS is a list of options
+    [ -n "${4-}" ] || wargs+=(${DP_ARGS:-})
+    "$dp" --attach "$uio" --target "$TARGET" --lun "$((N - 1))" \
         --params "Path=$f,Type=$type,IOMode=$mode,BlockSize=512" \
         --max-transfer-blocks "$HW_MAX_SECTORS" "${wargs[@]}" > "/tmp/dp-$sys.log" 2>&1 &
     PID[$sys]=$!
@@ -123,6 +129,7 @@ for sys in $SYSTEMS; do
         ietd-fileio-wb) serve_ietd "$sys" fileio wb ;;
         ietd-fileio-wt) serve_ietd "$sys" fileio wt ;;
         ietd-blockio) serve_ietd "$sys" blockio wt ;;
+        ietd-base-wb) serve_ietd "$sys" fileio wb "${BASE_DP:?ietd-base-wb needs BASE_DP}" ;;
         tcmu-runner) serve_tcmu_runner ;;
         kernel-fileio) serve_kernel_fileio ;;
         *) die "unknown system $sys (known: $ALL_SYSTEMS)" ;;
@@ -200,11 +207,15 @@ run_one() {
         st=$!
         sleep 1
     fi
+    local pdata=/tmp/perf-$sys-$job-$round.data wrap=()
+    # cpu-clock: TCG has no hardware counters. The whole guest for fio's lifetime, so the
+    # kernel's share of each system (copies into and out of the data area) shows too.
+    [ "$PERF" = 1 ] && wrap=(perf record -q -a -e cpu-clock -F 499 -o "$pdata" --)
     cpu_ticks "$pid" c0
     sys_ticks b0 t0
     disk_ios "$dev" i0
     # shellcheck disable=SC2086 # FIO_ARGS is a list of options
-    fio --name="$job" --filename="$dev" $FIO_ARGS --direct=1 --ioengine=libaio \
+    "${wrap[@]}" fio --name="$job" --filename="$dev" $FIO_ARGS --direct=1 --ioengine=libaio \
         --time_based --runtime="$RUNTIME" --ramp_time=1 --numjobs=1 --randrepeat=0 \
         --norandommap --output-format=json --output="$json" 2> "/tmp/fio-$sys-$job.err" \
         || { cat "/tmp/fio-$sys-$job.err" >&2; fail "fio $job on $sys"; return; }
@@ -214,6 +225,12 @@ run_one() {
     if [ -n "$st" ]; then
         kill -INT "$st" 2> /dev/null
         wait "$st" 2> /dev/null
+    fi
+    if [ "$PERF" = 1 ]; then
+        { perf report -i "$pdata" --stdio --sort comm --percent-limit 0.5
+          perf report -i "$pdata" --stdio --sort comm,dso,sym --percent-limit 0.5
+        } > "$BENCH_OUT/perf-$sys-$job-$round.txt" 2> /dev/null
+        rm -f "$pdata"
     fi
     local proc=null
     [ "$c0" = null ] || [ "$c1" = null ] || proc=$((c1 - c0))
