@@ -128,7 +128,8 @@ pub struct Lun {
 /// loop, and on a worker it overlaps with the kernel's own copy of the previous command.
 pub const INLINE_MAX_BYTES: usize = 128 << 10;
 
-/// True when the command touches the backing store (must run on a worker thread).
+/// True when the command touches the backing store: it runs on a worker unless
+/// [`Lun::try_execute`] can serve it without waiting.
 /// Unknown or malformed CDBs are answered without I/O, so they return false.
 pub fn needs_io(cdb: &[u8]) -> bool {
     matches!(
