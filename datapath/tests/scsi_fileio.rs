@@ -53,15 +53,14 @@ fn write10(lun: &Lun, lba: u32, data: &[u8], bs: usize) -> Exchange {
     )
 }
 
-fn read10(lun: &Lun, lba: u32, blocks: u16, bs: usize) -> Exchange {
+fn read10_cdb(lba: u32, blocks: u16) -> [u8; 10] {
     let n = blocks.to_be_bytes();
     let l = lba.to_be_bytes();
-    exchange(
-        lun,
-        &[0x28, 0, l[0], l[1], l[2], l[3], 0, n[0], n[1], 0],
-        &[],
-        usize::from(blocks) * bs,
-    )
+    [0x28, 0, l[0], l[1], l[2], l[3], 0, n[0], n[1], 0]
+}
+
+fn read10(lun: &Lun, lba: u32, blocks: u16, bs: usize) -> Exchange {
+    exchange(lun, &read10_cdb(lba, blocks), &[], usize::from(blocks) * bs)
 }
 
 fn caching_byte(lun: &Lun) -> (u8, u8) {
@@ -193,11 +192,9 @@ fn evict(path: &Path) -> bool {
 }
 
 fn try_read10(lun: &Lun, lba: u32, blocks: u16) -> Option<Exchange> {
-    let n = blocks.to_be_bytes();
-    let l = lba.to_be_bytes();
     try_exchange(
         lun,
-        &[0x28, 0, l[0], l[1], l[2], l[3], 0, n[0], n[1], 0],
+        &read10_cdb(lba, blocks),
         &[],
         usize::from(blocks) * 512,
     )

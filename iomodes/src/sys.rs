@@ -262,44 +262,47 @@ fn nowait_outcome(r: Result<usize, Errno>, total: usize) -> Nowait {
 /// One preadv2(RWF_NOWAIT): fills `bufs` only if that needs no waiting, i.e. for a
 /// buffered file when every page is already in the page cache.
 pub(crate) fn try_read_at(fd: BorrowedFd<'_>, bufs: &mut [IoSliceMut<'_>], offset: u64) -> Nowait {
-    let total = total_len(bufs.iter().map(|b| b.len()));
-    if bufs.len() > IOV_MAX {
-        return Nowait::WouldBlock;
-    }
-    let Ok(off) = to_off(offset) else {
-        return Nowait::WouldBlock;
-    };
-    // SAFETY: `IoSliceMut` is ABI-compatible with `struct iovec` on Unix; the slice is
-    // borrowed mutably for the duration of the call, so the kernel may write through it.
-    let n = unsafe {
-        libc::preadv2(
-            fd.as_raw_fd(),
-            bufs.as_ptr().cast(),
-            bufs.len() as libc::c_int,
-            off,
-            libc::RWF_NOWAIT,
-        )
-    };
-    nowait_outcome(Errno::result(n).map(|n| n as usize), total)
+    // SAFETY: `IoSliceMut` is ABI-compatible with `struct iovec` on Unix; the slice stays
+    // borrowed mutably for the call below, so the kernel may write through it.
+    let iov = unsafe { std::slice::from_raw_parts(bufs.as_ptr().cast(), bufs.len()) };
+    nowait_once(fd, iov, offset, libc::preadv2)
 }
 
 /// One pwritev2(RWF_NOWAIT), never durable: writes `bufs` only if that needs no waiting
 /// (pages cached, no lock contention, no dirty throttling).
 pub(crate) fn try_write_at(fd: BorrowedFd<'_>, bufs: &[IoSlice<'_>], offset: u64) -> Nowait {
-    let total = total_len(bufs.iter().map(|b| b.len()));
-    if bufs.len() > IOV_MAX {
+    // SAFETY: `IoSlice` is ABI-compatible with `struct iovec` on Unix; the kernel only
+    // reads the memory it describes.
+    let iov = unsafe { std::slice::from_raw_parts(bufs.as_ptr().cast(), bufs.len()) };
+    nowait_once(fd, iov, offset, libc::pwritev2)
+}
+
+/// preadv2 or pwritev2, the shape both share.
+type Vectored2 = unsafe extern "C" fn(
+    libc::c_int,
+    *const libc::iovec,
+    libc::c_int,
+    libc::off_t,
+    libc::c_int,
+) -> libc::ssize_t;
+
+/// One `call` with RWF_NOWAIT over `iov`, which describes memory the caller has borrowed
+/// for the transfer's direction (mutably for a read).
+fn nowait_once(fd: BorrowedFd<'_>, iov: &[libc::iovec], offset: u64, call: Vectored2) -> Nowait {
+    let total = total_len(iov.iter().map(|v| v.iov_len));
+    if iov.len() > IOV_MAX {
         return Nowait::WouldBlock;
     }
     let Ok(off) = to_off(offset) else {
         return Nowait::WouldBlock;
     };
-    // SAFETY: `IoSlice` is ABI-compatible with `struct iovec` on Unix; the memory is
-    // borrowed for the duration of the call and the kernel only reads it.
+    // SAFETY: `iov` holds `iov.len()` (<= IOV_MAX) iovecs over memory borrowed by the
+    // caller for the duration of this call, as `try_read_at`/`try_write_at` require.
     let n = unsafe {
-        libc::pwritev2(
+        call(
             fd.as_raw_fd(),
-            bufs.as_ptr().cast(),
-            bufs.len() as libc::c_int,
+            iov.as_ptr(),
+            iov.len() as libc::c_int,
             off,
             libc::RWF_NOWAIT,
         )

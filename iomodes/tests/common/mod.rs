@@ -166,17 +166,7 @@ pub fn range_is_clean(path: &Path, off: u64, len: u64) -> bool {
     if let Some(cs) = cachestat(path, off, len) {
         return cs.nr_dirty == 0 && cs.nr_writeback == 0;
     }
-    let f = File::open(path).expect("open for fadvise");
-    // SAFETY: advisory call on a valid descriptor.
-    unsafe {
-        libc::posix_fadvise(
-            f.as_raw_fd(),
-            off as i64,
-            len as i64,
-            libc::POSIX_FADV_DONTNEED,
-        )
-    };
-    resident_pages(&f, off, len) == 0
+    evict(path, off, len)
 }
 
 fn resident_pages(f: &File, off: u64, len: u64) -> usize {
