@@ -1,6 +1,5 @@
 //! The configfs provisioner against the real kernel (LIO + TCMU), without a datapath.
-//! Run in the VM, as root:
-//! `tests/vm/run-in-vm -- target/debug/deps/provision_kernel-<hash> --ignored --test-threads=1`
+//! `#[ignore]` on the host; `tests/vm/t-crates.sh` runs it in the VM guest, as root.
 
 use std::fs;
 use std::path::{Path, PathBuf};

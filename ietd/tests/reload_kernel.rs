@@ -1,7 +1,7 @@
 //! Reload against the real kernel (LIO + TCMU), without a datapath: node ACLs added and
 //! removed on a live TPG, demo mode switched on and off, a LUN changed while the other
-//! keeps its configfs objects. Run in the VM, as root:
-//! `run-in-vm -- target/debug/deps/reload_kernel-<hash> --ignored --test-threads=1`
+//! keeps its configfs objects. `#[ignore]` on the host; `tests/vm/t-crates.sh` runs it
+//! in the VM guest, as root.
 
 use std::fs;
 use std::os::unix::fs::MetadataExt;

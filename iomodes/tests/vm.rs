@@ -1,14 +1,7 @@
-//! Tests that need a real block device, a 9p share or a kernel without tmpfs O_DIRECT:
-//! they run inside the QEMU guest of `shared/vm/run-in-vm`, which attaches an empty
-//! virtio disk as /dev/vda and shares the project directory over 9p. All are `#[ignore]`
-//! so a plain `cargo test` on the host skips them. The VM runner invokes them as
-//!
-//! ```text
-//! cargo test -p iomodes --test vm --no-run        # prints target/debug/deps/vm-HASH
-//! /work/shared/vm/run-in-vm --disk 64M -- target/debug/deps/vm-HASH --ignored --test-threads=1 --nocapture
-//! ```
-//!
-//! from the workspace root. Outside the VM (no IETD_VM=1) each test says so and returns.
+//! Tests that need a real block device, a 9p share or a kernel without tmpfs O_DIRECT.
+//! All are `#[ignore]` on the host; `tests/vm/t-crates.sh` runs them in the VM guest
+//! (a 64 MiB virtio disk as /dev/vda, the repository on a 9p share, IETD_VM=1), where
+//! a skip counts as a failure.
 
 mod common;
 
@@ -21,7 +14,7 @@ use std::process::Command;
 fn in_vm(test: &str) -> bool {
     let yes = std::env::var_os("IETD_VM").is_some();
     if !yes {
-        eprintln!("SKIP {test}: runs only inside shared/vm/run-in-vm (IETD_VM=1)");
+        eprintln!("SKIP {test}: runs only in the VM guest (IETD_VM=1; tests/vm/t-crates.sh)");
     }
     yes
 }

@@ -197,6 +197,16 @@ need_bin() {
     echo "$p"
 }
 
+# need_test_bin NAME: the executable of the workspace's integration test NAME (e.g.
+# provision_kernel), from the list tests/vm/suite writes after `cargo test --no-run`.
+need_test_bin() {
+    local list=${IETD_TEST_BINS:-$IETD_ROOT/target/vm-test-bins.list} p
+    [ -r "$list" ] || lib_err "no test list $list: run the test through tests/vm/suite" || return 1
+    p=$(awk -v n="$1" '$1 == n { print $2 }' "$list" | tail -n 1)
+    [ -n "$p" ] && [ -x "$p" ] || lib_err "test executable $1 not in $list" || return 1
+    echo "$p"
+}
+
 # start_bg NAME CMD [ARG...]: start a daemon with its output in /tmp/NAME.log; sets
 # BG_PID.  It is killed (TERM, then KILL after 5 s) at exit, and its log is shown if the
 # test fails.

@@ -3,7 +3,7 @@
 //! default): commands/s, CPU per command of the datapath threads (the main thread plays
 //! the kernel and is reported apart), and their context switches per command.
 //!
-//! Run (from bench/loop-sim): `cargo run --release -- [--qd N] [--secs S] [--workers N]
+//! Run: `cargo run --release -p loop-sim -- [--qd N] [--secs S] [--workers N]
 //! [--write] [--bs BYTES] [--file PATH]`. Profile with
 //! `valgrind --tool=callgrind target/release/loop-sim --secs 2` or `strace -c -f`.
 

@@ -6,7 +6,7 @@
 //! byte format lives in [`wire`] and is pure; [`Listener`] is the only code that touches a
 //! netlink socket, and [`SimEvents`] is its simulated twin for tests.
 //!
-//! # When the kernel waits for us (`shared/spec/tcmu-lio.md` §3)
+//! # When the kernel waits for us (`docs/tcmu-netlink.md`)
 //!
 //! A configfs write that makes TCMU multicast an event (`enable`, `rmdir`, `attrib/dev_size`,
 //! `attrib/dev_config`, `attrib/emulate_write_cache`) waits, uninterruptibly and with no

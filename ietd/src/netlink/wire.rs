@@ -6,7 +6,7 @@
 //! build for): a 16-byte `nlmsghdr` {len u32, type u16, flags u16, seq u32, pid u32}, a
 //! 4-byte `genlmsghdr` {cmd u8, version u8, reserved u16}, then attributes, each a 4-byte
 //! header {len u16, type u16} plus payload padded to 4 bytes. Numbers are those of the
-//! kernel uapi `target_core_user.h` (see `shared/spec/tcmu-lio.md` §3).
+//! kernel uapi `target_core_user.h` (summarised in `docs/tcmu-netlink.md`).
 
 use super::{Event, EventKind, Reconfig};
 use thiserror::Error;

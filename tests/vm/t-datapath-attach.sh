@@ -1,15 +1,12 @@
 #!/bin/bash
-# ring-smoke.sh — ietd-datapath on a real TCMU ring (guest only): a user_N backstore made
-# by hand, the datapath started standalone on its uio device, a tcm_loop LUN over it; then
-# sg_inq / sg_readcap / sg_modes see IET's disk with the right geometry and cache mode,
-# data round-trips with O_DIRECT, a read-only LUN refuses writes and leaves its file
-# unchanged, and a datapath killed with SIGKILL mid-I/O is replaced by a new one that
-# finishes the I/O.
-#
-# Run from the project root, after building on the host:
-#     cargo build -p datapath && ../shared/vm/run-in-vm --mem 1G -- datapath/tests/vm/ring-smoke.sh
+# t-datapath-attach.sh — ietd-datapath standalone (`--attach`, no ietd) on a real TCMU
+# ring: a user_N backstore made by hand, the datapath started on its uio device, a
+# tcm_loop LUN over it; sg_inq / sg_readcap / sg_modes see IET's disk with the right
+# geometry and cache mode, data round-trips with O_DIRECT, a read-only LUN refuses writes
+# and leaves its file unchanged, and a datapath killed with SIGKILL mid-I/O is replaced by
+# a new one that finishes the I/O.
 # vm: --mem 1G --timeout 240
-. "$(dirname "$0")/../../../tests/vm/lib.sh"
+. "$(dirname "$0")/lib.sh"
 
 DP=$(need_bin ietd-datapath) || die "no datapath binary"
 lio_modules
