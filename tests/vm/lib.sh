@@ -197,6 +197,17 @@ need_bin() {
     echo "$p"
 }
 
+# private_bins: copy ietd, ietd-datapath and ietadm to /tmp/bin and point IETD_BIN there,
+# so a host-side rebuild during the run cannot swap a binary under a running test.
+private_bins() {
+    local b
+    mkdir -p /tmp/bin
+    for b in ietd ietd-datapath ietadm; do
+        cp "$(need_bin $b)" /tmp/bin/ || die "binary $b"
+    done
+    IETD_BIN=/tmp/bin
+}
+
 # need_test_bin NAME: the executable of the workspace's integration test NAME (e.g.
 # provision_kernel), from the list tests/vm/suite writes after `cargo test --no-run`.
 need_test_bin() {

@@ -8,12 +8,7 @@
 # vm: --mem 2G --timeout 400
 . "$(dirname "$0")/lib.sh"
 
-# Private copies: a host-side rebuild during the run must not swap binaries under us.
-mkdir -p /tmp/bin
-for b in ietd ietd-datapath ietadm; do
-    cp "$(need_bin $b)" /tmp/bin/ || die "binary $b"
-done
-IETD_BIN=/tmp/bin
+private_bins
 
 T1=iqn.2024-01.org.ietd.vm:one
 T2=iqn.2024-01.org.ietd.vm:two

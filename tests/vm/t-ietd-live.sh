@@ -8,11 +8,7 @@
 # vm: --mem 2G --disk 256M --timeout 400
 . "$(dirname "$0")/lib.sh"
 
-mkdir -p /tmp/bin
-for b in ietd ietd-datapath ietadm; do
-    cp "$(need_bin $b)" /tmp/bin/ || die "binary $b"
-done
-IETD_BIN=/tmp/bin
+private_bins
 
 T=iqn.2024-01.org.ietd.vm:live
 P=127.0.0.1:3260

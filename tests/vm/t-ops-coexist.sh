@@ -8,11 +8,7 @@
 # vm: --mem 2G --timeout 400
 . "$(dirname "$0")/lib.sh"
 
-mkdir -p /tmp/bin
-for b in ietd ietd-datapath ietadm; do
-    cp "$(need_bin $b)" /tmp/bin/ || die "binary $b"
-done
-IETD_BIN=/tmp/bin
+private_bins
 command -v tcmu-runner > /dev/null || die "tcmu-runner is not installed on the host"
 
 T=iqn.2024-01.org.ietd.vm:coexist

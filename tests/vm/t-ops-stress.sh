@@ -12,12 +12,7 @@
 # vm: --mem 2G --timeout 420
 . "$(dirname "$0")/lib.sh"
 
-# Private copies: a host-side rebuild during the run must not swap binaries under us.
-mkdir -p /tmp/bin
-for b in ietd ietd-datapath ietadm; do
-    cp "$(need_bin $b)" /tmp/bin/ || die "binary $b"
-done
-IETD_BIN=/tmp/bin
+private_bins
 # OPS_LOG_DIR (a run-in-vm --share): where ietd's and fio's logs are copied at the end.
 # fio runs in /tmp so its verify state files never land in the (shared) source tree.
 cd /tmp || die "cd /tmp"
