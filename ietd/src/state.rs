@@ -145,6 +145,9 @@ pub struct State {
     discovery: Accounts,
     /// The access rules the provisioner was given (compared at reload).
     access: AccessRules,
+    /// Each file target's own settings as the last file read gave them: a reload applies
+    /// only the values the new file changed.
+    file_settings: BTreeMap<String, reload::FileSettings>,
     log: Logger,
 }
 
@@ -159,6 +162,7 @@ impl State {
             last_tid: 0,
             discovery: Accounts::default(),
             access: AccessRules::default(),
+            file_settings: BTreeMap::new(),
             log,
         }
     }
@@ -173,6 +177,7 @@ impl State {
     pub fn from_config(config: Config, prov: Box<dyn Provisioner>, log: Logger) -> (State, usize) {
         let mut state = State::new(prov, log);
         state.access = config.access;
+        state.file_settings = reload::file_settings(&config.targets);
         let mut failures = 0;
         if config.discovery != Accounts::default() {
             match state.prov.update_discovery(&config.discovery) {
@@ -595,10 +600,7 @@ impl State {
         if user.is_empty() {
             return Err(StateError::EmptyUser);
         }
-        let account = Account {
-            user: user.into(),
-            password,
-        };
+        let account = Account::new(user, password);
         let notes = self.change_accounts(tid, |a| {
             let mut notes = Vec::new();
             match dir {

@@ -395,6 +395,7 @@ impl<'a> Parser<'a> {
         let account = Account {
             user: user.text.to_string(),
             password: Secret::new(pass.text),
+            origin: Some(self.sink.loc(line)),
         };
         let (accounts, outgoing_line, incoming_lines, scope_name) = match &mut self.scope {
             Scope::Global => (
