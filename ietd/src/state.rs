@@ -995,6 +995,9 @@ mod tests {
         s.target_new(0, "iqn.a").unwrap();
         let e = s.target_update(1, "MaxSessions=3").unwrap_err();
         assert_eq!(e.to_string(), "Unknown parameter \"MaxSessions\".");
+        // Keys are matched as written: a space after a comma makes an unknown key (IET).
+        let e = s.target_update(1, "Wthreads=2, InitialR2T=No").unwrap_err();
+        assert_eq!(e.to_string(), "Unknown parameter \" InitialR2T\".");
         let e = s.target_update(1, "initialr2t=maybe").unwrap_err();
         assert_eq!(e.to_string(), "Invalid InitialR2T value \"maybe\".");
         assert_eq!(e.errno(), libc::EINVAL);

@@ -315,7 +315,7 @@ impl<'a> Parser<'a> {
                 ),
             );
         }
-        let parsed = match LunParams::parse(lex::trim_c(raw)) {
+        let parsed = match LunParams::parse(raw) {
             Ok(p) => p,
             Err(e) => {
                 self.sink
