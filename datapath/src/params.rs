@@ -79,7 +79,8 @@ pub enum LunParamsError {
         key: String,
         where_: &'static str,
         item: String,
-        /// The whole list with every key trimmed: what the user meant.
+        /// The whole list with every key and value trimmed: what the user meant (IET
+        /// never served this LUN, so no identity depends on the spaces).
         fixed: String,
     },
     #[error("parameter \"{item}\" has no \"=\"; Lun parameters are written Key=value")]
@@ -367,7 +368,11 @@ impl LunParams {
             if let Some(where_) = where_ {
                 let fixed: Vec<String> = lun_items(s)
                     .map(|i| match i.split_once('=') {
-                        Some((k, v)) => format!("{}={v}", k.trim_matches(is_c_space)),
+                        Some((k, v)) => format!(
+                            "{}={}",
+                            k.trim_matches(is_c_space),
+                            v.trim_matches(is_c_space)
+                        ),
                         None => i.trim_matches(is_c_space).to_string(),
                     })
                     .filter(|i| !i.is_empty())
@@ -594,6 +599,11 @@ impl LunParams {
         }
         if let Some(sn) = &self.scsi_sn {
             push("ScsiSN", sn);
+        }
+        // A last value ending in whitespace (a ScsiId/ScsiSN as written) would be trimmed
+        // with the list; an empty last item keeps it.
+        if out.ends_with(is_c_space) {
+            out.push(',');
         }
         out
     }
@@ -859,6 +869,12 @@ mod tests {
                 ..
             }
         ));
+        match err("Path=/a , Type=fileio,ScsiId=x") {
+            LunParamsError::KeyWhitespace { fixed, .. } => {
+                assert_eq!(fixed, "Path=/a,Type=fileio,ScsiId=x")
+            }
+            e => panic!("{e}"),
+        }
         // Whitespace around the whole list was trimmed by IET's ietd.
         assert_eq!(ok(" \tPath=/a,Type=fileio \r\n").io_type, IoType::FileIo);
     }
@@ -1133,6 +1149,8 @@ mod tests {
             "Type=nullio,Sectors=10000",
             "Type=nullio,IOMode=ro,Blocks=7",
             "Path=/srv/my disk.img",
+            "Path=/a,ScsiSN=SN1 ,Type=fileio",
+            "Type=nullio,ScsiId= id ",
         ] {
             let p = ok(s);
             let canon = p.to_param_string();
@@ -1145,6 +1163,11 @@ mod tests {
             "Path=/a,Type=fileio,IOMode=wt,BlockSize=512"
         );
         assert_eq!(ok("Type=nullio").to_param_string(), "Type=nullio");
+        // The identity keeps its trailing space through the datapath hand-off.
+        assert_eq!(
+            ok("Type=nullio,ScsiId=disk1 ,Blocks=8").to_param_string(),
+            "Type=nullio,Blocks=8,ScsiId=disk1 ,"
+        );
     }
 
     #[test]
