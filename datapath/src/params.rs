@@ -1,20 +1,34 @@
 //! The `Lun` parameter grammar shared by ietd.conf, `ietadm --op new --lun` and
 //! `ietd-datapath --params`: `Path=…,Type=…,IOMode=…,BlockSize=…|Sector=…,ScsiId=…,ScsiSN=…`,
-//! validated once into [`LunParams`], plus IET's SCSI identity derived from it.
+//! validated once into [`LunParams`], plus IET's SCSI identity derived from it. This is
+//! the only place a Lun parameter list is split into items ([`lun_items`]).
 //!
-//! Grammar (spec §4.4), with the places where we differ from IET on purpose:
-//! - Items are split on `,`; empty items are skipped. Whitespace around the whole list is
-//!   trimmed (IET's ietd.conf reader did the same), whitespace inside it is not.
-//! - Keys are case-insensitive, values case-sensitive (`Type=FileIO` is an error).
-//! - `BlockSize=` and `Sector=` are synonyms (IET had no `Sector=`; our users' scripts
-//!   use it). Giving both with the same value is fine, with different values an error.
-//!   `Blocks=` and `Sectors=` (nullio block count) are synonyms in the same way.
-//! - Giving one key twice is an error (IET accumulated IOMode flags and refused a second
-//!   Path; one rule for all keys is easier to explain).
+//! The rules are IET 1.4.20's, read from its kernel: `volume.c` matched each item with
+//! the kernel's `match_token` against `type=%s`, `iomode=%s`, `scsiid=%s`, `scsisn=%s`,
+//! `blocksize=%u` and skipped the rest; then the chosen I/O type matched every item again
+//! and refused the LUN for any item it did not know. So a LUN comes up with the type,
+//! mode, geometry and identity its initiators knew, and a list IET refused is refused.
+//! docs/ietd-conf-rules.md lists every rule with its test.
+//! - The list is trimmed of C whitespace, split on `,`; empty items are skipped (`,,`, a
+//!   leading or trailing `,`).
+//! - The key (before the first `=`) is matched case-insensitively, the value as written
+//!   (`Type=FileIO` is an error).
+//! - An item whose key has whitespace around it (`Path=/a, Type=fileio`) matched no key,
+//!   so IET refused the LUN: an error here too, which shows the list written correctly.
+//! - Values keep their whitespace (a space in a ScsiId is part of the identity).
+//! - `BlockSize` whose value is not entirely a C number (`4096 `, `4k`) was skipped by
+//!   IET (512-byte blocks): skipped here too, with a warning.
+//! - A repeated key does what it did in IET: Type, BlockSize and Blocks/Sectors take the
+//!   last value, IOMode flags add up (ro before wb before wt), a second ScsiId or ScsiSN
+//!   is copied over the first byte by byte; each with a warning. A second Path is an
+//!   error, as in IET.
+//! - `Blocks=0` meant the default size (64 GiB) in IET: the same, with a warning.
+//!
+//! Where we differ on purpose, each with a warning or a clear error:
+//! - `Sector=` is a synonym of `BlockSize=` (IET had none; our users' scripts use it);
+//!   it is read in decimal, may not be repeated, and must agree with `BlockSize=`.
 //! - `IOMode=` on nullio: IET refused the LUN. We accept it with a warning, because an
-//!   `IOMode=ro` nullio LUN (a write-protected scratch disk) is meaningful and refusing a
-//!   LUN over a harmless key is the less kind choice.
-//! - `Path=` on nullio and `Blocks=`/`Sectors=` on fileio/blockio are errors, as in IET.
+//!   `IOMode=ro` nullio LUN (a write-protected scratch disk) is meaningful.
 //! - `IOMode=wb` on blockio is kept, with a warning: IET silently turned it into `wt`;
 //!   `iomodes` honours it with the device's cache and real flushes.
 //!
@@ -57,10 +71,18 @@ pub struct ParsedLunParams {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum LunParamsError {
     #[error(
-        "parameter key \"{key}\" has {where_} whitespace; Lun parameters are separated by \",\" \
-         without spaces (write \"Path=/a,Type=fileio\", not \"Path=/a, Type=fileio\")"
+        "parameter key \"{key}\" has {where_} whitespace: IET 1.4.20 refused such a LUN too \
+         (it matched each item between commas as written, and \"{item}\" is no parameter), so \
+         it is not created; write the list without spaces around the keys: \"{fixed}\""
     )]
-    KeyWhitespace { key: String, where_: &'static str },
+    KeyWhitespace {
+        key: String,
+        where_: &'static str,
+        item: String,
+        /// The whole list with every key and value trimmed: what the user meant (IET
+        /// never served this LUN, so no identity depends on the spaces).
+        fixed: String,
+    },
     #[error("parameter \"{item}\" has no \"=\"; Lun parameters are written Key=value")]
     MissingEquals { item: String },
     #[error(
@@ -147,50 +169,81 @@ pub const SCSI_ID_MAX: usize = 16;
 /// Longest ScsiSN IET accepts (VPD page 0x80 switches to a 32-byte field above 16).
 pub const SCSI_SN_MAX: usize = 32;
 
-/// Raw values as written, before cross-key checks.
+/// C `isspace` in the C locale (what IET's trimming used).
+fn is_c_space(c: char) -> bool {
+    matches!(c, ' ' | '\t' | '\n' | '\x0b' | '\x0c' | '\r')
+}
+
+/// The items of a Lun parameter list as IET split them: the list trimmed of C
+/// whitespace, split on `,`, empty items skipped. The one tokenizer of the Lun vocabulary.
+pub fn lun_items(list: &str) -> impl Iterator<Item = &str> {
+    list.trim_matches(is_c_space)
+        .split(',')
+        .filter(|item| !item.is_empty())
+}
+
+/// Values as read, after IET's rules for repeated keys, before cross-key checks.
 #[derive(Default)]
 struct Raw<'a> {
     path: Option<&'a str>,
-    io_type: Option<&'a str>,
-    io_mode: Option<&'a str>,
+    io_type: Option<IoType>,
+    /// Set when an IOMode item was given (for the nullio warning).
+    io_mode: Option<IoMode>,
     block_size: Option<(LunKey, u32)>,
-    blocks: Option<(LunKey, u64)>,
-    scsi_id: Option<&'a str>,
-    scsi_sn: Option<&'a str>,
+    blocks: Option<u64>,
+    scsi_id: Option<String>,
+    scsi_sn: Option<String>,
 }
 
-fn set_once<'a>(
-    slot: &mut Option<&'a str>,
-    key: LunKey,
-    value: &'a str,
-) -> Result<(), LunParamsError> {
-    if slot.is_some() {
-        return Err(LunParamsError::DuplicateKey { key: key.name() });
+/// How many bytes the kernel's `simple_strtoul(s, &end, 0)` consumes: C base guessing
+/// (`0x` hex, leading `0` octal, else decimal), no sign, no whitespace.
+fn c_number_len(s: &str) -> usize {
+    let b = s.as_bytes();
+    let (radix, skip) = match b {
+        [b'0', x, h, ..] if x.eq_ignore_ascii_case(&b'x') && h.is_ascii_hexdigit() => (16, 2),
+        [b'0', ..] => (8, 0),
+        _ => (10, 0),
+    };
+    let digits = b[skip..]
+        .iter()
+        .take_while(|c| char::from(**c).is_digit(radix))
+        .count();
+    if digits == 0 {
+        0
+    } else {
+        skip + digits
     }
-    *slot = Some(value);
-    Ok(())
 }
 
-/// Stores one of two synonym keys: the same key twice is a duplicate, the synonym with
-/// an equal value is fine, with another value a conflict.
-fn set_synonym<T: PartialEq + Copy + fmt::Display>(
-    slot: &mut Option<(LunKey, T)>,
-    key: LunKey,
-    value: T,
-) -> Result<(), LunParamsError> {
-    match *slot {
-        None => {
-            *slot = Some((key, value));
-            Ok(())
-        }
-        Some((prev, _)) if prev == key => Err(LunParamsError::DuplicateKey { key: key.name() }),
-        Some((_, prev_value)) if prev_value == value => Ok(()),
-        Some((prev, prev_value)) => Err(LunParamsError::ConflictingSynonyms {
-            first: prev.name(),
-            first_value: prev_value.to_string(),
-            second: key.name(),
-            second_value: value.to_string(),
-        }),
+/// True when IET's `%u` pattern matched the value: one C number and nothing else.
+fn is_whole_c_number(s: &str) -> bool {
+    !s.is_empty() && c_number_len(s) == s.len()
+}
+
+/// The kernel's `simple_strtoull(s, NULL, 10)`: the leading decimal digits, wrapping.
+fn leading_decimal(s: &str) -> u64 {
+    s.bytes().take_while(u8::is_ascii_digit).fold(0u64, |n, d| {
+        n.wrapping_mul(10).wrapping_add(u64::from(d - b'0'))
+    })
+}
+
+/// A second ScsiId/ScsiSN as IET stored it: its bytes copied over the first one's.
+fn overlay(first: &str, second: &str) -> String {
+    let mut bytes = first.as_bytes().to_vec();
+    if bytes.len() < second.len() {
+        bytes.resize(second.len(), 0);
+    }
+    bytes[..second.len()].copy_from_slice(second.as_bytes());
+    String::from_utf8_lossy(&bytes).into_owned()
+}
+
+/// IOMode given twice: IET kept a read-only flag and a write-cache flag, and read-only
+/// decides how the LUN is opened.
+fn combine_io_mode(a: IoMode, b: IoMode) -> IoMode {
+    match (a, b) {
+        (IoMode::Ro, _) | (_, IoMode::Ro) => IoMode::Ro,
+        (IoMode::Wb, _) | (_, IoMode::Wb) => IoMode::Wb,
+        _ => IoMode::Wt,
     }
 }
 
@@ -208,28 +261,49 @@ fn parse_decimal(key: LunKey, value: &str) -> Result<u64, LunParamsError> {
         .map_err(|_| invalid("number too large"))
 }
 
-fn parse_block_size(key: LunKey, value: &str) -> Result<u32, LunParamsError> {
-    let n = parse_decimal(key, value)?;
+fn check_block_size(key: LunKey, value: &str, n: u64) -> Result<u32, LunParamsError> {
     match n {
         512 | 1024 | 2048 | 4096 => Ok(n as u32),
         _ => Err(LunParamsError::InvalidValue {
             key: key.name(),
             value: value.to_string(),
-            reason: "block size must be 512, 1024, 2048 or 4096".to_string(),
+            reason: if is_whole_c_number(value) && !value.bytes().all(|b| b.is_ascii_digit()) {
+                "IET read the block size in decimal; write 512, 1024, 2048 or 4096".to_string()
+            } else {
+                "block size must be 512, 1024, 2048 or 4096".to_string()
+            },
         }),
     }
 }
 
-fn parse_blocks(key: LunKey, value: &str) -> Result<u64, LunParamsError> {
-    let n = parse_decimal(key, value)?;
-    if n == 0 {
-        return Err(LunParamsError::InvalidValue {
-            key: key.name(),
-            value: value.to_string(),
-            reason: "the block count must be at least 1".to_string(),
-        });
+/// Stores a block size given as `key`: BlockSize again takes the last value (IET),
+/// Sector (ours) again is a duplicate, the two spellings must agree.
+fn set_block_size(
+    slot: &mut Option<(LunKey, u32)>,
+    key: LunKey,
+    n: u32,
+    warnings: &mut Vec<String>,
+) -> Result<(), LunParamsError> {
+    match *slot {
+        Some((prev, _)) if prev == key && key == LunKey::Sector => {
+            return Err(LunParamsError::DuplicateKey { key: key.name() })
+        }
+        Some((prev, prev_n)) if prev == key && prev_n != n => warnings.push(format!(
+            "BlockSize given again: BlockSize={n} replaces BlockSize={prev_n} (IET used the \
+             last one; give it once)"
+        )),
+        Some((prev, prev_n)) if prev != key && prev_n != n => {
+            return Err(LunParamsError::ConflictingSynonyms {
+                first: prev.name(),
+                first_value: prev_n.to_string(),
+                second: key.name(),
+                second_value: n.to_string(),
+            })
+        }
+        _ => {}
     }
-    Ok(n)
+    *slot = Some((key, n));
+    Ok(())
 }
 
 fn check_scsi_id(value: &str) -> Result<(), LunParamsError> {
@@ -244,10 +318,9 @@ fn check_scsi_id(value: &str) -> Result<(), LunParamsError> {
             value.len()
         )));
     }
-    // A NUL would be indistinguishable from the padding; other control characters
-    // cannot be typed into a config file on purpose.
-    if value.chars().any(|c| c.is_control()) {
-        return Err(invalid("contains control characters".to_string()));
+    // A NUL would be indistinguishable from the padding (and ended IET's C string).
+    if value.contains('\0') {
+        return Err(invalid("contains a NUL character".to_string()));
     }
     Ok(())
 }
@@ -273,71 +346,169 @@ fn check_scsi_sn(value: &str) -> Result<(), LunParamsError> {
 }
 
 impl LunParams {
-    /// Parses "Path=/a,Type=fileio,IOMode=wb,BlockSize=4096,ScsiId=x,ScsiSN=y".
+    /// Parses "Path=/a,Type=fileio,IOMode=wb,BlockSize=4096,ScsiId=x,ScsiSN=y" by IET
+    /// 1.4.20's rules (module documentation).
     pub fn parse(s: &str) -> Result<ParsedLunParams, LunParamsError> {
         let mut warnings = Vec::new();
         let mut raw = Raw::default();
 
-        for item in s.trim().split(',') {
-            if item.is_empty() {
-                continue;
-            }
+        for item in lun_items(s) {
             let Some((key_text, value)) = item.split_once('=') else {
                 return Err(LunParamsError::MissingEquals {
                     item: item.to_string(),
                 });
             };
-            if key_text.starts_with(char::is_whitespace) {
+            let where_ = if key_text.starts_with(is_c_space) {
+                Some("leading")
+            } else if key_text.ends_with(is_c_space) {
+                Some("trailing")
+            } else {
+                None
+            };
+            if let Some(where_) = where_ {
+                let fixed: Vec<String> = lun_items(s)
+                    .map(|i| match i.split_once('=') {
+                        Some((k, v)) => format!(
+                            "{}={}",
+                            k.trim_matches(is_c_space),
+                            v.trim_matches(is_c_space)
+                        ),
+                        None => i.trim_matches(is_c_space).to_string(),
+                    })
+                    .filter(|i| !i.is_empty())
+                    .collect();
                 return Err(LunParamsError::KeyWhitespace {
                     key: key_text.to_string(),
-                    where_: "leading",
-                });
-            }
-            if key_text.ends_with(char::is_whitespace) {
-                return Err(LunParamsError::KeyWhitespace {
-                    key: key_text.to_string(),
-                    where_: "trailing",
+                    where_,
+                    item: item.to_string(),
+                    fixed: fixed.join(","),
                 });
             }
             let key = LunKey::lookup(key_text).ok_or_else(|| LunParamsError::UnknownKey {
                 key: key_text.to_string(),
             })?;
+            // IET's I/O types matched every key with a pattern that needs one character.
             if value.is_empty() {
                 return Err(LunParamsError::EmptyValue { key: key.name() });
             }
+            let invalid = |reason: String| LunParamsError::InvalidValue {
+                key: key.name(),
+                value: value.to_string(),
+                reason,
+            };
             match key {
-                LunKey::Path => set_once(&mut raw.path, key, value)?,
-                LunKey::Type => set_once(&mut raw.io_type, key, value)?,
-                LunKey::IoMode => set_once(&mut raw.io_mode, key, value)?,
-                LunKey::ScsiId => set_once(&mut raw.scsi_id, key, value)?,
-                LunKey::ScsiSn => set_once(&mut raw.scsi_sn, key, value)?,
-                LunKey::BlockSize | LunKey::Sector => {
-                    let n = parse_block_size(key, value)?;
-                    set_synonym(&mut raw.block_size, key, n)?
+                LunKey::Path => {
+                    if raw.path.replace(value).is_some() {
+                        return Err(LunParamsError::DuplicateKey { key: key.name() });
+                    }
+                    if value != value.trim_matches(is_c_space) {
+                        warnings.push(format!(
+                            "Path \"{}\" has leading or trailing whitespace; it is used as \
+                             written (as IET did)",
+                            value.escape_debug()
+                        ));
+                    }
+                }
+                LunKey::Type => {
+                    let t: IoType = value.parse().map_err(invalid)?;
+                    if let Some(prev) = raw.io_type.replace(t) {
+                        warnings.push(format!(
+                            "Type given again: Type={t} replaces Type={prev} (IET used the last \
+                             one; give it once)"
+                        ));
+                    }
+                }
+                LunKey::IoMode => {
+                    let m: IoMode = value.parse().map_err(invalid)?;
+                    let next = match raw.io_mode {
+                        Some(prev) => {
+                            let both = combine_io_mode(prev, m);
+                            warnings.push(format!(
+                                "IOMode given again: IOMode={prev} and IOMode={m} give {both} \
+                                 (IET added the modes up: ro before wb before wt); give it once"
+                            ));
+                            both
+                        }
+                        None => m,
+                    };
+                    raw.io_mode = Some(next);
+                }
+                LunKey::ScsiId | LunKey::ScsiSn => {
+                    if key == LunKey::ScsiId {
+                        check_scsi_id(value)?;
+                    } else {
+                        check_scsi_sn(value)?;
+                    }
+                    if value != value.trim_matches(is_c_space) {
+                        warnings.push(format!(
+                            "{}=\"{}\" has leading or trailing whitespace; it is part of the \
+                             identity, as in IET",
+                            key.name(),
+                            value.escape_debug()
+                        ));
+                    }
+                    let slot = if key == LunKey::ScsiId {
+                        &mut raw.scsi_id
+                    } else {
+                        &mut raw.scsi_sn
+                    };
+                    let next = match slot.as_deref() {
+                        Some(prev) => {
+                            let both = overlay(prev, value);
+                            warnings.push(format!(
+                                "{k} given again: IET wrote {k}={value} over {k}={prev}, \
+                                 giving \"{}\", which is used; give it once",
+                                both.escape_debug(),
+                                k = key.name()
+                            ));
+                            both
+                        }
+                        None => value.to_string(),
+                    };
+                    *slot = Some(next);
+                }
+                LunKey::BlockSize => {
+                    if !is_whole_c_number(value) {
+                        warnings.push(format!(
+                            "BlockSize=\"{}\" is not a number, so IET 1.4.20 ignored it and the \
+                             LUN has 512-byte blocks; so does this one, to keep the geometry \
+                             the initiators know (writing BlockSize=N without spaces would \
+                             change it)",
+                            value.escape_debug()
+                        ));
+                        continue;
+                    }
+                    let n = check_block_size(key, value, leading_decimal(value) & 0xffff_ffff)?;
+                    set_block_size(&mut raw.block_size, key, n, &mut warnings)?;
+                }
+                LunKey::Sector => {
+                    let n = parse_decimal(key, value)?;
+                    let n = check_block_size(key, value, n)?;
+                    set_block_size(&mut raw.block_size, key, n, &mut warnings)?;
                 }
                 LunKey::Blocks | LunKey::Sectors => {
-                    let n = parse_blocks(key, value)?;
-                    set_synonym(&mut raw.blocks, key, n)?
+                    if !is_whole_c_number(value) {
+                        return Err(invalid(
+                            "not a number (IET refused the LUN too)".to_string(),
+                        ));
+                    }
+                    let n = leading_decimal(value);
+                    if let Some(prev) = raw.blocks.replace(n) {
+                        if prev != n {
+                            warnings.push(format!(
+                                "block count given again: {}={n} replaces {prev} (IET used the \
+                                 last one; give it once)",
+                                key.name()
+                            ));
+                        }
+                    }
                 }
             }
         }
 
-        let io_type = match raw.io_type {
-            None => IoType::default(),
-            Some(v) => v.parse().map_err(|reason| LunParamsError::InvalidValue {
-                key: LunKey::Type.name(),
-                value: v.to_string(),
-                reason,
-            })?,
-        };
-        let io_mode = match raw.io_mode {
-            None => IoMode::default(),
-            Some(v) => v.parse().map_err(|reason| LunParamsError::InvalidValue {
-                key: LunKey::IoMode.name(),
-                value: v.to_string(),
-                reason,
-            })?,
-        };
+        let io_type = raw.io_type.unwrap_or_default();
+        let io_mode = raw.io_mode.unwrap_or_default();
+        let mut blocks = raw.blocks;
 
         match io_type {
             IoType::FileIo | IoType::BlockIo => {
@@ -351,9 +522,9 @@ impl LunParams {
                             .to_string(),
                     );
                 }
-                if let Some((key, _)) = raw.blocks {
+                if blocks.is_some() {
                     return Err(LunParamsError::NotForType {
-                        key: key.name(),
+                        key: LunKey::Blocks.name(),
                         io_type,
                     });
                 }
@@ -371,22 +542,15 @@ impl LunParams {
                          nullio)"
                     ));
                 }
+                if blocks == Some(0) {
+                    warnings.push(
+                        "Blocks=0 (or a count read as 0): the default size is used, 64 GiB, \
+                         as in IET"
+                            .to_string(),
+                    );
+                    blocks = None;
+                }
             }
-        }
-
-        if let Some(path) = raw.path {
-            if path != path.trim() {
-                warnings.push(format!(
-                    "Path \"{}\" has leading or trailing whitespace; it is used as written",
-                    path.escape_debug()
-                ));
-            }
-        }
-        if let Some(id) = raw.scsi_id {
-            check_scsi_id(id)?;
-        }
-        if let Some(sn) = raw.scsi_sn {
-            check_scsi_sn(sn)?;
         }
 
         Ok(ParsedLunParams {
@@ -395,9 +559,9 @@ impl LunParams {
                 io_type,
                 io_mode,
                 block_size: raw.block_size.map(|(_, n)| n),
-                blocks: raw.blocks.map(|(_, n)| n),
-                scsi_id: raw.scsi_id.map(str::to_string),
-                scsi_sn: raw.scsi_sn.map(str::to_string),
+                blocks,
+                scsi_id: raw.scsi_id,
+                scsi_sn: raw.scsi_sn,
             },
             warnings,
         })
@@ -435,6 +599,11 @@ impl LunParams {
         }
         if let Some(sn) = &self.scsi_sn {
             push("ScsiSN", sn);
+        }
+        // A last value ending in whitespace (a ScsiId/ScsiSN as written) would be trimmed
+        // with the list; an empty last item keeps it.
+        if out.ends_with(is_c_space) {
+            out.push(',');
         }
         out
     }
@@ -602,24 +771,15 @@ mod tests {
             "{msg}"
         );
         assert!(matches!(
-            err("Path=/a,BlockSize=512,BlockSize=512"),
-            LunParamsError::DuplicateKey { key: "BlockSize" }
+            err("Path=/a,Sector=512,Sector=512"),
+            LunParamsError::DuplicateKey { key: "Sector" }
         ));
     }
 
     #[test]
     fn bad_block_sizes() {
-        for bs in [
-            "0",
-            "256",
-            "513",
-            "8192",
-            "abc",
-            "-512",
-            "0x200",
-            "",
-            "4096 ,Type=fileio",
-        ] {
+        // A whole C number IET then read in decimal: refused as in IET.
+        for bs in ["0", "256", "513", "8192", "0x200", "00", "99999999999"] {
             let e = err(&format!("Path=/a,BlockSize={bs}"));
             assert!(
                 matches!(
@@ -627,30 +787,165 @@ mod tests {
                     LunParamsError::InvalidValue {
                         key: "BlockSize",
                         ..
-                    } | LunParamsError::EmptyValue { key: "BlockSize" }
+                    }
                 ),
                 "{bs}: {e}"
             );
         }
+        assert!(err("Path=/a,BlockSize=0x1000")
+            .to_string()
+            .contains("decimal"));
+        assert_eq!(
+            err("Path=/a,BlockSize="),
+            LunParamsError::EmptyValue { key: "BlockSize" }
+        );
+        // Octal-looking but decimal in the end, as the kernel read it.
+        assert_eq!(ok("Path=/a,BlockSize=01024").block_size, Some(1024));
     }
 
+    /// IET's `blocksize=%u` matched only a value that is one C number; anything else was
+    /// skipped, and the LUN kept 512-byte blocks.
     #[test]
-    fn whitespace_after_comma_explained() {
-        let e = err("Path=/a, Type=fileio");
+    fn block_size_that_is_no_number_is_skipped_as_in_iet() {
+        for bs in ["4096 ", "4k", "-512", "abc", "4096\t", "04096", "0x"] {
+            let parsed = LunParams::parse(&format!("Path=/a,BlockSize={bs},Type=blockio"))
+                .unwrap_or_else(|e| panic!("{bs:?}: {e}"));
+            assert_eq!(parsed.params.block_size, None, "{bs:?}");
+            assert_eq!(parsed.params.io_type, IoType::BlockIo);
+            assert_eq!(parsed.warnings.len(), 1, "{bs:?}: {:?}", parsed.warnings);
+            let w = &parsed.warnings[0];
+            assert!(
+                w.contains("BlockSize=") && w.contains("512-byte blocks"),
+                "{w}"
+            );
+        }
+        // The template form: a space before the comma.
+        let p = LunParams::parse("Path=/a,BlockSize=4096 ,Type=fileio").expect("skipped");
+        assert_eq!(p.params.block_size, None);
+    }
+
+    /// IET's I/O types refused an item that matched none of their keys, and " type=..."
+    /// matches none: the LUN was not created. Same here, with the list written right.
+    #[test]
+    fn whitespace_around_a_key_refused_as_in_iet() {
+        let e = err("Path=/dev/vg/lv, Type=blockio");
         assert_eq!(
             e,
             LunParamsError::KeyWhitespace {
                 key: " Type".into(),
-                where_: "leading"
+                where_: "leading",
+                item: " Type=blockio".into(),
+                fixed: "Path=/dev/vg/lv,Type=blockio".into(),
             }
         );
-        assert!(e.to_string().contains("\" Type\""), "{e}");
+        let msg = e.to_string();
+        assert!(
+            msg.contains("\" Type\"")
+                && msg.contains("IET 1.4.20 refused")
+                && msg.contains("\"Path=/dev/vg/lv,Type=blockio\""),
+            "{msg}"
+        );
+        for list in [
+            "Type=nullio, ScsiId=x",
+            "Path=/a,\tScsiSN=y",
+            "Path=/a, IOMode=wb",
+            "Path=/a , Type=fileio",
+        ] {
+            assert!(
+                matches!(
+                    err(list),
+                    LunParamsError::KeyWhitespace {
+                        where_: "leading",
+                        ..
+                    }
+                ),
+                "{list}"
+            );
+        }
         assert!(matches!(
             err("Path =/a"),
             LunParamsError::KeyWhitespace {
                 where_: "trailing",
                 ..
             }
+        ));
+        match err("Path=/a , Type=fileio,ScsiId=x") {
+            LunParamsError::KeyWhitespace { fixed, .. } => {
+                assert_eq!(fixed, "Path=/a,Type=fileio,ScsiId=x")
+            }
+            e => panic!("{e}"),
+        }
+        // Whitespace around the whole list was trimmed by IET's ietd.
+        assert_eq!(ok(" \tPath=/a,Type=fileio \r\n").io_type, IoType::FileIo);
+    }
+
+    /// Values keep their whitespace: IET passed them on as written.
+    #[test]
+    fn value_whitespace_is_kept_as_in_iet() {
+        let p = LunParams::parse("Path=/a ,ScsiId=disk1 ,ScsiSN= SN1").expect("parses");
+        assert_eq!(p.params.path.as_deref(), Some(std::path::Path::new("/a ")));
+        assert_eq!(p.params.scsi_id.as_deref(), Some("disk1 "));
+        assert_eq!(p.params.scsi_sn.as_deref(), Some(" SN1"));
+        assert_eq!(p.warnings.len(), 3, "{:?}", p.warnings);
+        let mut id = [0u8; 16];
+        id[..6].copy_from_slice(b"disk1 ");
+        assert_eq!(p.params.iet_scsi_id("iqn.x", 0), id);
+        // A value IET compared exactly.
+        assert!(matches!(
+            err("Path=/a,Type=fileio ,IOMode=wb"),
+            LunParamsError::InvalidValue { key: "Type", .. }
+        ));
+        assert!(matches!(
+            err("IOMode=wb ,Path=/a"),
+            LunParamsError::InvalidValue { key: "IOMode", .. }
+        ));
+    }
+
+    /// A repeated key does what IET's kernel did with it, and says so.
+    #[test]
+    fn repeated_keys_as_in_iet() {
+        let p = LunParams::parse("Path=/a,Type=fileio,type=blockio").expect("last wins");
+        assert_eq!(p.params.io_type, IoType::BlockIo);
+        assert!(
+            p.warnings[0].contains("Type given again"),
+            "{:?}",
+            p.warnings
+        );
+        for (modes, want) in [
+            ("IOMode=wb,IOMode=ro", IoMode::Ro),
+            ("IOMode=ro,IOMode=wt", IoMode::Ro),
+            ("IOMode=wt,IOMode=wb", IoMode::Wb),
+            ("IOMode=wt,IOMode=wt", IoMode::Wt),
+        ] {
+            let p = LunParams::parse(&format!("Path=/a,{modes}")).expect(modes);
+            assert_eq!(p.params.io_mode, want, "{modes}");
+            assert_eq!(p.warnings.len(), 1, "{modes}");
+        }
+        // IET copied the second id over the first, byte by byte.
+        let p = LunParams::parse("Path=/a,ScsiId=abcdef,ScsiId=xy").expect("overlay");
+        assert_eq!(p.params.scsi_id.as_deref(), Some("xycdef"));
+        assert!(p.warnings[0].contains("xycdef"), "{:?}", p.warnings);
+        let p = LunParams::parse("Path=/a,ScsiSN=SN1,ScsiSN=LONGER9").expect("overlay");
+        assert_eq!(p.params.scsi_sn.as_deref(), Some("LONGER9"));
+        let p = LunParams::parse("Path=/a,BlockSize=512,BlockSize=4096").expect("last");
+        assert_eq!(p.params.block_size, Some(4096));
+        assert_eq!(p.warnings.len(), 1);
+        assert_eq!(
+            ok("Path=/a,BlockSize=512,BlockSize=512").block_size,
+            Some(512)
+        );
+        // Each value is still checked; a second Path is refused as IET refused it.
+        assert!(matches!(
+            err("Path=/a,Type=fileio,Type=tape"),
+            LunParamsError::InvalidValue { key: "Type", .. }
+        ));
+        assert!(matches!(
+            err("Path=/a,ScsiId=x,ScsiId=0123456789abcdefg"),
+            LunParamsError::InvalidValue { key: "ScsiId", .. }
+        ));
+        assert!(matches!(
+            err("Path=/a,Path=/b"),
+            LunParamsError::DuplicateKey { key: "Path" }
         ));
     }
 
@@ -667,6 +962,31 @@ mod tests {
     fn empty_items_skipped() {
         let p = ok(",,Path=/a,,Type=fileio,");
         assert_eq!(p.io_type, IoType::FileIo);
+        assert_eq!(
+            ok("Path=/a,").path.as_deref(),
+            Some(std::path::Path::new("/a"))
+        );
+        assert_eq!(
+            lun_items(" ,Path=/a,, Type=x ,").collect::<Vec<_>>(),
+            ["Path=/a", " Type=x "]
+        );
+        // A blank item is not empty: IET refused it as an unknown parameter.
+        assert!(matches!(
+            err("Path=/a, ,Type=fileio"),
+            LunParamsError::MissingEquals { .. }
+        ));
+        // Empty values: IET's patterns needed at least one character.
+        for list in [
+            "Path=/a,Type=",
+            "Path=/a,IOMode=",
+            "Path=/a,ScsiId=",
+            "Type=nullio,Blocks=",
+        ] {
+            assert!(
+                matches!(err(list), LunParamsError::EmptyValue { .. }),
+                "{list}"
+            );
+        }
     }
 
     #[test]
@@ -722,14 +1042,26 @@ mod tests {
         assert_eq!(p.block_size, Some(4096));
         assert_eq!(ok("Sectors=10000,Type=nullio").blocks, Some(10000));
         assert_eq!(ok("Type=nullio,Sectors=5,Blocks=5").blocks, Some(5));
-        assert!(matches!(
-            err("Type=nullio,Sectors=5,Blocks=6"),
-            LunParamsError::ConflictingSynonyms { .. }
-        ));
-        assert!(matches!(
-            err("Type=nullio,Blocks=0"),
-            LunParamsError::InvalidValue { key: "Blocks", .. }
-        ));
+        // One key in IET under two names: the last one counts.
+        let p = LunParams::parse("Type=nullio,Sectors=5,Blocks=6").expect("last wins");
+        assert_eq!(p.params.blocks, Some(6));
+        assert_eq!(p.warnings.len(), 1);
+        // 0 (also a C number IET then read as decimal 0) meant the default size.
+        for zero in ["0", "0x10", "00"] {
+            let p = LunParams::parse(&format!("Type=nullio,Blocks={zero}")).expect(zero);
+            assert_eq!(p.params.blocks, None, "{zero}");
+            assert!(p.warnings[0].contains("64 GiB"), "{:?}", p.warnings);
+        }
+        assert_eq!(ok("Type=nullio,Blocks=077").blocks, Some(77));
+        for bad in ["abc", "10 ,Path=/x", "-1", "1e6"] {
+            assert!(
+                matches!(
+                    err(&format!("Type=nullio,Blocks={bad}")),
+                    LunParamsError::InvalidValue { key: "Blocks", .. }
+                ),
+                "{bad}"
+            );
+        }
         assert_eq!(
             err("Path=/a,Blocks=10"),
             LunParamsError::NotForType {
@@ -763,14 +1095,6 @@ mod tests {
                 item: "fileio".into()
             }
         );
-        assert!(matches!(
-            err("Path=/a,IOMode=wb,IOMode=ro"),
-            LunParamsError::DuplicateKey { key: "IOMode" }
-        ));
-        assert!(matches!(
-            err("Path=/a,Type=fileio,type=blockio"),
-            LunParamsError::DuplicateKey { key: "Type" }
-        ));
         // The inline comment IET users sometimes wrote ends up in the last value.
         assert!(matches!(
             err("Path=/a,Type=fileio # my disk"),
@@ -805,6 +1129,12 @@ mod tests {
             err("Path=/a,ScsiSN=a\tb"),
             LunParamsError::InvalidValue { key: "ScsiSN", .. }
         ));
+        // IET took any ScsiId bytes; only a NUL cannot be one.
+        assert_eq!(ok("Path=/a,ScsiId=a\tb").scsi_id.as_deref(), Some("a\tb"));
+        assert!(matches!(
+            err("Path=/a,ScsiId=a\0b"),
+            LunParamsError::InvalidValue { key: "ScsiId", .. }
+        ));
         assert_eq!(
             ok("Path=/a,ScsiSN=SN 0001").scsi_sn.as_deref(),
             Some("SN 0001")
@@ -819,6 +1149,8 @@ mod tests {
             "Type=nullio,Sectors=10000",
             "Type=nullio,IOMode=ro,Blocks=7",
             "Path=/srv/my disk.img",
+            "Path=/a,ScsiSN=SN1 ,Type=fileio",
+            "Type=nullio,ScsiId= id ",
         ] {
             let p = ok(s);
             let canon = p.to_param_string();
@@ -831,6 +1163,11 @@ mod tests {
             "Path=/a,Type=fileio,IOMode=wt,BlockSize=512"
         );
         assert_eq!(ok("Type=nullio").to_param_string(), "Type=nullio");
+        // The identity keeps its trailing space through the datapath hand-off.
+        assert_eq!(
+            ok("Type=nullio,ScsiId=disk1 ,Blocks=8").to_param_string(),
+            "Type=nullio,Blocks=8,ScsiId=disk1 ,"
+        );
     }
 
     #[test]

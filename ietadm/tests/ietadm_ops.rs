@@ -309,6 +309,99 @@ fn sessions_and_connections() {
     assert!(r.err.starts_with("Operation not supported."), "{}", r.err);
 }
 
+/// The backstore directory of LUN `lun` of target `tid` in the temp configfs.
+fn backstore(d: &Daemon, tid: u32, lun: u32) -> std::path::PathBuf {
+    let name = format!("ietd_t{tid}_l{lun}");
+    std::fs::read_dir(d.cfs("target/core"))
+        .unwrap()
+        .map(|hba| hba.unwrap().path().join(&name))
+        .find(|p| p.is_dir())
+        .unwrap_or_else(|| panic!("no backstore {name}"))
+}
+
+/// Lun parameter lists as configuration templates and scripts write them, read by IET
+/// 1.4.20's rules (docs/ietd-conf-rules.md), from ietd.conf and through ietadm alike.
+#[test]
+fn lun_params_as_iet_read_them() {
+    let conf = "Target iqn.2001-04.com.example:one\n\
+                \tLun 0 Type=nullio, Blocks=1000\n\
+                \tLun 1 Type=nullio,BlockSize=4096 ,Blocks=100,ScsiSN=SN1,ScsiSN=LONGER9,\n\
+                \tLun 2 Type=nullio,,Blocks=0\n";
+    let d = Daemon::start(conf, &[]);
+    let log = d.log();
+    let at = |line: usize| format!("{}:{line}", d.conf.display());
+    // Line 2: IET refused a key with a space before it; so do we, saying how to write it.
+    let refused = log
+        .lines()
+        .find(|l| l.contains(&at(2)))
+        .unwrap_or_else(|| panic!("no diagnostic for line 2: {log}"));
+    assert!(
+        refused.contains("Blocks")
+            && refused.contains("IET 1.4.20 refused")
+            && refused.contains("Type=nullio,Blocks=1000"),
+        "{refused}"
+    );
+    assert!(!d.cfs(T1).join("lun/lun_0").exists());
+    // Line 3: the BlockSize IET skipped and the ScsiSN it wrote twice, each a warning.
+    let line3: Vec<&str> = log.lines().filter(|l| l.contains(&at(3))).collect();
+    assert_eq!(line3.len(), 2, "{log}");
+    assert!(line3[0].contains("BlockSize") && line3[0].contains("512-byte blocks"));
+    assert!(line3[1].contains("ScsiSN given again"));
+    // Line 4: Blocks=0 is IET's default size.
+    assert!(
+        log.lines()
+            .any(|l| l.contains(&at(4)) && l.contains("64 GiB")),
+        "{log}"
+    );
+    let r = d.ietadm(&["--op", "show"]);
+    ok(&r);
+    assert_eq!(
+        r.out,
+        "tid:1 name:iqn.2001-04.com.example:one\n\
+         \tlun:1 state:0 iotype:nullio iomode:wt blocks:100 blocksize:512\n\
+         \tlun:2 state:0 iotype:nullio iomode:wt blocks:134217728 blocksize:512\n"
+    );
+    let serial = |lun| std::fs::read_to_string(backstore(&d, 1, lun).join("wwn/vpd_unit_serial"));
+    assert_eq!(serial(1).unwrap(), "LONGER9");
+
+    // The same rules through ietadm: accepted with one warning line each.
+    let img = d.dir.path().join("disk.img");
+    std::fs::write(&img, vec![0u8; 1 << 20]).unwrap();
+    let params = format!(
+        "Path={},IOMode=wb,IOMode=ro,ScsiId=abcdef,ScsiId=xy,BlockSize=4k",
+        img.display()
+    );
+    let r = d.ietadm(&["--op", "new", "--tid=1", "--lun=3", "--params", &params]);
+    ok(&r);
+    let warnings: Vec<&str> = r.err.lines().collect();
+    assert_eq!(warnings.len(), 3, "{}", r.err);
+    assert!(warnings.iter().all(|w| w.starts_with("ietadm: warning: ")));
+    assert!(warnings[0].contains("IOMode given again"), "{}", r.err);
+    assert!(warnings[1].contains("xycdef"), "{}", r.err);
+    assert!(warnings[2].contains("512-byte blocks"), "{}", r.err);
+    let r = d.ietadm(&["--op", "show"]);
+    let want = format!(
+        "\tlun:3 state:0 iotype:fileio iomode:ro blocks:2048 blocksize:512 path:{}\n",
+        img.display()
+    );
+    assert!(r.out.ends_with(&want), "{}", r.out);
+    // IET's identity: the second ScsiId copied over the first, NUL-padded, in hex.
+    assert_eq!(serial(3).unwrap(), "78796364656600000000000000000000");
+    fails(
+        &d.ietadm(&[
+            "--op",
+            "new",
+            "--tid=1",
+            "--lun=4",
+            "--params",
+            "Type=nullio, ScsiId=x",
+        ]),
+        234,
+        "Invalid argument. LUN 4: parameter key \" ScsiId\" has leading whitespace",
+    );
+    assert!(!d.cfs(T1).join("lun/lun_4").exists());
+}
+
 #[test]
 fn luns() {
     let d = Daemon::start(CONF, &[]);

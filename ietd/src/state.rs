@@ -145,6 +145,9 @@ pub struct State {
     discovery: Accounts,
     /// The access rules the provisioner was given (compared at reload).
     access: AccessRules,
+    /// Each file target's own settings as the last file read gave them: a reload applies
+    /// only the values the new file changed.
+    file_settings: BTreeMap<String, reload::FileSettings>,
     log: Logger,
 }
 
@@ -159,6 +162,7 @@ impl State {
             last_tid: 0,
             discovery: Accounts::default(),
             access: AccessRules::default(),
+            file_settings: BTreeMap::new(),
             log,
         }
     }
@@ -173,6 +177,7 @@ impl State {
     pub fn from_config(config: Config, prov: Box<dyn Provisioner>, log: Logger) -> (State, usize) {
         let mut state = State::new(prov, log);
         state.access = config.access;
+        state.file_settings = reload::file_settings(&config.targets);
         let mut failures = 0;
         if config.discovery != Accounts::default() {
             match state.prov.update_discovery(&config.discovery) {
@@ -595,10 +600,7 @@ impl State {
         if user.is_empty() {
             return Err(StateError::EmptyUser);
         }
-        let account = Account {
-            user: user.into(),
-            password,
-        };
+        let account = Account::new(user, password);
         let notes = self.change_accounts(tid, |a| {
             let mut notes = Vec::new();
             match dir {
@@ -993,6 +995,9 @@ mod tests {
         s.target_new(0, "iqn.a").unwrap();
         let e = s.target_update(1, "MaxSessions=3").unwrap_err();
         assert_eq!(e.to_string(), "Unknown parameter \"MaxSessions\".");
+        // Keys are matched as written: a space after a comma makes an unknown key (IET).
+        let e = s.target_update(1, "Wthreads=2, InitialR2T=No").unwrap_err();
+        assert_eq!(e.to_string(), "Unknown parameter \" InitialR2T\".");
         let e = s.target_update(1, "initialr2t=maybe").unwrap_err();
         assert_eq!(e.to_string(), "Invalid InitialR2T value \"maybe\".");
         assert_eq!(e.errno(), libc::EINVAL);

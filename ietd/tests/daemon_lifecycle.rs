@@ -89,6 +89,70 @@ fn sigint_stops_cleanly_and_sighup_does_not() {
     assert_eq!(our_objects(&d.configfs), Vec::<String>::new());
 }
 
+/// SIGHUP never removes what the file never had: objects made through the socket (as
+/// ietadm and cluster resource agents make them) survive, a target the file dropped goes.
+#[test]
+fn sighup_keeps_what_ietadm_made() {
+    let mut d = Daemon::start(CONF, &[]);
+    for req in [
+        r#"{"op":"target_new","tid":0,"name":"iqn.x:adm"}"#,
+        r#"{"op":"lun_new","tid":3,"lun":0,"params":"Type=nullio"}"#,
+        r#"{"op":"lun_new","tid":1,"lun":5,"params":"Type=nullio"}"#,
+        r#"{"op":"account_new","tid":0,"dir":"incoming","user":"dadm","password":"dadmsecret12"}"#,
+    ] {
+        let r = d.call(req);
+        assert!(r.contains("\"ok\":true"), "{req} -> {r}");
+    }
+    let without_two = &CONF[..CONF.find("Target iqn.2001-04.com.example:two").unwrap()];
+    std::fs::write(d.dir.path().join("ietd.conf"), without_two).unwrap();
+    d.signal(Signal::SIGHUP);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !d.log().contains("configuration reloaded") {
+        assert!(Instant::now() < deadline, "no reload: {}", d.log());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let log = d.log();
+    assert!(log.contains("failed=0"), "{log}");
+    let v: serde_json::Value =
+        serde_json::from_str(d.call(r#"{"op":"volumes"}"#).trim_end()).unwrap();
+    let targets: Vec<(u64, String, Vec<u64>)> = v["data"]["targets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| {
+            let luns = t["luns"].as_array().unwrap();
+            (
+                t["tid"].as_u64().unwrap(),
+                t["name"].as_str().unwrap().to_string(),
+                luns.iter().map(|l| l["lun"].as_u64().unwrap()).collect(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        targets,
+        [
+            (3, "iqn.x:adm".to_string(), vec![0]),
+            (1, "iqn.2001-04.com.example:one".to_string(), vec![0, 5]),
+        ]
+    );
+    assert!(d
+        .configfs
+        .join("target/iscsi/iqn.x:adm/tpgt_1/lun/lun_0")
+        .exists());
+    assert!(!d
+        .configfs
+        .join("target/iscsi/iqn.2001-04.com.example:two")
+        .exists());
+    let accounts = d.call(r#"{"op":"account_list","tid":0}"#);
+    assert!(
+        accounts.contains("\"disco\"") && accounts.contains("\"dadm\""),
+        "{accounts}"
+    );
+    d.signal(Signal::SIGTERM);
+    assert_eq!(d.wait_exit().code(), Some(0));
+    assert_eq!(our_objects(&d.configfs), Vec::<String>::new());
+}
+
 #[test]
 fn second_ietd_is_refused() {
     let d = Daemon::start(CONF, &[]);

@@ -527,10 +527,7 @@ fn update_target_rewrites_changed_settings_only_where_needed() {
     let t1 = config.targets.iter_mut().find(|t| t.name == T1).unwrap();
     t1.alias = Some("renamed".into());
     t1.accounts.outgoing = None;
-    t1.accounts.incoming = vec![Account {
-        user: "carol".into(),
-        password: Secret::new("carolsecret1"),
-    }];
+    t1.accounts.incoming = vec![Account::new("carol", Secret::new("carolsecret1"))];
     let key = ietd::conf::params::Key::lookup("MaxBurstLength").unwrap();
     t1.params.set(key, 131072);
     let t1 = t1.clone();

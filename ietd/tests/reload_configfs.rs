@@ -1,6 +1,7 @@
 //! SIGHUP reload against a temp-dir configfs with the real `ConfigfsProvisioner`: only
 //! the difference is applied, untouched LUN objects keep their identity, a config with
-//! errors changes nothing, ietadm-only objects follow the "file is the truth" rule,
+//! errors changes nothing, objects made through ietadm survive unless the file defines
+//! them (then the file wins, with a warning),
 //! access changes reach live targets, and the rendered ietd.conf parses back equal.
 
 mod provision_common;
@@ -10,7 +11,8 @@ use std::fs;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
-use ietd::conf::{self, Loaded};
+use ietd::conf::{self, Loaded, Secret};
+use ietd::protocol::Direction;
 use ietd::provision::{ConfigfsProvisioner, NoHook};
 use ietd::state::{Change, State, StateError};
 use provision_common::*;
@@ -244,40 +246,247 @@ fn config_with_errors_changes_nothing() {
     assert_eq!(state.volumes(), volumes);
 }
 
+const ADM: &str = "iqn.2024-01.com.example:adm";
+
+fn incoming(state: &State, tid: u32) -> Vec<String> {
+    state.account_list(tid).expect("accounts").0
+}
+
+fn password(state: &State, tid: u32, dir: Direction, user: &str) -> String {
+    state
+        .account_show(tid, dir, user)
+        .expect("account")
+        .password
+        .expose()
+        .to_string()
+}
+
+/// 1-based number of the first line of `text` containing `what`.
+fn line_of(text: &str, what: &str) -> usize {
+    text.lines().position(|l| l.contains(what)).expect(what) + 1
+}
+
 #[test]
-fn runtime_changes_not_in_the_file_are_undone_except_redirect() {
+fn ietadm_objects_survive_a_reload_of_the_same_file() {
     let fx = Fixture::new();
     let mut state = start(&fx);
-    let extra = state
-        .target_new(0, "iqn.2024-01.com.example:adm")
-        .expect("new");
-    state.lun_new(1, 7, "Type=nullio").expect("lun");
+    let adm = state.target_new(0, ADM).expect("new");
+    state.lun_new(adm, 0, "Type=nullio,Blocks=8").expect("lun");
+    state
+        .account_new(
+            adm,
+            Direction::Incoming,
+            "carol",
+            Secret::new("carolsecret1"),
+        )
+        .expect("account");
+    state
+        .lun_new(1, 7, "Type=nullio")
+        .expect("lun on a file target");
+    state
+        .account_new(1, Direction::Incoming, "dave", Secret::new("davesecret12"))
+        .expect("account on a file target");
+    state
+        .account_new(0, Direction::Incoming, "dadm", Secret::new("dadmsecret12"))
+        .expect("discovery account");
+    // A key the file does not change, and the redirect the file cannot say.
     state.target_update(2, "Wthreads=2").expect("update");
     state.target_redirect(2, "10.0.0.9").expect("redirect");
-    let loaded = load(&fx, &fixture_conf(&fx), &fixture_allow(&fx));
-    let report = state.reload(loaded).expect("reload");
-    assert!(report.is_complete(), "{:?}", report.failed);
-    assert_eq!(
+    let tree = fx.tree();
+
+    let report = state
+        .reload(load(&fx, &fixture_conf(&fx), &fixture_allow(&fx)))
+        .expect("reload");
+    assert!(
+        report.is_empty(),
+        "{:?} {:?}",
         report.applied,
-        vec![
-            Change::TargetRemoved {
-                tid: extra,
-                name: "iqn.2024-01.com.example:adm".into()
-            },
-            Change::LunRemoved { tid: 1, lun: 7 },
-            Change::TargetUpdated {
-                tid: 2,
-                name: T2.into(),
-                what: vec!["parameters"]
-            },
-        ]
+        report.failed
     );
-    assert_eq!(state.get(2).expect("t2").params.target[0], 4);
+    assert!(report.claimed.is_empty(), "{:?}", report.claimed);
+    assert_eq!(fx.tree(), tree, "configfs untouched");
+    let t = state.get(adm).expect("ietadm target kept");
+    assert!(t.luns.contains_key(&0));
+    assert_eq!(incoming(&state, adm), ["carol"]);
+    assert!(state.get(1).expect("t1").luns.contains_key(&7));
+    assert_eq!(incoming(&state, 1), ["alice", "bob", "dave"]);
+    assert_eq!(incoming(&state, 0), ["disc", "dadm"]);
+    assert_eq!(state.get(2).expect("t2").params.target[0], 2);
     assert_eq!(
         state.get(2).expect("t2").redirect.as_deref(),
         Some("10.0.0.9:3260")
     );
-    assert!(state.get(extra).is_none());
+}
+
+#[test]
+fn reload_removes_only_what_the_previous_file_made() {
+    let fx = Fixture::new();
+    let mut state = start(&fx);
+    let adm = state.target_new(0, ADM).expect("new");
+    state.lun_new(1, 7, "Type=nullio").expect("lun");
+    state
+        .account_new(1, Direction::Incoming, "dave", Secret::new("davesecret12"))
+        .expect("account");
+    state
+        .account_new(0, Direction::Incoming, "dadm", Secret::new("dadmsecret12"))
+        .expect("discovery account");
+    state
+        .target_update(1, "MaxBurstLength=131072")
+        .expect("update");
+
+    // The file drops T2, LUN 1, bob and the discovery account, and changes one key.
+    let d = fx.dir.path().display();
+    let text = format!(
+        "Target {T1}\n\
+         \tAlias disk-one\n\
+         \tIncomingUser alice alicesecret1\n\
+         \tOutgoingUser tgt tgtsecret333\n\
+         \tLun 0 Path={d}/a.img,Type=fileio,IOMode=wb\n\
+         \tHeaderDigest CRC32C,None\n\
+         \tMaxRecvDataSegmentLength 262144\n\
+         \tNOPInterval 10\n\
+         \tNOPTimeout 5\n\
+         \tQueuedCommands 64\n"
+    );
+    let report = state
+        .reload(load(&fx, &text, &fixture_allow(&fx)))
+        .expect("reload");
+    assert!(report.is_complete(), "{:?}", report.failed);
+    assert!(report.claimed.is_empty(), "{:?}", report.claimed);
+    assert_eq!(
+        report.applied,
+        vec![
+            Change::DiscoveryAccounts,
+            Change::TargetRemoved {
+                tid: 2,
+                name: T2.into()
+            },
+            Change::LunRemoved { tid: 1, lun: 1 },
+            Change::TargetUpdated {
+                tid: 1,
+                name: T1.into(),
+                what: vec!["parameters", "accounts"]
+            },
+        ]
+    );
+    assert!(state.get(2).is_none());
+    assert!(!exists(&fx, &format!("target/iscsi/{T2}")));
+    assert!(state.get(adm).is_some());
+    assert!(exists(&fx, &format!("target/iscsi/{ADM}/tpgt_1")));
+    let t1 = state.get(1).expect("t1");
+    assert_eq!(t1.luns.keys().copied().collect::<Vec<_>>(), [0, 7]);
+    assert_eq!(incoming(&state, 1), ["alice", "dave"]);
+    assert_eq!(incoming(&state, 0), ["dadm"]);
+    let tpg1 = format!("target/iscsi/{T1}/tpgt_1");
+    assert_eq!(
+        read(&fx, &format!("{tpg1}/param/MaxRecvDataSegmentLength")),
+        "262144"
+    );
+    // Set through ietadm on a key the file did not change: kept.
+    assert_eq!(read(&fx, &format!("{tpg1}/param/MaxBurstLength")), "131072");
+    assert!(exists(&fx, &format!("{tpg1}/lun/lun_7")));
+}
+
+#[test]
+fn file_wins_over_ietadm_objects_it_defines_with_a_warning() {
+    let fx = Fixture::new();
+    let mut state = start(&fx);
+    let adm = state.target_new(0, T3).expect("new");
+    assert_eq!(adm, 3);
+    state
+        .lun_new(adm, 0, "Type=nullio,Blocks=8")
+        .expect("lun 0");
+    state
+        .lun_new(adm, 5, "Type=nullio,Blocks=5")
+        .expect("lun 5");
+    state
+        .account_new(
+            adm,
+            Direction::Incoming,
+            "carol",
+            Secret::new("carolsecret1"),
+        )
+        .expect("account");
+    state
+        .target_update(adm, "MaxBurstLength=131072")
+        .expect("update");
+    state
+        .lun_new(1, 2, "Type=nullio,Blocks=20")
+        .expect("lun on t1");
+    state
+        .account_new(0, Direction::Outgoing, "dout", Secret::new("doutsecret12"))
+        .expect("discovery outgoing");
+
+    let text = format!(
+        "OutgoingUser dout filesecret12\n\
+         {}\
+         Target {T3}\n\
+         \tIncomingUser carol filesecret34\n\
+         \tLun 0 Type=nullio,Blocks=11\n\
+         \tWthreads 3\n",
+        fixture_conf(&fx).replace(
+            "\tHeaderDigest",
+            "\tLun 2 Type=nullio,Blocks=30\n\tHeaderDigest"
+        )
+    );
+    let report = state
+        .reload(load(&fx, &text, &fixture_allow(&fx)))
+        .expect("reload");
+    assert!(report.is_complete(), "{:?}", report.failed);
+    let conf_path = fx.path("etc/ietd.conf").display().to_string();
+    let at = |what: &str| format!("{conf_path}:{}: ", line_of(&text, what));
+    let want = [
+        format!("{}discovery OutgoingUser dout", at("OutgoingUser dout")),
+        format!("{}LUN 2 of target 1", at("Lun 2")),
+        format!("{}target {T3} (tid 3)", at(&format!("Target {T3}"))),
+        format!("{}LUN 0 of target 3", at("Blocks=11")),
+        format!("{}target 3 IncomingUser carol", at("carol")),
+    ];
+    assert_eq!(report.claimed.len(), want.len(), "{:#?}", report.claimed);
+    for (got, want) in report.claimed.iter().zip(&want) {
+        assert!(
+            got.starts_with(want.as_str()) && got.contains("made through ietadm"),
+            "{got} / {want}"
+        );
+    }
+    assert!(report
+        .applied
+        .contains(&Change::LunChanged { tid: 3, lun: 0 }));
+    assert!(report
+        .applied
+        .contains(&Change::LunChanged { tid: 1, lun: 2 }));
+
+    // The file's definitions, on the ietadm-made tid; LUN 5 the file never had stays.
+    let t3 = state.get(3).expect("t3 kept its tid");
+    assert_eq!(t3.luns.keys().copied().collect::<Vec<_>>(), [0, 5]);
+    assert_eq!(t3.luns[&0].params.blocks, Some(11));
+    assert_eq!(t3.params.target[0], 3);
+    let tpg3 = format!("target/iscsi/{T3}/tpgt_1");
+    assert_eq!(read(&fx, &format!("{tpg3}/param/MaxBurstLength")), "262144");
+    assert_eq!(
+        password(&state, 3, Direction::Incoming, "carol"),
+        "filesecret34"
+    );
+    assert_eq!(state.get(1).expect("t1").luns[&2].params.blocks, Some(30));
+    assert_eq!(
+        password(&state, 0, Direction::Outgoing, "dout"),
+        "filesecret12"
+    );
+
+    // Now the file's: the same file again claims nothing and changes nothing, and a
+    // file without T3 removes it.
+    let report = state
+        .reload(load(&fx, &text, &fixture_allow(&fx)))
+        .expect("reload");
+    assert!(report.is_empty() && report.claimed.is_empty(), "{report:?}");
+    let without_t3 = &text[..text.find(&format!("Target {T3}")).expect("T3")];
+    let report = state
+        .reload(load(&fx, without_t3, &fixture_allow(&fx)))
+        .expect("reload");
+    assert!(report.applied.contains(&Change::TargetRemoved {
+        tid: 3,
+        name: T3.into()
+    }));
 }
 
 #[test]

@@ -5,8 +5,10 @@
 # target D) and ietd gets SIGHUP.  Then: fio on A passes its verify, A's session is the
 # same one and A's backstore the same configfs object; B's LUN 1 appears after a rescan
 # and works, LUN 2 and D are gone, B's parameter is the new value, C is discoverable and
-# takes a login.  Last, a configuration with errors + SIGHUP: refused whole (the target
-# it adds is not created, nothing else changes) and ietd's log names file:line.
+# takes a login.  Target F, made through ietadm with a LUN and a logged-in session, is
+# in no file: it survives the reload with the same session and backstore (issue 13 item
+# 3).  Last, a configuration with errors + SIGHUP: refused whole (the target it adds is
+# not created, nothing else changes) and ietd's log names file:line.
 # vm: --mem 2G --timeout 420
 . "$(dirname "$0")/lib.sh"
 
@@ -21,6 +23,7 @@ B=iqn.2024-01.org.ietd.vm:reload-b
 C=iqn.2024-01.org.ietd.vm:reload-c
 D=iqn.2024-01.org.ietd.vm:reload-d
 E=iqn.2024-01.org.ietd.vm:reload-e
+F=iqn.2024-01.org.ietd.vm:reload-f
 P=127.0.0.1:3260
 FIO_SIZE=${FIO_SIZE:-24M}
 
@@ -30,6 +33,7 @@ truncate -s 12M /var/tmp/b1.img
 truncate -s 8M /var/tmp/b2.img
 truncate -s 8M /var/tmp/c0.img
 truncate -s 8M /var/tmp/d0.img
+truncate -s 8M /var/tmp/f0.img
 
 cat > /tmp/ietd.conf << EOF
 Target $A
@@ -73,6 +77,17 @@ sb=$(session_of "$B")
 check_grep "A's session is logged in" " LOGGED_IN$" "$sa"
 ida=$(backstore_id "$A" 0) || die "no backstore behind A LUN 0"
 idb0=$(backstore_id "$B" 0) || die "no backstore behind B LUN 0"
+# F: made through ietadm only (as a cluster resource agent does), with a live session
+t_f=$(now_ms)
+check "ietadm makes target F" run_ietadm --op new --tid=0 --params "Name=$F"
+tid_f=$(run_ietadm --op show | awk -v n="name:$F" '$2 == n { sub("tid:", "", $1); print $1 }')
+check "ietadm gives F a LUN" run_ietadm --op new --tid="$tid_f" --lun=0 --params Path=/var/tmp/f0.img,Type=fileio
+check "node record for F" iscsiadm -m node -o new -T "$F" -p "$P"
+check "login to F" iscsi_login "$F" "$P"
+df=$(iscsi_wait_disk "$F" 0) || die "no disk for F LUN 0"
+sf=$(session_of "$F")
+idf=$(backstore_id "$F" 0) || die "no backstore behind F LUN 0"
+note "F made and logged in in $(($(now_ms) - t_f)) ms"
 check_eq "B's MaxRecvDataSegmentLength before" 8192 "$(cat "$CFS/iscsi/$B/tpgt_1/param/MaxRecvDataSegmentLength")"
 dmesg_mark=$(dmesg | wc -l)
 new_dmesg() { dmesg | tail -n +"$((dmesg_mark + 1))"; }
@@ -117,7 +132,12 @@ kill -0 "$fio_pid" 2> /dev/null && ok "fio on A still running after the reload" 
 
 # C: discoverable (without touching the node records of the live sessions), loginable
 disc=$(iscsiadm -m discovery -t st -p "$P" -o nonpersistent 2>&1 | awk '{print $2}' | sort -u | xargs)
-check_eq "discovery after the reload" "$A $B $C" "$disc"
+check_eq "discovery after the reload" "$A $B $C $F" "$disc"
+# F is in no file: left alone, session and LUN untouched
+check_eq "ietadm-made F kept its tid" "$tid_f" "$(run_ietadm --op show | awk -v n="name:$F" '$2 == n { sub("tid:", "", $1); print $1 }')"
+check_eq "F's session never dropped (same sid, logged in)" "$sf" "$(session_of "$F")"
+check_eq "F's LUN 0 is the same backstore object" "$idf" "$(backstore_id "$F" 0)"
+check "F still serves I/O" dd if="$df" of=/dev/null bs=64k count=16 iflag=direct status=none
 check_fails "D is gone from configfs" test -e "$CFS/iscsi/$D"
 check "C exists in configfs" test -d "$CFS/iscsi/$C/tpgt_1/lun/lun_0"
 check_eq "B's MaxRecvDataSegmentLength after" 65536 "$(cat "$CFS/iscsi/$B/tpgt_1/param/MaxRecvDataSegmentLength")"

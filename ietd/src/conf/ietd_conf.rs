@@ -315,7 +315,7 @@ impl<'a> Parser<'a> {
                 ),
             );
         }
-        let parsed = match LunParams::parse(lex::trim_c(raw)) {
+        let parsed = match LunParams::parse(raw) {
             Ok(p) => p,
             Err(e) => {
                 self.sink
@@ -395,6 +395,7 @@ impl<'a> Parser<'a> {
         let account = Account {
             user: user.text.to_string(),
             password: Secret::new(pass.text),
+            origin: Some(self.sink.loc(line)),
         };
         let (accounts, outgoing_line, incoming_lines, scope_name) = match &mut self.scope {
             Scope::Global => (

@@ -51,10 +51,32 @@ impl fmt::Display for Secret {
 }
 
 /// One CHAP account.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Eq, Serialize, Deserialize)]
 pub struct Account {
     pub user: String,
     pub password: Secret,
+    /// Where it was defined; `None` for accounts added through ietadm.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub origin: Option<SourceLoc>,
+}
+
+impl Account {
+    /// An account made at run time (no file line).
+    pub fn new(user: impl Into<String>, password: Secret) -> Account {
+        Account {
+            user: user.into(),
+            password,
+            origin: None,
+        }
+    }
+}
+
+/// Two accounts are the same when user and password are: where they were written is
+/// bookkeeping, so moving a line in ietd.conf changes nothing at reload.
+impl PartialEq for Account {
+    fn eq(&self, other: &Account) -> bool {
+        self.user == other.user && self.password == other.password
+    }
 }
 
 /// The accounts of a target, or of discovery (tid 0).

@@ -2,21 +2,29 @@
 //! and applies only the difference through the provisioner, so untouched targets and
 //! LUNs (and the sessions on them) are not disturbed.
 //!
-//! Rule for changes made at run time with ietadm: **the configuration files are the
-//! source of truth at reload.** A target, LUN, account or parameter value that exists
-//! only because of ietadm, and is not in ietd.conf, is removed or reverted by a reload,
-//! exactly as a restart would do. IET never wrote ietadm changes back and had no reload
-//! (its SIGHUP ended the daemon), so the choice was open; this one keeps "what the file
-//! says is what runs" true after every reload, and a reload behaves like a restart
-//! minus the disruption. To keep runtime changes, write them to the file first:
-//! [`State::to_ietd_conf`] renders the running state as an ietd.conf for that. Two
-//! exceptions, each because the file cannot say otherwise: a target's `--redirect` has
-//! no ietd.conf keyword and is kept; a target that still has sessions is not removed (as
-//! `ietadm --op delete` refuses it), the step is reported as failed instead.
+//! Rule: **a reload never removes what the file never had.** Every target, LUN and CHAP
+//! account remembers whether a file line made it (`origin`) or ietadm did. A reload
+//! - removes the objects the file made that the new file no longer has;
+//! - makes every object the new file defines exist as the file says (so fixing a missing
+//!   backing file and reloading brings its LUN up);
+//! - leaves objects made through ietadm alone, unless the new file defines the same
+//!   target name, LUN number or account user: then the file's definition wins and a
+//!   warning names the file line (ietd.conf has no tid, so targets match by name);
+//! - applies a target key, Alias or MaxSessions only where the new file's value differs
+//!   from the previous file's: a value set with `ietadm --op update` on a key the file
+//!   did not change is kept. A target the file takes over from ietadm gets all the
+//!   file's values.
 //!
-//! Matching: targets by name, case-insensitively, keeping their tid; LUNs by number. A
-//! LUN whose parameters changed is deleted and added again (LIO cannot change a
-//! backstore's size or path in place). A configuration with errors is refused whole.
+//! This is what a cluster node needs (resource agents create targets through ietadm at
+//! run time while ietd.conf may be empty) and what IET never had to decide (its SIGHUP
+//! ended the daemon). A target's `--redirect` has no ietd.conf keyword and is always
+//! kept; a target that still has sessions is not removed (as `ietadm --op delete`
+//! refuses it), the step is reported as failed instead.
+//!
+//! Matching: targets by name, case-insensitively, keeping their tid; LUNs by number;
+//! accounts by direction and user. A LUN whose parameters changed is deleted and added
+//! again (LIO cannot change a backstore's size or path in place). A configuration with
+//! errors is refused whole.
 //!
 //! Order of the steps: discovery accounts, the provisioner's access rules, removed
 //! targets (newest first), then per kept target: removed and changed LUNs, parameters /
@@ -24,12 +32,14 @@
 //! file order. Each step is all-or-nothing in the provisioner; a failed step is reported
 //! and the reload goes on with the steps that do not depend on it.
 
+use std::collections::BTreeMap;
 use std::fmt;
 
 use slog::{error, info, warn};
 
 use super::{in_file_order, prov_err, State, StateError};
-use crate::conf::model::{Lun, Target};
+use crate::conf::model::{Accounts, Lun, SourceLoc, Target};
+use crate::conf::params::{Key, Params, SESSION_PARAMS, TARGET_PARAMS};
 use crate::conf::Loaded;
 
 /// One change a reload made (or tried to make).
@@ -103,6 +113,9 @@ pub struct ReloadReport {
     /// Changes that failed and were not made (the provisioner rolled each back), with
     /// the reason.
     pub failed: Vec<(Change, StateError)>,
+    /// Objects made through ietadm that the new file defines too, so the file's
+    /// definition replaced them: one line each, starting with the file line.
+    pub claimed: Vec<String>,
 }
 
 impl ReloadReport {
@@ -125,6 +138,97 @@ impl ReloadReport {
         error!(log, "reload: not done: {}", change; "error" => %e);
         self.failed.push((change, e));
     }
+
+    /// An ietadm-made object the file now defines: logged as a warning and kept.
+    fn claim(&mut self, log: &slog::Logger, at: Option<&SourceLoc>, what: String) {
+        let at = at.map_or_else(|| "ietd.conf".to_string(), |l| l.to_string());
+        let line = format!(
+            "{at}: {what} was made through ietadm; the file defines it too, so the file's \
+             definition is used"
+        );
+        warn!(log, "reload: {}", line);
+        self.claimed.push(line);
+    }
+}
+
+/// What the previous file said about a target's own settings, so that a reload applies
+/// only the values the file changed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct FileSettings {
+    params: Params,
+    alias: Option<String>,
+    max_sessions: u32,
+}
+
+/// The settings of every target of a file, by lower-cased name.
+pub(super) fn file_settings(targets: &[Target]) -> BTreeMap<String, FileSettings> {
+    targets
+        .iter()
+        .map(|t| {
+            (
+                t.name.to_ascii_lowercase(),
+                FileSettings {
+                    params: t.params.clone(),
+                    alias: t.alias.clone(),
+                    max_sessions: t.max_sessions,
+                },
+            )
+        })
+        .collect()
+}
+
+/// Every session and target key.
+fn all_keys() -> impl Iterator<Item = Key> {
+    (0..SESSION_PARAMS.len())
+        .map(Key::Session)
+        .chain((0..TARGET_PARAMS.len()).map(Key::Target))
+}
+
+/// The accounts of one scope after a reload: the new file's, in file order, then those
+/// made through ietadm whose user the new file does not define. Accounts the previous
+/// file made and the new one lacks are gone. `scope` names the scope in warnings.
+fn merge_accounts(
+    running: &Accounts,
+    new: &Accounts,
+    scope: &str,
+    log: &slog::Logger,
+    report: &mut ReloadReport,
+) -> Accounts {
+    let mut incoming = new.incoming.clone();
+    for a in running.incoming.iter().filter(|a| a.origin.is_none()) {
+        match new.incoming.iter().find(|n| n.user == a.user) {
+            Some(n) => report.claim(
+                log,
+                n.origin.as_ref(),
+                format!("{scope} IncomingUser {}", a.user),
+            ),
+            None => incoming.push(a.clone()),
+        }
+    }
+    let outgoing = match (&new.outgoing, &running.outgoing) {
+        (Some(n), Some(r)) if r.origin.is_none() => {
+            report.claim(
+                log,
+                n.origin.as_ref(),
+                format!("{scope} OutgoingUser {}", r.user),
+            );
+            Some(n.clone())
+        }
+        (Some(n), _) => Some(n.clone()),
+        (None, r) => r.clone().filter(|r| r.origin.is_none()),
+    };
+    Accounts { incoming, outgoing }
+}
+
+/// True when the accounts differ in where they were written although they are equal:
+/// only the model's bookkeeping needs updating then.
+fn origins_differ(a: &Accounts, b: &Accounts) -> bool {
+    a.incoming.len() != b.incoming.len()
+        || a.incoming
+            .iter()
+            .zip(&b.incoming)
+            .any(|(x, y)| x.origin != y.origin)
+        || a.outgoing.as_ref().map(|x| &x.origin) != b.outgoing.as_ref().map(|x| &x.origin)
 }
 
 /// The parts of a target a reload compares besides its LUNs; `redirect` is runtime-only
@@ -171,18 +275,27 @@ impl State {
         let config = loaded.config;
         let mut report = ReloadReport::default();
 
-        if config.discovery != self.discovery {
+        let discovery = merge_accounts(
+            &self.discovery,
+            &config.discovery,
+            "discovery",
+            &log,
+            &mut report,
+        );
+        if discovery != self.discovery {
             let r = self
                 .prov
-                .update_discovery(&config.discovery)
+                .update_discovery(&discovery)
                 .map_err(prov_err("updating discovery accounts"));
             match r {
                 Ok(()) => {
-                    self.discovery = config.discovery.clone();
+                    self.discovery = discovery;
                     report.done(&log, Change::DiscoveryAccounts);
                 }
                 Err(e) => report.fail(&log, Change::DiscoveryAccounts, e),
             }
+        } else if origins_differ(&discovery, &self.discovery) {
+            self.discovery = discovery;
         }
 
         // Without the new rules in the provisioner, new targets would get the old ones;
@@ -215,12 +328,13 @@ impl State {
                 .find(|t| t.name.eq_ignore_ascii_case(name))
         };
 
-        // Removed targets, newest first (the reverse of creation, as at shutdown).
+        // Removed targets, newest first (the reverse of creation, as at shutdown). Only
+        // what a file made: a target made through ietadm is not the file's to remove.
         for tid in self.order.clone().into_iter().rev() {
             let Some(t) = self.targets.get(&tid) else {
                 continue;
             };
-            if find_new(&t.name).is_some() {
+            if t.origin.is_none() || find_new(&t.name).is_some() {
                 continue;
             }
             let change = Change::TargetRemoved {
@@ -239,7 +353,7 @@ impl State {
                 continue;
             };
             let Some(new) = find_new(&name) else {
-                // Its removal failed above; already reported.
+                // Made through ietadm, or its removal failed above (already reported).
                 continue;
             };
             self.reload_target(tid, new, access_changed && access_ok, &mut report);
@@ -272,8 +386,9 @@ impl State {
             }
         }
 
+        self.file_settings = file_settings(&config.targets);
         info!(log, "configuration reloaded"; "changes" => report.applied.len(),
-            "failed" => report.failed.len());
+            "failed" => report.failed.len(), "claimed_from_ietadm" => report.claimed.len());
         Ok(report)
     }
 
@@ -290,18 +405,35 @@ impl State {
             return;
         };
 
+        // Made through ietadm, now in the file: the file takes it over.
+        let claimed = old.origin.is_none();
+        if claimed {
+            report.claim(
+                &log,
+                new.origin.as_ref(),
+                format!("target {} (tid {tid})", old.name),
+            );
+        }
+
         // LUNs that go away or change: removed first, so a changed LUN's number is free.
+        // A LUN made through ietadm stays unless the file defines its number.
         let mut to_add: Vec<Lun> = Vec::new();
         for (n, lun) in &old.luns {
             match new.luns.get(n) {
-                Some(l) if l.params == lun.params => {}
                 Some(l) => {
+                    if lun.origin.is_none() {
+                        report.claim(&log, l.origin.as_ref(), format!("LUN {n} of target {tid}"));
+                    }
+                    if l.params == lun.params {
+                        continue;
+                    }
                     let change = Change::LunChanged { tid, lun: *n };
                     match self.lun_delete(tid, *n) {
                         Ok(()) => to_add.push(l.clone()),
                         Err(e) => report.fail(&log, change, e),
                     }
                 }
+                None if lun.origin.is_none() => {}
                 None => {
                     let change = Change::LunRemoved { tid, lun: *n };
                     match self.lun_delete(tid, *n) {
@@ -317,7 +449,43 @@ impl State {
             }
         }
 
-        let what = target_differences(&old, new);
+        // Settings: only what the file changed since the previous file (all of the
+        // file's when it takes the target over), so `ietadm --op update` values on keys
+        // the file left alone stay.
+        let previous = if claimed {
+            None
+        } else {
+            self.file_settings.get(&old.name.to_ascii_lowercase())
+        };
+        let mut desired = old.clone();
+        match previous {
+            Some(prev) => {
+                for key in all_keys() {
+                    if prev.params.get(key) != new.params.get(key) {
+                        desired.params.set(key, new.params.get(key));
+                    }
+                }
+                if prev.alias != new.alias {
+                    desired.alias = new.alias.clone();
+                }
+                if prev.max_sessions != new.max_sessions {
+                    desired.max_sessions = new.max_sessions;
+                }
+            }
+            None => {
+                desired.params = new.params.clone();
+                desired.alias = new.alias.clone();
+                desired.max_sessions = new.max_sessions;
+            }
+        }
+        desired.accounts = merge_accounts(
+            &old.accounts,
+            &new.accounts,
+            &format!("target {tid}"),
+            &log,
+            report,
+        );
+        let what = target_differences(&old, &desired);
         if !what.is_empty() {
             let change = Change::TargetUpdated {
                 tid,
@@ -325,15 +493,19 @@ impl State {
                 what,
             };
             let r = self.change_target(tid, "reloading the settings", |t| {
-                t.params = new.params.clone();
-                t.alias = new.alias.clone();
-                t.max_sessions = new.max_sessions;
-                t.accounts = new.accounts.clone();
+                t.params = desired.params.clone();
+                t.alias = desired.alias.clone();
+                t.max_sessions = desired.max_sessions;
+                t.accounts = desired.accounts.clone();
                 Ok(())
             });
             match r {
                 Ok(()) => report.done(&log, change),
                 Err(e) => report.fail(&log, change, e),
+            }
+        } else if origins_differ(&old.accounts, &desired.accounts) {
+            if let Some(t) = self.targets.get_mut(&tid) {
+                t.accounts = desired.accounts;
             }
         }
 

@@ -1,5 +1,5 @@
 //! Writes the running state back as an ietd.conf (the opt-in way to keep ietadm changes
-//! across a reload or restart: render, then replace the file).
+//! across a restart: render, then replace the file; a reload keeps them anyway).
 //!
 //! The text holds the CHAP passwords, as ietd.conf does: whoever writes it must give
 //! the file mode 0600, and it must never be logged. Only values that differ from IET's
