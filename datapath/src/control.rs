@@ -45,8 +45,8 @@ pub mod proto {
         /// Exact map length (`maps/map0/size`); read from sysfs when absent.
         #[serde(default)]
         pub map_len: Option<usize>,
-        /// MAXIMUM TRANSFER LENGTH to advertise, in logical blocks (from the device's
-        /// `hw_max_sectors`); absent = not reported.
+        /// MAXIMUM TRANSFER LENGTH to advertise and enforce, in logical blocks (from the
+        /// device's `hw_max_sectors`); absent = `scsi::FALLBACK_MAX_TRANSFER_BYTES`.
         #[serde(default)]
         pub max_transfer_blocks: Option<u32>,
         /// An opened `/dev/uioN` comes with the message (SCM_RIGHTS, first).
@@ -343,10 +343,13 @@ pub fn open_device(
         scsi_id: params.iet_scsi_id(&req.target, req.lun),
         scsi_sn: params.iet_scsi_sn(&req.target, req.lun),
     };
-    let limits = Limits {
-        max_transfer_blocks: req.max_transfer_blocks.unwrap_or(0),
-        ..Limits::default()
-    };
+    if req.max_transfer_blocks.is_none() {
+        warnings.push(format!(
+            "hw_max_sectors not given: MAXIMUM TRANSFER LENGTH is {} bytes",
+            crate::scsi::FALLBACK_MAX_TRANSFER_BYTES
+        ));
+    }
+    let limits = Limits::for_device(store.geometry().block_size, req.max_transfer_blocks);
     let lun = Arc::new(Lun::new(store, identity).with_limits(limits));
     let ring = match uio_fd {
         Some(fd) => {

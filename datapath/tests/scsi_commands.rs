@@ -5,7 +5,9 @@ use std::sync::Arc;
 
 use datapath::params::LunParams;
 use datapath::ring::status;
-use datapath::scsi::testing::{exchange, Exchange, Faults, MemStore, GARBAGE};
+use datapath::scsi::testing::{
+    cdb10, cdb12, cdb16, cdb6, exchange, Exchange, Faults, MemStore, GARBAGE,
+};
 use datapath::scsi::{Identity, Lun};
 use iomodes::Capabilities;
 use md5::{Digest, Md5};
@@ -44,35 +46,6 @@ fn ro() -> (Arc<MemStore>, Lun) {
         ..MemStore::caps(false, false)
     };
     lun_with(caps, BS, BLOCKS)
-}
-
-fn cdb6(op: u8, b1: u8, lba: u32, len: u8) -> [u8; 6] {
-    let l = lba.to_be_bytes();
-    [op, b1 | (l[1] & 0x1F), l[2], l[3], len, 0]
-}
-
-fn cdb10(op: u8, b1: u8, lba: u32, len: u16) -> [u8; 10] {
-    let l = lba.to_be_bytes();
-    let n = len.to_be_bytes();
-    [op, b1, l[0], l[1], l[2], l[3], 0, n[0], n[1], 0]
-}
-
-fn cdb12(op: u8, b1: u8, lba: u32, len: u32) -> [u8; 12] {
-    let mut c = [0u8; 12];
-    c[0] = op;
-    c[1] = b1;
-    c[2..6].copy_from_slice(&lba.to_be_bytes());
-    c[6..10].copy_from_slice(&len.to_be_bytes());
-    c
-}
-
-fn cdb16(op: u8, b1: u8, lba: u64, len: u32) -> [u8; 16] {
-    let mut c = [0u8; 16];
-    c[0] = op;
-    c[1] = b1;
-    c[2..10].copy_from_slice(&lba.to_be_bytes());
-    c[10..14].copy_from_slice(&len.to_be_bytes());
-    c
 }
 
 fn good(x: &Exchange) {

@@ -400,19 +400,10 @@ impl Lun {
         blocks: u32,
         unmap: bool,
         ndob: bool,
-        long: bool,
         data: &DataIov<'_>,
     ) -> Result<Completion, Failure> {
         if unmap && !self.caps.can_discard {
             return Err(Failure::InvalidFieldInCdb(FieldPointer::bit(1, 3)));
-        }
-        let max = self.limits.max_write_same_blocks;
-        if max != 0 && u64::from(blocks) > max {
-            return Err(Failure::InvalidFieldInCdb(FieldPointer::byte(if long {
-                10
-            } else {
-                7
-            })));
         }
         self.check_writable()?;
         self.check_range(lba, u64::from(blocks))?;
@@ -508,10 +499,6 @@ impl Lun {
         fua: bool,
         data: &DataIov<'_>,
     ) -> Result<Completion, Failure> {
-        if blocks > 1 {
-            // MAXIMUM COMPARE AND WRITE LENGTH in VPD B0 is 1.
-            return Err(Failure::InvalidFieldInCdb(FieldPointer::byte(13)));
-        }
         self.check_writable()?;
         self.check_range(lba, u64::from(blocks))?;
         if blocks == 0 {

@@ -29,7 +29,10 @@ use iomodes::{BackingStore, Capabilities, Geometry};
 
 use crate::ring::{DataIov, Response};
 use cdb::Command;
-use sense::{Completion, ErrorClass, Failure};
+use sense::{Completion, ErrorClass, Failure, FieldPointer};
+
+/// MAXIMUM COMPARE AND WRITE LENGTH reported in VPD B0.
+pub const MAX_COMPARE_AND_WRITE_BLOCKS: u8 = 1;
 
 /// Who the LUN says it is (INQUIRY VPD 0x80 / 0x83).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -45,8 +48,10 @@ pub struct Identity {
 /// Limits advertised in VPD B0 and enforced by the handlers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
-    /// MAXIMUM TRANSFER LENGTH in blocks; 0 = not reported. The datapath should set it
-    /// from the TCMU device's `hw_max_sectors` (converted to logical blocks).
+    /// MAXIMUM TRANSFER LENGTH in blocks, enforced for READ, WRITE, WRITE AND VERIFY and
+    /// VERIFY (see [`Lun::check_limits`]); 0 = not reported and not enforced (tests).
+    /// The datapath sets it from the TCMU device's `hw_max_sectors` (in logical blocks),
+    /// or [`FALLBACK_MAX_TRANSFER_BYTES`] when ietd did not say.
     pub max_transfer_blocks: u32,
     /// MAXIMUM UNMAP LBA COUNT (total blocks of one UNMAP); libiscsi accepts at most 1 Mi.
     pub max_unmap_blocks: u32,
@@ -54,6 +59,33 @@ pub struct Limits {
     pub max_unmap_descriptors: u32,
     /// MAXIMUM WRITE SAME LENGTH in blocks; bounds the time one WRITE SAME can take.
     pub max_write_same_blocks: u64,
+}
+
+/// MAXIMUM TRANSFER LENGTH (in bytes) of a device whose `hw_max_sectors` is unknown:
+/// what ietd configures (2048 sectors of 512 bytes). Never "no limit": a VERIFY carries
+/// no data, so only this bounds the work one 16-byte CDB can ask for.
+pub const FALLBACK_MAX_TRANSFER_BYTES: u32 = 1 << 20;
+
+/// Most bytes one WRITE SAME may cover. A zero pattern may end as BLKZEROOUT, which
+/// writes zeroes on devices without a zeroing command: at 100 MB/s this is under 3 s,
+/// far inside the 30 s command timeout (1 Mi blocks of 4096 bytes would be 40 s).
+pub const MAX_WRITE_SAME_BYTES: u64 = 256 << 20;
+
+impl Limits {
+    /// The limits of a device with `block_size`-byte blocks, whose `hw_max_sectors` (in
+    /// logical blocks) is `max_transfer_blocks` if known.
+    pub fn for_device(block_size: u32, max_transfer_blocks: Option<u32>) -> Limits {
+        let bs = block_size.max(1);
+        let fallback = (FALLBACK_MAX_TRANSFER_BYTES / bs).max(1);
+        let d = Limits::default();
+        Limits {
+            max_transfer_blocks: max_transfer_blocks.filter(|&b| b > 0).unwrap_or(fallback),
+            max_write_same_blocks: d
+                .max_write_same_blocks
+                .min(MAX_WRITE_SAME_BYTES / u64::from(bs)),
+            ..d
+        }
+    }
 }
 
 impl Default for Limits {
@@ -188,9 +220,58 @@ impl Lun {
         self.limits
     }
 
+    /// Parses a CDB and checks it against this LUN's [`Limits`]: the one validation both
+    /// [`execute`](Self::execute) and [`try_execute`](Self::try_execute) use.
+    fn parse(&self, cdb: &[u8]) -> Result<Command, Failure> {
+        let cmd = cdb::parse(cdb, &self.caps)?;
+        self.check_limits(&cmd, cdb[0])?;
+        Ok(cmd)
+    }
+
+    /// Bounds the work of one command, before anything runs. Every command that moves or
+    /// touches blocks has a limit here or a fixed bound in its handler:
+    ///
+    /// | command | bound |
+    /// |---|---|
+    /// | READ, WRITE, WRITE AND VERIFY, VERIFY (any BYTCHK) | MAXIMUM TRANSFER LENGTH |
+    /// | WRITE SAME | MAXIMUM WRITE SAME LENGTH |
+    /// | COMPARE AND WRITE | MAXIMUM COMPARE AND WRITE LENGTH (1) |
+    /// | UNMAP | MAXIMUM UNMAP LBA / DESCRIPTOR COUNT (in `io::unmap`) |
+    /// | GET LBA STATUS | a fixed scan window (`io::LBA_STATUS_SCAN_BYTES`) |
+    /// | SYNCHRONIZE CACHE, START STOP UNIT | one flush of the store (no per-block work) |
+    /// | FORMAT UNIT | touches nothing |
+    ///
+    /// PRE-FETCH, ORWRITE, XDWRITEREAD and the like are not in `cdb::OPCODES`: refused
+    /// as invalid opcodes. Too long a transfer is INVALID FIELD IN CDB pointing at the
+    /// transfer length, as SBC asks.
+    fn check_limits(&self, cmd: &Command, opcode: u8) -> Result<(), Failure> {
+        let too_long = |blocks: u64, max: u64| max != 0 && blocks > max;
+        let field = || Failure::InvalidFieldInCdb(FieldPointer::byte(cdb::length_field(opcode)));
+        let mtl = u64::from(self.limits.max_transfer_blocks);
+        match *cmd {
+            Command::Read { blocks, .. }
+            | Command::Write { blocks, .. }
+            | Command::WriteAndVerify { blocks, .. }
+            | Command::Verify { blocks, .. }
+                if too_long(u64::from(blocks), mtl) =>
+            {
+                Err(field())
+            }
+            Command::WriteSame { blocks, .. }
+                if too_long(u64::from(blocks), self.limits.max_write_same_blocks) =>
+            {
+                Err(field())
+            }
+            Command::CompareAndWrite { blocks, .. } if blocks > MAX_COMPARE_AND_WRITE_BLOCKS => {
+                Err(field())
+            }
+            _ => Ok(()),
+        }
+    }
+
     /// Parses, validates, executes and completes one command. Never panics.
     pub fn execute(&self, cdb: &[u8], data: &mut DataIov<'_>) -> Response {
-        let parsed = cdb::parse(cdb, &self.caps);
+        let parsed = self.parse(cdb);
         let outcome = match &parsed {
             Ok(cmd) => self.run(cmd, data),
             Err(f) => Err(*f),
@@ -205,7 +286,7 @@ impl Lun {
     /// worker, which runs [`execute`](Self::execute) (nothing was counted or answered;
     /// a refused READ may have filled part of the buffer, which the worker overwrites).
     pub fn try_execute(&self, cdb: &[u8], data: &mut DataIov<'_>) -> Option<Response> {
-        let parsed = cdb::parse(cdb, &self.caps);
+        let parsed = self.parse(cdb);
         let outcome = match &parsed {
             Ok(Command::Read { lba, blocks, .. }) => self.try_read(*lba, *blocks, data)?,
             Ok(Command::Write { lba, blocks, fua }) => self.try_write(*lba, *blocks, *fua, data)?,
@@ -304,8 +385,7 @@ impl Lun {
                 blocks,
                 unmap,
                 ndob,
-                long,
-            } => self.write_same(lba, blocks, unmap, ndob, long, data),
+            } => self.write_same(lba, blocks, unmap, ndob, data),
             Command::Unmap { param_len } => self.unmap(param_len, data),
             Command::CompareAndWrite { lba, blocks, fua } => {
                 self.compare_and_write(lba, blocks, fua, data)
