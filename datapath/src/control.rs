@@ -49,6 +49,11 @@ pub mod proto {
         /// device's `hw_max_sectors`); absent = `scsi::FALLBACK_MAX_TRANSFER_BYTES`.
         #[serde(default)]
         pub max_transfer_blocks: Option<u32>,
+        /// The device's `cmd_time_out` in seconds (0 or absent: the kernel never fails a
+        /// command in the ring). With a timeout, commands that may have expired are
+        /// answered BUSY without being executed (docs/command-lifetime.md).
+        #[serde(default)]
+        pub cmd_time_out: Option<u32>,
         /// An opened `/dev/uioN` comes with the message (SCM_RIGHTS, first).
         #[serde(default)]
         pub uio_fd: bool,
@@ -95,6 +100,10 @@ pub mod proto {
         pub bad_entries: u64,
         /// Commands reported aborted by task management.
         pub aborted: u64,
+        /// Set once a flush or durable write of the backing store failed: the LUN then
+        /// refuses every write and flush until it is re-attached (`scsi::Lun::store_error`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub store_error: Option<String>,
     }
 }
 
@@ -308,6 +317,8 @@ pub struct OpenedDevice {
     pub lun_id: u32,
     pub ring: Ring,
     pub lun: Arc<Lun>,
+    /// The kernel's `cmd_time_out`, if it has one (see [`proto::Attach::cmd_time_out`]).
+    pub cmd_time_out: Option<std::time::Duration>,
     /// Things the user should know (parameter and store warnings).
     pub warnings: Vec<String>,
 }
@@ -375,6 +386,10 @@ pub fn open_device(
         lun_id: req.lun,
         ring,
         lun,
+        cmd_time_out: req
+            .cmd_time_out
+            .filter(|&s| s > 0)
+            .map(|s| std::time::Duration::from_secs(s.into())),
         warnings,
     })
 }

@@ -99,6 +99,15 @@ struct Device {
     at_workers: usize,
     /// Detach requested or device gone: take no more commands, drop when idle.
     closing: bool,
+    /// The LUN's latched store error has been logged.
+    store_error_logged: bool,
+    /// How long after it was taken a command may still be executed: half the kernel's
+    /// `cmd_time_out`, `None` when the kernel never fails ring commands
+    /// (docs/command-lifetime.md).
+    execute_within: Option<std::time::Duration>,
+    /// Commands on the ring at attach have an unknown age: with a kernel timeout they
+    /// are answered BUSY unexecuted.
+    unknown_age: bool,
     log: Logger,
 }
 
@@ -242,6 +251,9 @@ impl EventLoop {
                 stats: DevStats::default(),
                 at_workers: 0,
                 closing: false,
+                store_error_logged: false,
+                execute_within: dev.cmd_time_out.map(|t| t / 2),
+                unknown_age: dev.cmd_time_out.is_some(),
                 log,
             },
         );
@@ -284,6 +296,7 @@ impl EventLoop {
                     latency_hist_us: d.stats.hist.to_vec(),
                     bad_entries: d.ring.stats().bad_entries,
                     aborted: d.stats.aborted,
+                    store_error: d.lun.store_error().map(str::to_owned),
                 }
             })
             .collect();
@@ -387,6 +400,13 @@ impl EventLoop {
                 }
             };
             let started = Instant::now();
+            if d.unknown_age {
+                // Left by a previous process, maybe longer ago than the kernel's timeout.
+                warn!(d.log, "command of unknown age found at attach: BUSY, not executed";
+                      "cmd_id" => cmd.id());
+                self.finish(key, cmd, Response::busy(), started);
+                continue;
+            }
             // Whatever cannot wait runs here (page-cache hits included): no hand-off to
             // a worker and back, two thread wakeups fewer per command.
             let (cdb, mut data) = cmd.parts();
@@ -401,6 +421,7 @@ impl EventLoop {
                         lun: Arc::clone(&d.lun),
                         cmd,
                         started,
+                        execute_before: d.execute_within.map(|w| started + w),
                     });
                 }
             }
@@ -408,6 +429,7 @@ impl EventLoop {
         let Some(d) = self.devices.get_mut(&key) else {
             return;
         };
+        d.unknown_age = false;
         let aborted = d.ring.take_aborted();
         d.stats.aborted += aborted.len() as u64;
         self.dirty.insert(key);
@@ -430,6 +452,14 @@ impl EventLoop {
         s.latency_max_us = s.latency_max_us.max(us);
         let bucket = (u64::BITS - us.leading_zeros()) as usize;
         s.hist[bucket.min(HIST_BUCKETS - 1)] += 1;
+        if !d.store_error_logged {
+            if let Some(why) = d.lun.store_error() {
+                d.store_error_logged = true;
+                error!(d.log, "backing store failed a flush or durable write: acknowledged \
+                    data may be lost; writes and flushes fail until the LUN is re-attached";
+                    "error" => why);
+            }
+        }
         if let Err(e) = d.ring.complete(cmd, &resp) {
             let why = e.to_string();
             self.fail_device(key, &why);

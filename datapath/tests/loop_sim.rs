@@ -51,7 +51,16 @@ fn device(uio: &str, ring: Ring, lun: Arc<Lun>) -> OpenedDevice {
         lun_id: 0,
         ring,
         lun,
+        cmd_time_out: None,
         warnings: Vec::new(),
+    }
+}
+
+/// A device whose kernel fails commands after `cmd_time_out`.
+fn device_with_timeout(ring: Ring, lun: Arc<Lun>, cmd_time_out: Duration) -> OpenedDevice {
+    OpenedDevice {
+        cmd_time_out: Some(cmd_time_out),
+        ..device("uio-t", ring, lun)
     }
 }
 
@@ -215,6 +224,14 @@ impl BackingStore for GatedStore {
     fn try_read_at(&self, bufs: &mut [IoSliceMut<'_>], offset: u64) -> Option<Result<(), IoError>> {
         self.cached.then(|| self.inner.read_at(bufs, offset))
     }
+    fn try_write_at(
+        &self,
+        bufs: &[IoSlice<'_>],
+        offset: u64,
+        fua: bool,
+    ) -> Option<Result<(), IoError>> {
+        (self.cached && !fua).then(|| self.inner.write_at(bufs, offset, fua))
+    }
     fn write_at(&self, bufs: &[IoSlice<'_>], offset: u64, fua: bool) -> Result<(), IoError> {
         self.inner.write_at(bufs, offset, fua)
     }
@@ -362,6 +379,138 @@ fn a_new_datapath_finishes_what_a_killed_one_took() {
     running.stop();
 }
 
+/// The hazard of a kernel `cmd_time_out`: a write queued behind a stuck command outlives
+/// the timeout (the kernel has failed it towards the initiator), the initiator writes the
+/// same block anew and is answered; the stale write must then not be executed over it.
+/// Run once without a timeout (the stale write lands last: what the guard prevents) and
+/// once with one (it is answered BUSY unexecuted).
+#[test]
+fn a_command_that_may_have_expired_is_not_executed_over_newer_data() {
+    for timeout in [None, Some(Duration::from_secs(2))] {
+        let store = GatedStore::new(true);
+        let mut sim = SimRing::new(SimConfig::default()).unwrap();
+        let mut ev = EventLoop::new(
+            LoopConfig {
+                workers: 1,
+                per_lun_max: 1,
+            },
+            log(),
+        )
+        .unwrap();
+        let ring = sim.attach().unwrap().into_ring().unwrap();
+        let lun = lun_over(store.clone(), 0);
+        ev.attach(match timeout {
+            Some(t) => device_with_timeout(ring, lun, t),
+            None => device("uio-t", ring, lun),
+        })
+        .unwrap();
+        let running = start(ev);
+        // Bigger than INLINE_MAX_BYTES: both go to the only worker, the read first.
+        let big = (datapath::scsi::INLINE_MAX_BYTES / BS as usize + 1) as u16;
+        let big_len = usize::from(big) * BS as usize;
+        let stuck = sim.submit(&read10(100, big), &[], big_len).unwrap();
+        let stale = sim
+            .submit(&write10(0, big), &vec![0x11; big_len], 0)
+            .unwrap();
+        thread::sleep(Duration::from_millis(1200));
+        // The initiator's newer write of block 0: answered at once (a cache hit).
+        let newer = sim.submit(&write10(0, 1), &[0x22; BS as usize], 0).unwrap();
+        thread::sleep(Duration::from_millis(100));
+        store.release();
+        let done = wait_for(&mut sim, 3);
+        let status_of = |id| done.iter().find(|c| c.id == id).unwrap().status;
+        assert_eq!(status_of(stuck), status::GOOD);
+        assert_eq!(status_of(newer), status::GOOD);
+        let block0 = store.inner.contents()[0];
+        match timeout {
+            None => {
+                assert_eq!(status_of(stale), status::GOOD);
+                assert_eq!(block0, 0x11, "without a timeout the stale write lands last");
+            }
+            Some(_) => {
+                assert_eq!(status_of(stale), status::BUSY);
+                assert_eq!(block0, 0x22, "the newer data survives");
+            }
+        }
+        running.stop();
+    }
+}
+
+/// With a kernel timeout, commands found on the ring at attach have an unknown age: they
+/// are answered BUSY (the initiator retries them) and none is executed.
+#[test]
+fn with_a_kernel_timeout_commands_of_unknown_age_are_not_executed() {
+    let mut sim = SimRing::new(SimConfig::default()).unwrap();
+    let store = Arc::new(MemStore::new(BS, BLOCKS, MemStore::caps(true, true)));
+    for i in 0..6 {
+        sim.submit(&write10(i, 1), &[0x3c; BS as usize], 0).unwrap();
+    }
+    let mut dead = sim.attach().unwrap().into_ring().unwrap();
+    while dead.next_command().unwrap().is_some() {}
+    drop(dead);
+    let mut ev = new_loop(2);
+    ev.attach(device_with_timeout(
+        sim.attach().unwrap().into_ring().unwrap(),
+        lun_over(store.clone(), 0),
+        Duration::from_secs(30),
+    ))
+    .unwrap();
+    let running = start(ev);
+    let done = wait_for(&mut sim, 6);
+    assert!(done.iter().all(|c| c.status == status::BUSY));
+    assert!(store.contents().iter().all(|&b| b == 0), "nothing executed");
+    // Commands queued after the attach are served as usual.
+    sim.submit(&write10(0, 1), &[0x3c; BS as usize], 0).unwrap();
+    assert_eq!(wait_for(&mut sim, 1)[0].status, status::GOOD);
+    assert_eq!(store.contents()[0], 0x3c);
+    running.stop();
+}
+
+/// A datapath killed after a COMPARE AND WRITE's write landed but before its completion:
+/// the successor executes it again and must answer GOOD, not MISCOMPARE against its own
+/// write (VMware takes a failed ATS heartbeat as a lost datastore).
+#[test]
+fn compare_and_write_replayed_after_a_crash_answers_good() {
+    let mut sim = SimRing::new(SimConfig::default()).unwrap();
+    let store = Arc::new(MemStore::new(BS, BLOCKS, MemStore::caps(true, true)));
+    let lun = lun_over(store.clone(), 0);
+    let mut caw = [0u8; 16];
+    caw[0] = 0x89;
+    caw[9] = 3; // LBA 3
+    caw[13] = 1;
+    let mut out = vec![0u8; BS as usize]; // compare: the fresh (zero) block
+    out.extend_from_slice(&[0x5a; BS as usize]);
+    let id = sim.submit(&caw, &out, 0).unwrap();
+
+    let mut dead = sim.attach().unwrap().into_ring().unwrap();
+    let mut cmd = dead.next_command().unwrap().expect("the CAW");
+    let (cdb, mut data) = cmd.parts();
+    assert_eq!(lun.execute(cdb, &mut data).status, status::GOOD);
+    drop(data);
+    drop(cmd);
+    drop(dead); // killed before completing it
+    assert_eq!(
+        &store.contents()[3 * BS as usize..4 * BS as usize],
+        &[0x5a; BS as usize]
+    );
+
+    let mut ev = new_loop(2);
+    ev.attach(device(
+        "uio-caw",
+        sim.attach().unwrap().into_ring().unwrap(),
+        lun,
+    ))
+    .unwrap();
+    let running = start(ev);
+    let done = wait_for(&mut sim, 1);
+    assert_eq!((done[0].id, done[0].status), (id, status::GOOD));
+    assert_eq!(
+        &store.contents()[3 * BS as usize..4 * BS as usize],
+        &[0x5a; BS as usize]
+    );
+    running.stop();
+}
+
 #[test]
 fn a_removed_device_is_dropped_and_others_keep_going() {
     let mut gone = SimRing::new(SimConfig::default()).unwrap();
@@ -457,6 +606,7 @@ fn control_channel_answers() {
             lun: 1,
             map_len: Some(4096),
             max_transfer_blocks: None,
+            cmd_time_out: None,
             uio_fd,
             backing_fd,
         })

@@ -23,7 +23,7 @@ pub mod sense;
 pub mod testing;
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, OnceLock, RwLock};
 
 use iomodes::{BackingStore, Capabilities, Geometry};
 
@@ -152,6 +152,8 @@ pub struct Lun {
     limits: Limits,
     /// Orders COMPARE AND WRITE (exclusive) against other modifying commands (shared).
     write_order: RwLock<()>,
+    /// Set by the first failed flush or durable write (see [`Lun::store_error`]).
+    store_error: OnceLock<String>,
     counters: Counters,
 }
 
@@ -202,6 +204,7 @@ impl Lun {
             caps,
             limits: Limits::default(),
             write_order: RwLock::new(()),
+            store_error: OnceLock::new(),
             counters: Counters::default(),
         }
     }
@@ -225,7 +228,30 @@ impl Lun {
     fn parse(&self, cdb: &[u8]) -> Result<Command, Failure> {
         let cmd = cdb::parse(cdb, &self.caps)?;
         self.check_limits(&cmd, cdb[0])?;
+        if self.store_error.get().is_some()
+            && (cmd.modifies_medium()
+                || matches!(
+                    cmd,
+                    Command::SynchronizeCache { .. } | Command::StartStopUnit { .. }
+                ))
+        {
+            return Err(Failure::StoreFailed);
+        }
         Ok(cmd)
+    }
+
+    /// Why the LUN refuses writes and flushes, once a flush or a durable write of its
+    /// store failed. Write-back data acknowledged before may be lost and the kernel
+    /// reports that only once, so no later flush may answer GOOD: the error stays until
+    /// an administrator acts, by detaching and re-attaching the LUN (`ietadm --op
+    /// delete` + `--op new`, a reload that changes it, or a restart of the datapath,
+    /// all of which open a new store), after checking the data. Reads still work.
+    pub fn store_error(&self) -> Option<&str> {
+        self.store_error.get().map(String::as_str)
+    }
+
+    fn latch_store_error(&self, e: &iomodes::IoError) {
+        let _ = self.store_error.set(e.to_string());
     }
 
     /// Bounds the work of one command, before anything runs. Every command that moves or
