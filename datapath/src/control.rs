@@ -176,6 +176,15 @@ pub fn send_with_fds(stream: &UnixStream, bytes: &[u8], fds: &[BorrowedFd<'_>]) 
     (&*stream).write_all(&bytes[sent..])
 }
 
+/// Most descriptors Linux passes in one message (`SCM_MAX_FD`).
+const SCM_MAX_FD: usize = 253;
+
+/// Whether a control connection from a process of `peer_uid` is served: root, or the
+/// user the datapath runs as (ietd runs both as root; tests run both as one user).
+pub fn peer_allowed(peer_uid: u32, own_uid: u32) -> bool {
+    peer_uid == 0 || peer_uid == own_uid
+}
+
 /// Longest request line accepted (an attach is a few hundred bytes).
 const MAX_LINE: usize = 64 * 1024;
 
@@ -210,7 +219,10 @@ impl Conn {
         let mut closed = false;
         loop {
             let mut buf = [0u8; 4096];
-            let mut cmsg = nix::cmsg_space!([RawFd; 8]);
+            // Room for the most fds one message can carry (the kernel's SCM_MAX_FD), so
+            // the control data is never truncated: on truncation the kernel would still
+            // install the fds that fit, and nix cannot hand them over to be closed.
+            let mut cmsg = nix::cmsg_space!([RawFd; SCM_MAX_FD]);
             let mut iov = [IoSliceMut::new(&mut buf)];
             let res = recvmsg::<()>(
                 self.stream.as_raw_fd(),
@@ -233,8 +245,12 @@ impl Conn {
                                 }
                             }
                         }
-                        // Truncated ancillary data: fds were lost, the exchange is broken.
-                        Err(_) => closed = true,
+                        // Truncated ancillary data (impossible with SCM_MAX_FD room):
+                        // fds were lost, the exchange is broken.
+                        Err(_) => {
+                            self.fds.clear();
+                            closed = true;
+                        }
                     }
                     if n == 0 {
                         closed = true;
@@ -323,16 +339,44 @@ pub struct OpenedDevice {
     pub warnings: Vec<String>,
 }
 
+/// Who opens a device's files.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Opener {
+    /// ietd passed every descriptor: an attach without them is refused, and no path is
+    /// ever opened here (the control socket: the datapath runs as root, and a path in a
+    /// request must not become a file it opens on someone's behalf).
+    Caller,
+    /// The datapath opens `Path=` and the uio device itself (`--attach` on the command
+    /// line, run by whoever started the process).
+    Datapath,
+}
+
 /// Opens the backing store and the ring for an attach request. `uio_fd`/`backing_fd`
-/// are the passed fds, if any; without them the paths are opened here.
+/// are the passed fds, if any; without them the paths are opened here if `opener`
+/// allows it.
 pub fn open_device(
     req: &Attach,
     uio_fd: Option<OwnedFd>,
     backing_fd: Option<OwnedFd>,
+    opener: Opener,
 ) -> Result<OpenedDevice, String> {
     let parsed = LunParams::parse(&req.params).map_err(|e| format!("Lun parameters: {e}"))?;
     let mut warnings = parsed.warnings;
     let params = parsed.params;
+    if opener == Opener::Caller {
+        if uio_fd.is_none() {
+            return Err(format!(
+                "attach of {} without its uio descriptor refused: the datapath opens no device itself",
+                req.uio
+            ));
+        }
+        if backing_fd.is_none() && params.io_type != iomodes::IoType::NullIo {
+            return Err(format!(
+                "attach of {} without its backing descriptor refused: the datapath opens no Path= itself",
+                req.uio
+            ));
+        }
+    }
     let spec = params.store_spec();
     // A passed descriptor is used as is: the datapath then needs no right to open the
     // backing file itself (ietd opened it with the access mode the IOMode needs).

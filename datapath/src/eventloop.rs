@@ -543,6 +543,25 @@ impl EventLoop {
         loop {
             match l.accept() {
                 Ok((mut stream, _)) => {
+                    // The socket file's mode is the first guard; the peer's credentials
+                    // the second (an attach hands over devices and files).
+                    let peer = nix::sys::socket::getsockopt(
+                        &stream,
+                        nix::sys::socket::sockopt::PeerCredentials,
+                    );
+                    let own = nix::unistd::geteuid().as_raw();
+                    match peer {
+                        Ok(c) if control::peer_allowed(c.uid(), own) => {}
+                        Ok(c) => {
+                            warn!(self.log, "control connection refused: peer is neither root nor our user";
+                                  "peer_uid" => c.uid(), "peer_pid" => c.pid());
+                            continue;
+                        }
+                        Err(e) => {
+                            warn!(self.log, "control connection refused: no peer credentials"; "error" => %e);
+                            continue;
+                        }
+                    }
                     let key = self.next_conn;
                     self.next_conn += 1;
                     if let Err(e) = self.poll.registry().register(
@@ -622,13 +641,14 @@ impl EventLoop {
                 let mut fds = fds.into_iter();
                 let uio_fd = if a.uio_fd { fds.next() } else { None };
                 let backing_fd = if a.backing_fd { fds.next() } else { None };
-                let opened = match control::open_device(&a, uio_fd, backing_fd) {
-                    Ok(o) => o,
-                    Err(message) => {
-                        warn!(self.log, "attach failed"; "uio" => &a.uio, "error" => &message);
-                        return Reply::Error { message };
-                    }
-                };
+                let opened =
+                    match control::open_device(&a, uio_fd, backing_fd, control::Opener::Caller) {
+                        Ok(o) => o,
+                        Err(message) => {
+                            warn!(self.log, "attach failed"; "uio" => &a.uio, "error" => &message);
+                            return Reply::Error { message };
+                        }
+                    };
                 for w in &opened.warnings {
                     warn!(self.log, "attach"; "uio" => &a.uio, "warning" => w);
                 }

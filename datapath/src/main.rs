@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
-use datapath::control::{open_device, proto::Attach};
+use datapath::control::{open_device, proto::Attach, Opener};
 use datapath::eventloop::{EventLoop, LoopConfig};
 use slog::{error, info, o, warn, Drain, Logger};
 
@@ -102,7 +102,7 @@ fn run(args: &Args, log: &Logger) -> Result<(), String> {
             uio_fd: false,
             backing_fd: false,
         };
-        let dev = open_device(&req, None, None)?;
+        let dev = open_device(&req, None, None, Opener::Datapath)?;
         for w in &dev.warnings {
             warn!(log, "{w}");
         }

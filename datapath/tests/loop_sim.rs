@@ -511,6 +511,131 @@ fn compare_and_write_replayed_after_a_crash_answers_good() {
     running.stop();
 }
 
+/// A command answered without Data-In (TEST UNIT READY, SYNCHRONIZE CACHE) to which
+/// the initiator attached a read buffer gets zeroes, never the stale bytes of a reused
+/// data block; a failed read sends no data.
+#[test]
+fn no_stale_ring_bytes_reach_the_initiator() {
+    let mut sim = SimRing::new(SimConfig {
+        stale_fill: Some(0xa5),
+        ..SimConfig::default()
+    })
+    .unwrap();
+    let mut ev = new_loop(2);
+    ev.attach(device(
+        "uio-z",
+        sim.attach().unwrap().into_ring().unwrap(),
+        mem_lun(0),
+    ))
+    .unwrap();
+    let running = start(ev);
+    let cdbs: [&[u8]; 4] = [
+        &[0x00, 0, 0, 0, 0, 0],             // TEST UNIT READY
+        &[0x35, 0, 0, 0, 0, 0, 0, 0, 0, 0], // SYNCHRONIZE CACHE(10)
+        &[0x1E, 0, 0, 0, 0, 0],             // PREVENT ALLOW MEDIUM REMOVAL
+        &[0x2F, 0, 0, 0, 0, 0, 0, 0, 1, 0], // VERIFY(10) BYTCHK=0, 1 block
+    ];
+    for cdb in cdbs {
+        sim.submit(cdb, &[], 4096).unwrap();
+        let c = &wait_for(&mut sim, 1)[0];
+        assert_eq!(c.status, status::GOOD, "{cdb:02x?}");
+        assert!(
+            c.data_in.iter().all(|&b| b == 0),
+            "{cdb:02x?}: {:02x?}",
+            &c.data_in[..16]
+        );
+    }
+    // LBA out of range: CHECK CONDITION and no data at all.
+    sim.submit(&read10(BLOCKS as u32, 1), &[], BS as usize)
+        .unwrap();
+    let c = &wait_for(&mut sim, 1)[0];
+    assert_eq!(c.status, status::CHECK_CONDITION);
+    assert!(c.data_in.iter().all(|&b| b == 0));
+    running.stop();
+}
+
+/// A store whose every call panics: a bug in a handler or a store.
+struct PanickingStore(MemStore);
+
+impl BackingStore for PanickingStore {
+    fn geometry(&self) -> Geometry {
+        self.0.geometry()
+    }
+    fn capabilities(&self) -> Capabilities {
+        self.0.capabilities()
+    }
+    fn spec(&self) -> &StoreSpec {
+        self.0.spec()
+    }
+    fn read_at(&self, _: &mut [IoSliceMut<'_>], _: u64) -> Result<(), IoError> {
+        panic!("read_at: a bug")
+    }
+    fn try_read_at(&self, _: &mut [IoSliceMut<'_>], _: u64) -> Option<Result<(), IoError>> {
+        panic!("try_read_at: a bug")
+    }
+    fn write_at(&self, _: &[IoSlice<'_>], _: u64, _: bool) -> Result<(), IoError> {
+        panic!("write_at: a bug")
+    }
+    fn flush(&self) -> Result<(), IoError> {
+        panic!("flush: a bug")
+    }
+    fn discard(&self, _: u64, _: u64) -> Result<(), IoError> {
+        panic!("discard: a bug")
+    }
+    fn write_zeroes(&self, _: u64, _: u64, _: bool) -> Result<(), IoError> {
+        panic!("write_zeroes: a bug")
+    }
+}
+
+/// A panic while executing a command (on a worker or inline on the loop) fails that
+/// command with HARDWARE ERROR; the ring keeps going and the other LUN is untouched.
+#[test]
+fn a_panicking_command_fails_alone_and_the_ring_keeps_going() {
+    let store = Arc::new(PanickingStore(MemStore::new(
+        BS,
+        BLOCKS,
+        MemStore::caps(true, false),
+    )));
+    let mut sim = SimRing::new(SimConfig::default()).unwrap();
+    let mut other = SimRing::new(SimConfig::default()).unwrap();
+    let mut ev = new_loop(2);
+    ev.attach(device(
+        "uio-p",
+        sim.attach().unwrap().into_ring().unwrap(),
+        lun_over(store, 0),
+    ))
+    .unwrap();
+    ev.attach(device(
+        "uio-q",
+        other.attach().unwrap().into_ring().unwrap(),
+        mem_lun(1),
+    ))
+    .unwrap();
+    let running = start(ev);
+    let big = (datapath::scsi::INLINE_MAX_BYTES / BS as usize + 1) as u16;
+    sim.submit(&read10(0, 1), &[], BS as usize).unwrap(); // inline: try_read_at
+    sim.submit(&read10(0, big), &[], usize::from(big) * BS as usize)
+        .unwrap(); // a worker: read_at
+    sim.submit(&[0x35, 0, 0, 0, 0, 0, 0, 0, 0, 0], &[], 0)
+        .unwrap(); // flush
+    sim.submit(&[0x00, 0, 0, 0, 0, 0], &[], 0).unwrap();
+    let mut done = wait_for(&mut sim, 4);
+    done.sort_by_key(|c| c.id);
+    for c in &done[..3] {
+        assert_eq!(c.status, status::CHECK_CONDITION);
+        assert_eq!(
+            (c.sense[2] & 0x0F, c.sense[12]),
+            (0x4, 0x44),
+            "{:02x?}",
+            c.sense
+        );
+    }
+    assert_eq!(done[3].status, status::GOOD);
+    other.submit(&write10(0, 1), &[7; BS as usize], 0).unwrap();
+    assert_eq!(wait_for(&mut other, 1)[0].status, status::GOOD);
+    running.stop();
+}
+
 #[test]
 fn a_removed_device_is_dropped_and_others_keep_going() {
     let mut gone = SimRing::new(SimConfig::default()).unwrap();
@@ -622,17 +747,31 @@ fn control_channel_answers() {
     // Announced fds that never came.
     let m = err(c.call(&attach("Type=nullio", true, true), &[]).unwrap());
     assert!(m.contains("fds"), "{m}");
-    // A passed backing fd is used (the file is opened through it), then the uio lookup
-    // fails: the error names the device, not the file.
+    // Without descriptors nothing is opened: the datapath (root) never opens a path a
+    // request names.
+    let m = err(c
+        .call(&attach("Path=/etc/shadow,Type=fileio", false, false), &[])
+        .unwrap());
+    assert!(m.contains("without its uio descriptor refused"), "{m}");
+    let devnull = std::fs::File::open("/dev/null").unwrap();
+    let m = err(c
+        .call(
+            &attach("Path=/etc/shadow,Type=fileio", true, false),
+            &[devnull.as_fd()],
+        )
+        .unwrap());
+    assert!(m.contains("without its backing descriptor refused"), "{m}");
+    // A passed backing fd is used (the file is opened through it), then the ring cannot
+    // be mapped from a uio fd that is not one: the error is about the map, not the file.
     let backing = tempfile::NamedTempFile::new().unwrap();
     backing.as_file().set_len(1 << 20).unwrap();
     let m = err(c
         .call(
-            &attach("Path=/nonexistent/disk,Type=fileio", false, true),
-            &[backing.as_file().as_fd()],
+            &attach("Path=/nonexistent/disk,Type=fileio", true, true),
+            &[devnull.as_fd(), backing.as_file().as_fd()],
         )
         .unwrap());
-    assert!(m.contains("uio-none"), "{m}");
+    assert!(m.contains("map"), "{m}");
     let m = err(c
         .call(&Request::Detach { uio: "nope".into() }, &[])
         .unwrap());

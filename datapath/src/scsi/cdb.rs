@@ -455,6 +455,21 @@ pub enum Command {
 }
 
 impl Command {
+    /// True for commands whose buffer is Data-Out (the initiator's data to us).
+    pub fn has_data_out(&self) -> bool {
+        match self {
+            Command::Write { .. }
+            | Command::WriteAndVerify { .. }
+            | Command::Unmap { .. }
+            | Command::CompareAndWrite { .. }
+            | Command::ModeSelect { .. } => true,
+            Command::Verify { bytchk, .. } => *bytchk != ByteCheck::None,
+            Command::WriteSame { ndob, .. } => !ndob,
+            Command::FormatUnit { fmtdata, .. } => *fmtdata,
+            _ => false,
+        }
+    }
+
     /// True for commands that modify the medium (refused on a read-only LUN).
     pub fn modifies_medium(&self) -> bool {
         matches!(

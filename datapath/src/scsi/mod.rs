@@ -299,10 +299,35 @@ impl Lun {
     pub fn execute(&self, cdb: &[u8], data: &mut DataIov<'_>) -> Response {
         let parsed = self.parse(cdb);
         let outcome = match &parsed {
-            Ok(cmd) => self.run(cmd, data),
+            Ok(cmd) => self.run_guarded(cmd, data),
             Err(f) => Err(*f),
         };
-        self.count(parsed.ok().as_ref(), &outcome);
+        self.respond(parsed.ok().as_ref(), outcome)
+    }
+
+    /// [`run`](Self::run), with a panic (a bug) turned into HARDWARE ERROR for this one
+    /// command. Unwinding stops here so the command is still completed: a lost command
+    /// would wedge its ring (completions are written in ring order), and aborting the
+    /// process instead would make every restart execute the same command again. The
+    /// LUN's state survives a panic: counters are atomics, the write-order lock's poison
+    /// is ignored (it guards no data), and the default hook has printed the panic.
+    fn run_guarded(&self, cmd: &Command, data: &mut DataIov<'_>) -> Result<Completion, Failure> {
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.run(cmd, data)))
+            .unwrap_or(Err(Failure::InternalTargetFailure))
+    }
+
+    /// Counts the outcome and turns it into the ring's response. A command that answered
+    /// no Data-In and carries no Data-Out reports zero valid bytes, so the ring zero-fills
+    /// whatever Data-In buffer the initiator asked for instead of sending the stale bytes
+    /// of a reused data block (an initiator may attach a read buffer to any CDB).
+    fn respond(&self, cmd: Option<&Command>, outcome: Result<Completion, Failure>) -> Response {
+        let outcome = match outcome {
+            Ok(c) if c.data_in_len.is_none() && !cmd.is_some_and(Command::has_data_out) => {
+                Ok(Completion::data_in(0))
+            }
+            other => other,
+        };
+        self.count(cmd, &outcome);
         sense::respond(&outcome)
     }
 
@@ -313,15 +338,17 @@ impl Lun {
     /// a refused READ may have filled part of the buffer, which the worker overwrites).
     pub fn try_execute(&self, cdb: &[u8], data: &mut DataIov<'_>) -> Option<Response> {
         let parsed = self.parse(cdb);
-        let outcome = match &parsed {
-            Ok(Command::Read { lba, blocks, .. }) => self.try_read(*lba, *blocks, data)?,
-            Ok(Command::Write { lba, blocks, fua }) => self.try_write(*lba, *blocks, *fua, data)?,
-            Ok(_) if needs_io(cdb) => return None,
-            Ok(cmd) => self.run(cmd, data),
-            Err(f) => Err(*f),
-        };
-        self.count(parsed.ok().as_ref(), &outcome);
-        Some(sense::respond(&outcome))
+        // Guarded as in `run_guarded`: this runs on the event loop thread, which a panic
+        // would take down with every LUN it serves.
+        let attempt = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match &parsed {
+            Ok(Command::Read { lba, blocks, .. }) => self.try_read(*lba, *blocks, data),
+            Ok(Command::Write { lba, blocks, fua }) => self.try_write(*lba, *blocks, *fua, data),
+            Ok(_) if needs_io(cdb) => None,
+            Ok(cmd) => Some(self.run(cmd, data)),
+            Err(f) => Some(Err(*f)),
+        }));
+        let outcome = attempt.unwrap_or(Some(Err(Failure::InternalTargetFailure)))?;
+        Some(self.respond(parsed.ok().as_ref(), outcome))
     }
 
     /// Dispatch: one arm per command, naming its handler.
