@@ -4,16 +4,19 @@
 //! the rest to the worker pool;
 //! completes them back to their ring with one notification per device per wakeup; and
 //! counts per-LUN statistics where every command finishes ([`EventLoop::finish`]).
+//! Nothing here waits on a store: commands that may block go to workers, and an attach
+//! is opened on a thread of its own ([`DeviceOpener`]), so a hung path holds up only
+//! its own LUN.
 //!
 //! Not for: SCSI semantics (`scsi`), ring layout (`ring`), the wire format of the
 //! control channel (`control`).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::io;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::net::UnixListener;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{channel, Receiver};
+use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -111,6 +114,22 @@ struct Device {
     log: Logger,
 }
 
+/// Opens the store and ring of an attach request, given the fds that came with it. Runs
+/// on a thread of its own, never on the loop: an open can hang (an NFS path, a dying
+/// device), and only the LUN being attached may wait for it.
+pub type DeviceOpener = Arc<
+    dyn Fn(&proto::Attach, Option<OwnedFd>, Option<OwnedFd>) -> Result<OpenedDevice, String>
+        + Send
+        + Sync,
+>;
+
+/// An attach whose open finished, back to the loop.
+struct Opened {
+    conn: usize,
+    uio: String,
+    result: Result<OpenedDevice, String>,
+}
+
 /// Lets another thread stop a running loop (tests, embedding).
 #[derive(Clone)]
 pub struct StopHandle {
@@ -142,6 +161,12 @@ pub struct EventLoop {
     stop_flag: Arc<AtomicBool>,
     stopping: bool,
     dirty: HashSet<usize>,
+    opener: DeviceOpener,
+    opened_tx: Sender<Opened>,
+    opened_rx: Receiver<Opened>,
+    /// Control connections with an attach being opened: what they sent meanwhile waits
+    /// here, so replies keep the order of the requests.
+    busy_conns: HashMap<usize, VecDeque<Incoming>>,
     log: Logger,
 }
 
@@ -159,6 +184,7 @@ impl EventLoop {
             Arc::clone(&pending),
         )
         .map_err(io_err("worker threads"))?;
+        let (opened_tx, opened_rx) = channel();
         Ok(EventLoop {
             poll,
             waker,
@@ -174,8 +200,19 @@ impl EventLoop {
             stop_flag: Arc::new(AtomicBool::new(false)),
             stopping: false,
             dirty: HashSet::new(),
+            opener: Arc::new(|a, uio_fd, backing_fd| {
+                control::open_device(a, uio_fd, backing_fd, control::Opener::Caller)
+            }),
+            opened_tx,
+            opened_rx,
+            busy_conns: HashMap::new(),
             log,
         })
+    }
+
+    /// Replaces how attach requests are opened (tests: an open that hangs).
+    pub fn set_opener(&mut self, opener: DeviceOpener) {
+        self.opener = opener;
     }
 
     /// Serves control connections accepted on `listener`.
@@ -343,6 +380,7 @@ impl EventLoop {
                 }
             }
             self.collect_done();
+            self.collect_opened();
             self.reap_closed();
             self.flush_notifies();
         }
@@ -593,9 +631,30 @@ impl EventLoop {
             return;
         }
         let (incoming, closed) = conn.read();
-        for inc in incoming {
+        match self.busy_conns.get_mut(&key) {
+            Some(waiting) => waiting.extend(incoming),
+            None => self.serve_conn(key, incoming.into()),
+        }
+        if closed {
+            self.drop_conn(key);
+        }
+    }
+
+    /// Answers a connection's requests in order; an attach is opened on a thread of its
+    /// own and the rest waits for it (see [`EventLoop::collect_opened`]).
+    fn serve_conn(&mut self, key: usize, mut queue: VecDeque<Incoming>) {
+        while let Some(inc) = queue.pop_front() {
             let reply = match inc {
-                Incoming::Request(req, fds) => self.handle_request(req, fds),
+                Incoming::Request(proto::Request::Attach(a), fds) if !self.stopping => {
+                    match self.start_open(key, a, fds) {
+                        Ok(()) => {
+                            self.busy_conns.insert(key, queue);
+                            return;
+                        }
+                        Err(message) => proto::Reply::Error { message },
+                    }
+                }
+                Incoming::Request(req, _fds) => self.handle_request(req),
                 Incoming::Invalid(message) => proto::Reply::Error { message },
             };
             let Some(conn) = self.conns.get_mut(&key) else {
@@ -606,8 +665,73 @@ impl EventLoop {
                 return;
             }
         }
-        if closed {
-            self.drop_conn(key);
+    }
+
+    fn start_open(
+        &mut self,
+        conn: usize,
+        a: proto::Attach,
+        fds: Vec<OwnedFd>,
+    ) -> Result<(), String> {
+        let opener = Arc::clone(&self.opener);
+        let tx = self.opened_tx.clone();
+        let waker = Arc::clone(&self.waker);
+        std::thread::Builder::new()
+            .name("open".into())
+            .spawn(move || {
+                let mut fds = fds.into_iter();
+                let uio_fd = if a.uio_fd { fds.next() } else { None };
+                let backing_fd = if a.backing_fd { fds.next() } else { None };
+                let result = opener(&a, uio_fd, backing_fd);
+                // The loop may be gone (stopped meanwhile): the device is then dropped.
+                if tx
+                    .send(Opened {
+                        conn,
+                        uio: a.uio,
+                        result,
+                    })
+                    .is_ok()
+                {
+                    let _ = waker.wake();
+                }
+            })
+            .map(|_| ())
+            .map_err(|e| format!("cannot start a thread to open the device: {e}"))
+    }
+
+    /// Attaches what the open threads finished, answers their connections, and goes on
+    /// with what those connections sent meanwhile.
+    fn collect_opened(&mut self) {
+        while let Ok(o) = self.opened_rx.try_recv() {
+            let reply = match o.result {
+                Ok(_) if self.stopping => proto::Reply::Error {
+                    message: "the datapath is stopping".into(),
+                },
+                Ok(opened) => {
+                    for w in &opened.warnings {
+                        warn!(self.log, "attach"; "uio" => &o.uio, "warning" => w);
+                    }
+                    match self.attach(opened) {
+                        Ok(()) => proto::Reply::Ok,
+                        Err(e) => proto::Reply::Error {
+                            message: e.to_string(),
+                        },
+                    }
+                }
+                Err(message) => {
+                    warn!(self.log, "attach failed"; "uio" => &o.uio, "error" => &message);
+                    proto::Reply::Error { message }
+                }
+            };
+            let queue = self.busy_conns.remove(&o.conn).unwrap_or_default();
+            let Some(conn) = self.conns.get_mut(&o.conn) else {
+                continue;
+            };
+            if conn.reply(&reply).is_err() {
+                self.drop_conn(o.conn);
+                continue;
+            }
+            self.serve_conn(o.conn, queue);
         }
     }
 
@@ -615,13 +739,11 @@ impl EventLoop {
         if let Some(mut c) = self.conns.remove(&key) {
             let _ = self.poll.registry().deregister(&mut c.stream);
         }
+        self.busy_conns.remove(&key);
     }
 
-    fn handle_request(
-        &mut self,
-        req: proto::Request,
-        fds: Vec<std::os::fd::OwnedFd>,
-    ) -> proto::Reply {
+    /// Answers a request that needs no open (its fds, if any, are closed).
+    fn handle_request(&mut self, req: proto::Request) -> proto::Reply {
         use proto::{Reply, Request};
         match req {
             Request::Ping => Reply::Pong,
@@ -632,33 +754,11 @@ impl EventLoop {
                     message: e.to_string(),
                 },
             },
-            Request::Attach(a) => {
-                if self.stopping {
-                    return Reply::Error {
-                        message: "the datapath is stopping".into(),
-                    };
-                }
-                let mut fds = fds.into_iter();
-                let uio_fd = if a.uio_fd { fds.next() } else { None };
-                let backing_fd = if a.backing_fd { fds.next() } else { None };
-                let opened =
-                    match control::open_device(&a, uio_fd, backing_fd, control::Opener::Caller) {
-                        Ok(o) => o,
-                        Err(message) => {
-                            warn!(self.log, "attach failed"; "uio" => &a.uio, "error" => &message);
-                            return Reply::Error { message };
-                        }
-                    };
-                for w in &opened.warnings {
-                    warn!(self.log, "attach"; "uio" => &a.uio, "warning" => w);
-                }
-                match self.attach(opened) {
-                    Ok(()) => Reply::Ok,
-                    Err(e) => Reply::Error {
-                        message: e.to_string(),
-                    },
-                }
-            }
+            // Attaches are opened off the loop (`serve_conn`); one gets here only while
+            // the loop is stopping.
+            Request::Attach(_) => Reply::Error {
+                message: "the datapath is stopping".into(),
+            },
         }
     }
 }

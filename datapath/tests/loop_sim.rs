@@ -2,6 +2,7 @@
 //! that must not stall another, restart after a killed datapath, device removal, stop
 //! with commands in flight, and the control channel.
 
+use std::collections::HashMap;
 use std::io::{IoSlice, IoSliceMut};
 use std::os::fd::AsFd;
 use std::sync::{Arc, Condvar, Mutex};
@@ -633,6 +634,88 @@ fn a_panicking_command_fails_alone_and_the_ring_keeps_going() {
     assert_eq!(done[3].status, status::GOOD);
     other.submit(&write10(0, 1), &[7; BS as usize], 0).unwrap();
     assert_eq!(wait_for(&mut other, 1)[0].status, status::GOOD);
+    running.stop();
+}
+
+/// An attach whose open hangs (an NFS path, a dying device) holds up only itself: the
+/// attached LUN keeps serving, another connection is answered and can attach another
+/// device, and the hung attach completes once its open returns.
+#[test]
+fn a_hung_open_affects_only_its_own_lun() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ctl.sock");
+    let mut ev = new_loop(2);
+    ev.listen(std::os::unix::net::UnixListener::bind(&path).unwrap())
+        .unwrap();
+    let mut serving = SimRing::new(SimConfig::default()).unwrap();
+    ev.attach(device(
+        "uio-serving",
+        serving.attach().unwrap().into_ring().unwrap(),
+        mem_lun(0),
+    ))
+    .unwrap();
+    let mut hung_sim = SimRing::new(SimConfig::default()).unwrap();
+    let mut quick_sim = SimRing::new(SimConfig::default()).unwrap();
+    let rings = Arc::new(Mutex::new(HashMap::from([
+        (
+            "uio-hung".to_string(),
+            hung_sim.attach().unwrap().into_ring().unwrap(),
+        ),
+        (
+            "uio-quick".to_string(),
+            quick_sim.attach().unwrap().into_ring().unwrap(),
+        ),
+    ])));
+    let gate = GatedStore::new(false);
+    let opener_gate = gate.clone();
+    ev.set_opener(Arc::new(move |a, _, _| {
+        if a.uio == "uio-hung" {
+            // Blocks like an open of an unreachable path.
+            let mut open = opener_gate.open.lock().unwrap();
+            while !*open {
+                open = opener_gate.cv.wait(open).unwrap();
+            }
+        }
+        let ring = rings.lock().unwrap().remove(&a.uio).ok_or("no such ring")?;
+        Ok(device(&a.uio, ring, mem_lun(a.lun)))
+    }));
+    let running = start(ev);
+    let attach = |uio: &str| {
+        Request::Attach(Attach {
+            uio: uio.into(),
+            params: "Type=nullio".into(),
+            target: "iqn.2024-01.test:x".into(),
+            lun: 1,
+            map_len: None,
+            max_transfer_blocks: None,
+            cmd_time_out: None,
+            uio_fd: false,
+            backing_fd: false,
+        })
+    };
+    let hung_path = path.clone();
+    let hung_req = attach("uio-hung");
+    let hung = thread::spawn(move || {
+        let mut c = Client::connect(&hung_path).unwrap();
+        c.call(&hung_req, &[]).unwrap()
+    });
+    thread::sleep(Duration::from_millis(100));
+    // The loop is free: the attached LUN serves, another connection is answered.
+    let t = Instant::now();
+    serving.submit(&[0x00, 0, 0, 0, 0, 0], &[], 0).unwrap();
+    assert_eq!(wait_for(&mut serving, 1)[0].status, status::GOOD);
+    let mut c = Client::connect(&path).unwrap();
+    assert_eq!(c.call(&Request::Ping, &[]).unwrap(), Reply::Pong);
+    assert_eq!(c.call(&attach("uio-quick"), &[]).unwrap(), Reply::Ok);
+    quick_sim.submit(&[0x00, 0, 0, 0, 0, 0], &[], 0).unwrap();
+    assert_eq!(wait_for(&mut quick_sim, 1)[0].status, status::GOOD);
+    assert!(t.elapsed() < Duration::from_secs(5));
+    assert!(!hung.is_finished(), "the hung attach waits for its open");
+
+    gate.release();
+    assert_eq!(hung.join().unwrap(), Reply::Ok);
+    hung_sim.submit(&[0x00, 0, 0, 0, 0, 0], &[], 0).unwrap();
+    assert_eq!(wait_for(&mut hung_sim, 1)[0].status, status::GOOD);
     running.stop();
 }
 
