@@ -35,6 +35,11 @@ const LISTENER: Token = Token(2);
 const CONN_BASE: usize = 1 << 20;
 const DEV_BASE: usize = 1 << 30;
 
+/// Longest a detach waits for its device's in-flight commands before it is answered
+/// anyway (a command stuck in a hung store): below ietd's 30 s reply timeout, past which
+/// it would take the whole datapath for hung.
+const DETACH_DRAIN_MAX: std::time::Duration = std::time::Duration::from_secs(20);
+
 /// Latency histogram buckets (powers of two of microseconds; the last is open-ended).
 const HIST_BUCKETS: usize = 24;
 
@@ -111,6 +116,10 @@ struct Device {
     /// Commands on the ring at attach have an unknown age: with a kernel timeout they
     /// are answered BUSY unexecuted.
     unknown_age: bool,
+    /// Control connections whose detach of this device is answered once it is released
+    /// (or [`DETACH_DRAIN_MAX`] after `detach_asked`).
+    detach_waiters: Vec<usize>,
+    detach_asked: Option<Instant>,
     log: Logger,
 }
 
@@ -291,6 +300,8 @@ impl EventLoop {
                 store_error_logged: false,
                 execute_within: dev.cmd_time_out.map(|t| t / 2),
                 unknown_age: dev.cmd_time_out.is_some(),
+                detach_waiters: Vec::new(),
+                detach_asked: None,
                 log,
             },
         );
@@ -302,6 +313,10 @@ impl EventLoop {
     /// Stops taking commands from `uio`; it is released once its in-flight commands are
     /// back.
     pub fn detach(&mut self, uio: &str) -> Result<(), LoopError> {
+        self.detach_key(uio).map(|_| ())
+    }
+
+    fn detach_key(&mut self, uio: &str) -> Result<usize, LoopError> {
         let key = self
             .devices
             .iter()
@@ -309,7 +324,7 @@ impl EventLoop {
             .map(|(k, _)| *k)
             .ok_or_else(|| LoopError::NotAttached(uio.to_string()))?;
         self.close_device(key, "detach requested");
-        Ok(())
+        Ok(key)
     }
 
     /// Counters of every attached LUN.
@@ -353,7 +368,13 @@ impl EventLoop {
                 info!(self.log, "stopped");
                 return Ok(());
             }
-            match self.poll.poll(&mut events, None) {
+            // A detach waiting for its device to drain needs a clock.
+            let tick = self
+                .devices
+                .values()
+                .any(|d| !d.detach_waiters.is_empty())
+                .then_some(std::time::Duration::from_secs(1));
+            match self.poll.poll(&mut events, tick) {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => {
@@ -570,7 +591,42 @@ impl EventLoop {
             if let Some(mut d) = self.devices.remove(&key) {
                 let _ = d.ring.notify();
                 info!(d.log, "detached");
+                // Only now is the device free for its successor (a reload's delete +
+                // add of a changed LUN): answer the detach.
+                self.answer_detach(d.detach_waiters);
             }
+        }
+        let overdue: Vec<usize> = self
+            .devices
+            .iter()
+            .filter(|(_, d)| {
+                d.detach_asked
+                    .is_some_and(|t| t.elapsed() >= DETACH_DRAIN_MAX)
+            })
+            .map(|(k, _)| *k)
+            .collect();
+        for key in overdue {
+            if let Some(d) = self.devices.get_mut(&key) {
+                warn!(d.log, "detach answered before the device drained: commands are stuck in the store";
+                      "at_workers" => d.at_workers);
+                d.detach_asked = None;
+                let waiters = std::mem::take(&mut d.detach_waiters);
+                self.answer_detach(waiters);
+            }
+        }
+    }
+
+    fn answer_detach(&mut self, waiters: Vec<usize>) {
+        for conn in waiters {
+            let queue = self.busy_conns.remove(&conn).unwrap_or_default();
+            let Some(c) = self.conns.get_mut(&conn) else {
+                continue;
+            };
+            if c.reply(&proto::Reply::Ok).is_err() {
+                self.drop_conn(conn);
+                continue;
+            }
+            self.serve_conn(conn, queue);
         }
     }
 
@@ -652,6 +708,22 @@ impl EventLoop {
                             return;
                         }
                         Err(message) => proto::Reply::Error { message },
+                    }
+                }
+                Incoming::Request(proto::Request::Detach { uio }, _) => {
+                    match self.detach_key(&uio) {
+                        Ok(dev) => {
+                            // Answered when the device is released (`reap_closed`).
+                            if let Some(d) = self.devices.get_mut(&dev) {
+                                d.detach_waiters.push(key);
+                                d.detach_asked.get_or_insert_with(Instant::now);
+                            }
+                            self.busy_conns.insert(key, queue);
+                            return;
+                        }
+                        Err(e) => proto::Reply::Error {
+                            message: e.to_string(),
+                        },
                     }
                 }
                 Incoming::Request(req, _fds) => self.handle_request(req),
@@ -748,15 +820,10 @@ impl EventLoop {
         match req {
             Request::Ping => Reply::Pong,
             Request::Stats => Reply::Stats { luns: self.stats() },
-            Request::Detach { uio } => match self.detach(&uio) {
-                Ok(()) => Reply::Ok,
-                Err(e) => Reply::Error {
-                    message: e.to_string(),
-                },
-            },
-            // Attaches are opened off the loop (`serve_conn`); one gets here only while
-            // the loop is stopping.
-            Request::Attach(_) => Reply::Error {
+            // Detaches are answered once the device is released and attaches are opened
+            // off the loop (both in `serve_conn`); an attach gets here only while the
+            // loop is stopping.
+            Request::Detach { .. } | Request::Attach(_) => Reply::Error {
                 message: "the datapath is stopping".into(),
             },
         }

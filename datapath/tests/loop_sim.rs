@@ -719,6 +719,56 @@ fn a_hung_open_affects_only_its_own_lun() {
     running.stop();
 }
 
+/// A detach is answered only once the device is released: its in-flight commands are
+/// back (a reload's delete + add of a changed LUN must not race the old device).
+#[test]
+fn detach_is_answered_once_the_device_has_drained() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ctl.sock");
+    let mut ev = new_loop(2);
+    ev.listen(std::os::unix::net::UnixListener::bind(&path).unwrap())
+        .unwrap();
+    let gated = GatedStore::new(false);
+    let mut sim = SimRing::new(SimConfig::default()).unwrap();
+    ev.attach(device(
+        "uio-d",
+        sim.attach().unwrap().into_ring().unwrap(),
+        lun_over(gated.clone(), 0),
+    ))
+    .unwrap();
+    let running = start(ev);
+    sim.submit(&read10(0, 1), &[], BS as usize).unwrap(); // hangs at a worker
+    thread::sleep(Duration::from_millis(50));
+    let p = path.clone();
+    let detach = thread::spawn(move || {
+        let mut c = Client::connect(&p).unwrap();
+        let r = c
+            .call(
+                &Request::Detach {
+                    uio: "uio-d".into(),
+                },
+                &[],
+            )
+            .unwrap();
+        (r, Instant::now())
+    });
+    thread::sleep(Duration::from_millis(200));
+    assert!(
+        !detach.is_finished(),
+        "answered while a command was still in flight"
+    );
+    // Other connections are still served meanwhile.
+    let mut c = Client::connect(&path).unwrap();
+    assert_eq!(c.call(&Request::Ping, &[]).unwrap(), Reply::Pong);
+    let released = Instant::now();
+    gated.release();
+    let (reply, at) = detach.join().unwrap();
+    assert_eq!(reply, Reply::Ok);
+    assert!(at >= released);
+    assert_eq!(wait_for(&mut sim, 1)[0].status, status::GOOD);
+    running.stop();
+}
+
 #[test]
 fn a_removed_device_is_dropped_and_others_keep_going() {
     let mut gone = SimRing::new(SimConfig::default()).unwrap();
