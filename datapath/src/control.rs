@@ -45,10 +45,15 @@ pub mod proto {
         /// Exact map length (`maps/map0/size`); read from sysfs when absent.
         #[serde(default)]
         pub map_len: Option<usize>,
-        /// MAXIMUM TRANSFER LENGTH to advertise, in logical blocks (from the device's
-        /// `hw_max_sectors`); absent = not reported.
+        /// MAXIMUM TRANSFER LENGTH to advertise and enforce, in logical blocks (from the
+        /// device's `hw_max_sectors`); absent = `scsi::FALLBACK_MAX_TRANSFER_BYTES`.
         #[serde(default)]
         pub max_transfer_blocks: Option<u32>,
+        /// The device's `cmd_time_out` in seconds (0 or absent: the kernel never fails a
+        /// command in the ring). With a timeout, commands that may have expired are
+        /// answered BUSY without being executed (docs/command-lifetime.md).
+        #[serde(default)]
+        pub cmd_time_out: Option<u32>,
         /// An opened `/dev/uioN` comes with the message (SCM_RIGHTS, first).
         #[serde(default)]
         pub uio_fd: bool,
@@ -95,6 +100,10 @@ pub mod proto {
         pub bad_entries: u64,
         /// Commands reported aborted by task management.
         pub aborted: u64,
+        /// Set once a flush or durable write of the backing store failed: the LUN then
+        /// refuses every write and flush until it is re-attached (`scsi::Lun::store_error`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub store_error: Option<String>,
     }
 }
 
@@ -167,6 +176,15 @@ pub fn send_with_fds(stream: &UnixStream, bytes: &[u8], fds: &[BorrowedFd<'_>]) 
     (&*stream).write_all(&bytes[sent..])
 }
 
+/// Most descriptors Linux passes in one message (`SCM_MAX_FD`).
+const SCM_MAX_FD: usize = 253;
+
+/// Whether a control connection from a process of `peer_uid` is served: root, or the
+/// user the datapath runs as (ietd runs both as root; tests run both as one user).
+pub fn peer_allowed(peer_uid: u32, own_uid: u32) -> bool {
+    peer_uid == 0 || peer_uid == own_uid
+}
+
 /// Longest request line accepted (an attach is a few hundred bytes).
 const MAX_LINE: usize = 64 * 1024;
 
@@ -201,7 +219,10 @@ impl Conn {
         let mut closed = false;
         loop {
             let mut buf = [0u8; 4096];
-            let mut cmsg = nix::cmsg_space!([RawFd; 8]);
+            // Room for the most fds one message can carry (the kernel's SCM_MAX_FD), so
+            // the control data is never truncated: on truncation the kernel would still
+            // install the fds that fit, and nix cannot hand them over to be closed.
+            let mut cmsg = nix::cmsg_space!([RawFd; SCM_MAX_FD]);
             let mut iov = [IoSliceMut::new(&mut buf)];
             let res = recvmsg::<()>(
                 self.stream.as_raw_fd(),
@@ -224,8 +245,12 @@ impl Conn {
                                 }
                             }
                         }
-                        // Truncated ancillary data: fds were lost, the exchange is broken.
-                        Err(_) => closed = true,
+                        // Truncated ancillary data (impossible with SCM_MAX_FD room):
+                        // fds were lost, the exchange is broken.
+                        Err(_) => {
+                            self.fds.clear();
+                            closed = true;
+                        }
                     }
                     if n == 0 {
                         closed = true;
@@ -308,20 +333,50 @@ pub struct OpenedDevice {
     pub lun_id: u32,
     pub ring: Ring,
     pub lun: Arc<Lun>,
+    /// The kernel's `cmd_time_out`, if it has one (see [`proto::Attach::cmd_time_out`]).
+    pub cmd_time_out: Option<std::time::Duration>,
     /// Things the user should know (parameter and store warnings).
     pub warnings: Vec<String>,
 }
 
+/// Who opens a device's files.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Opener {
+    /// ietd passed every descriptor: an attach without them is refused, and no path is
+    /// ever opened here (the control socket: the datapath runs as root, and a path in a
+    /// request must not become a file it opens on someone's behalf).
+    Caller,
+    /// The datapath opens `Path=` and the uio device itself (`--attach` on the command
+    /// line, run by whoever started the process).
+    Datapath,
+}
+
 /// Opens the backing store and the ring for an attach request. `uio_fd`/`backing_fd`
-/// are the passed fds, if any; without them the paths are opened here.
+/// are the passed fds, if any; without them the paths are opened here if `opener`
+/// allows it.
 pub fn open_device(
     req: &Attach,
     uio_fd: Option<OwnedFd>,
     backing_fd: Option<OwnedFd>,
+    opener: Opener,
 ) -> Result<OpenedDevice, String> {
     let parsed = LunParams::parse(&req.params).map_err(|e| format!("Lun parameters: {e}"))?;
     let mut warnings = parsed.warnings;
     let params = parsed.params;
+    if opener == Opener::Caller {
+        if uio_fd.is_none() {
+            return Err(format!(
+                "attach of {} without its uio descriptor refused: the datapath opens no device itself",
+                req.uio
+            ));
+        }
+        if backing_fd.is_none() && params.io_type != iomodes::IoType::NullIo {
+            return Err(format!(
+                "attach of {} without its backing descriptor refused: the datapath opens no Path= itself",
+                req.uio
+            ));
+        }
+    }
     let spec = params.store_spec();
     // A passed descriptor is used as is: the datapath then needs no right to open the
     // backing file itself (ietd opened it with the access mode the IOMode needs).
@@ -343,10 +398,13 @@ pub fn open_device(
         scsi_id: params.iet_scsi_id(&req.target, req.lun),
         scsi_sn: params.iet_scsi_sn(&req.target, req.lun),
     };
-    let limits = Limits {
-        max_transfer_blocks: req.max_transfer_blocks.unwrap_or(0),
-        ..Limits::default()
-    };
+    if req.max_transfer_blocks.is_none() {
+        warnings.push(format!(
+            "hw_max_sectors not given: MAXIMUM TRANSFER LENGTH is {} bytes",
+            crate::scsi::FALLBACK_MAX_TRANSFER_BYTES
+        ));
+    }
+    let limits = Limits::for_device(store.geometry().block_size, req.max_transfer_blocks);
     let lun = Arc::new(Lun::new(store, identity).with_limits(limits));
     let ring = match uio_fd {
         Some(fd) => {
@@ -372,6 +430,10 @@ pub fn open_device(
         lun_id: req.lun,
         ring,
         lun,
+        cmd_time_out: req
+            .cmd_time_out
+            .filter(|&s| s > 0)
+            .map(|s| std::time::Duration::from_secs(s.into())),
         warnings,
     })
 }

@@ -4,16 +4,19 @@
 //! the rest to the worker pool;
 //! completes them back to their ring with one notification per device per wakeup; and
 //! counts per-LUN statistics where every command finishes ([`EventLoop::finish`]).
+//! Nothing here waits on a store: commands that may block go to workers, and an attach
+//! is opened on a thread of its own ([`DeviceOpener`]), so a hung path holds up only
+//! its own LUN.
 //!
 //! Not for: SCSI semantics (`scsi`), ring layout (`ring`), the wire format of the
 //! control channel (`control`).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::io;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::net::UnixListener;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{channel, Receiver};
+use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -31,6 +34,11 @@ const SIGNALS: Token = Token(1);
 const LISTENER: Token = Token(2);
 const CONN_BASE: usize = 1 << 20;
 const DEV_BASE: usize = 1 << 30;
+
+/// Longest a detach waits for its device's in-flight commands before it is answered
+/// anyway (a command stuck in a hung store): below ietd's 30 s reply timeout, past which
+/// it would take the whole datapath for hung.
+const DETACH_DRAIN_MAX: std::time::Duration = std::time::Duration::from_secs(20);
 
 /// Latency histogram buckets (powers of two of microseconds; the last is open-ended).
 const HIST_BUCKETS: usize = 24;
@@ -99,7 +107,36 @@ struct Device {
     at_workers: usize,
     /// Detach requested or device gone: take no more commands, drop when idle.
     closing: bool,
+    /// The LUN's latched store error has been logged.
+    store_error_logged: bool,
+    /// How long after it was taken a command may still be executed: half the kernel's
+    /// `cmd_time_out`, `None` when the kernel never fails ring commands
+    /// (docs/command-lifetime.md).
+    execute_within: Option<std::time::Duration>,
+    /// Commands on the ring at attach have an unknown age: with a kernel timeout they
+    /// are answered BUSY unexecuted.
+    unknown_age: bool,
+    /// Control connections whose detach of this device is answered once it is released
+    /// (or [`DETACH_DRAIN_MAX`] after `detach_asked`).
+    detach_waiters: Vec<usize>,
+    detach_asked: Option<Instant>,
     log: Logger,
+}
+
+/// Opens the store and ring of an attach request, given the fds that came with it. Runs
+/// on a thread of its own, never on the loop: an open can hang (an NFS path, a dying
+/// device), and only the LUN being attached may wait for it.
+pub type DeviceOpener = Arc<
+    dyn Fn(&proto::Attach, Option<OwnedFd>, Option<OwnedFd>) -> Result<OpenedDevice, String>
+        + Send
+        + Sync,
+>;
+
+/// An attach whose open finished, back to the loop.
+struct Opened {
+    conn: usize,
+    uio: String,
+    result: Result<OpenedDevice, String>,
 }
 
 /// Lets another thread stop a running loop (tests, embedding).
@@ -133,6 +170,12 @@ pub struct EventLoop {
     stop_flag: Arc<AtomicBool>,
     stopping: bool,
     dirty: HashSet<usize>,
+    opener: DeviceOpener,
+    opened_tx: Sender<Opened>,
+    opened_rx: Receiver<Opened>,
+    /// Control connections with an attach being opened: what they sent meanwhile waits
+    /// here, so replies keep the order of the requests.
+    busy_conns: HashMap<usize, VecDeque<Incoming>>,
     log: Logger,
 }
 
@@ -150,6 +193,7 @@ impl EventLoop {
             Arc::clone(&pending),
         )
         .map_err(io_err("worker threads"))?;
+        let (opened_tx, opened_rx) = channel();
         Ok(EventLoop {
             poll,
             waker,
@@ -165,8 +209,19 @@ impl EventLoop {
             stop_flag: Arc::new(AtomicBool::new(false)),
             stopping: false,
             dirty: HashSet::new(),
+            opener: Arc::new(|a, uio_fd, backing_fd| {
+                control::open_device(a, uio_fd, backing_fd, control::Opener::Caller)
+            }),
+            opened_tx,
+            opened_rx,
+            busy_conns: HashMap::new(),
             log,
         })
+    }
+
+    /// Replaces how attach requests are opened (tests: an open that hangs).
+    pub fn set_opener(&mut self, opener: DeviceOpener) {
+        self.opener = opener;
     }
 
     /// Serves control connections accepted on `listener`.
@@ -242,6 +297,11 @@ impl EventLoop {
                 stats: DevStats::default(),
                 at_workers: 0,
                 closing: false,
+                store_error_logged: false,
+                execute_within: dev.cmd_time_out.map(|t| t / 2),
+                unknown_age: dev.cmd_time_out.is_some(),
+                detach_waiters: Vec::new(),
+                detach_asked: None,
                 log,
             },
         );
@@ -253,6 +313,10 @@ impl EventLoop {
     /// Stops taking commands from `uio`; it is released once its in-flight commands are
     /// back.
     pub fn detach(&mut self, uio: &str) -> Result<(), LoopError> {
+        self.detach_key(uio).map(|_| ())
+    }
+
+    fn detach_key(&mut self, uio: &str) -> Result<usize, LoopError> {
         let key = self
             .devices
             .iter()
@@ -260,7 +324,7 @@ impl EventLoop {
             .map(|(k, _)| *k)
             .ok_or_else(|| LoopError::NotAttached(uio.to_string()))?;
         self.close_device(key, "detach requested");
-        Ok(())
+        Ok(key)
     }
 
     /// Counters of every attached LUN.
@@ -284,6 +348,7 @@ impl EventLoop {
                     latency_hist_us: d.stats.hist.to_vec(),
                     bad_entries: d.ring.stats().bad_entries,
                     aborted: d.stats.aborted,
+                    store_error: d.lun.store_error().map(str::to_owned),
                 }
             })
             .collect();
@@ -303,7 +368,13 @@ impl EventLoop {
                 info!(self.log, "stopped");
                 return Ok(());
             }
-            match self.poll.poll(&mut events, None) {
+            // A detach waiting for its device to drain needs a clock.
+            let tick = self
+                .devices
+                .values()
+                .any(|d| !d.detach_waiters.is_empty())
+                .then_some(std::time::Duration::from_secs(1));
+            match self.poll.poll(&mut events, tick) {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => {
@@ -330,6 +401,7 @@ impl EventLoop {
                 }
             }
             self.collect_done();
+            self.collect_opened();
             self.reap_closed();
             self.flush_notifies();
         }
@@ -387,6 +459,13 @@ impl EventLoop {
                 }
             };
             let started = Instant::now();
+            if d.unknown_age {
+                // Left by a previous process, maybe longer ago than the kernel's timeout.
+                warn!(d.log, "command of unknown age found at attach: BUSY, not executed";
+                      "cmd_id" => cmd.id());
+                self.finish(key, cmd, Response::busy(), started);
+                continue;
+            }
             // Whatever cannot wait runs here (page-cache hits included): no hand-off to
             // a worker and back, two thread wakeups fewer per command.
             let (cdb, mut data) = cmd.parts();
@@ -401,6 +480,7 @@ impl EventLoop {
                         lun: Arc::clone(&d.lun),
                         cmd,
                         started,
+                        execute_before: d.execute_within.map(|w| started + w),
                     });
                 }
             }
@@ -408,6 +488,7 @@ impl EventLoop {
         let Some(d) = self.devices.get_mut(&key) else {
             return;
         };
+        d.unknown_age = false;
         let aborted = d.ring.take_aborted();
         d.stats.aborted += aborted.len() as u64;
         self.dirty.insert(key);
@@ -430,6 +511,14 @@ impl EventLoop {
         s.latency_max_us = s.latency_max_us.max(us);
         let bucket = (u64::BITS - us.leading_zeros()) as usize;
         s.hist[bucket.min(HIST_BUCKETS - 1)] += 1;
+        if !d.store_error_logged {
+            if let Some(why) = d.lun.store_error() {
+                d.store_error_logged = true;
+                error!(d.log, "backing store failed a flush or durable write: acknowledged \
+                    data may be lost; writes and flushes fail until the LUN is re-attached";
+                    "error" => why);
+            }
+        }
         if let Err(e) = d.ring.complete(cmd, &resp) {
             let why = e.to_string();
             self.fail_device(key, &why);
@@ -502,7 +591,42 @@ impl EventLoop {
             if let Some(mut d) = self.devices.remove(&key) {
                 let _ = d.ring.notify();
                 info!(d.log, "detached");
+                // Only now is the device free for its successor (a reload's delete +
+                // add of a changed LUN): answer the detach.
+                self.answer_detach(d.detach_waiters);
             }
+        }
+        let overdue: Vec<usize> = self
+            .devices
+            .iter()
+            .filter(|(_, d)| {
+                d.detach_asked
+                    .is_some_and(|t| t.elapsed() >= DETACH_DRAIN_MAX)
+            })
+            .map(|(k, _)| *k)
+            .collect();
+        for key in overdue {
+            if let Some(d) = self.devices.get_mut(&key) {
+                warn!(d.log, "detach answered before the device drained: commands are stuck in the store";
+                      "at_workers" => d.at_workers);
+                d.detach_asked = None;
+                let waiters = std::mem::take(&mut d.detach_waiters);
+                self.answer_detach(waiters);
+            }
+        }
+    }
+
+    fn answer_detach(&mut self, waiters: Vec<usize>) {
+        for conn in waiters {
+            let queue = self.busy_conns.remove(&conn).unwrap_or_default();
+            let Some(c) = self.conns.get_mut(&conn) else {
+                continue;
+            };
+            if c.reply(&proto::Reply::Ok).is_err() {
+                self.drop_conn(conn);
+                continue;
+            }
+            self.serve_conn(conn, queue);
         }
     }
 
@@ -513,6 +637,25 @@ impl EventLoop {
         loop {
             match l.accept() {
                 Ok((mut stream, _)) => {
+                    // The socket file's mode is the first guard; the peer's credentials
+                    // the second (an attach hands over devices and files).
+                    let peer = nix::sys::socket::getsockopt(
+                        &stream,
+                        nix::sys::socket::sockopt::PeerCredentials,
+                    );
+                    let own = nix::unistd::geteuid().as_raw();
+                    match peer {
+                        Ok(c) if control::peer_allowed(c.uid(), own) => {}
+                        Ok(c) => {
+                            warn!(self.log, "control connection refused: peer is neither root nor our user";
+                                  "peer_uid" => c.uid(), "peer_pid" => c.pid());
+                            continue;
+                        }
+                        Err(e) => {
+                            warn!(self.log, "control connection refused: no peer credentials"; "error" => %e);
+                            continue;
+                        }
+                    }
                     let key = self.next_conn;
                     self.next_conn += 1;
                     if let Err(e) = self.poll.registry().register(
@@ -544,9 +687,46 @@ impl EventLoop {
             return;
         }
         let (incoming, closed) = conn.read();
-        for inc in incoming {
+        match self.busy_conns.get_mut(&key) {
+            Some(waiting) => waiting.extend(incoming),
+            None => self.serve_conn(key, incoming.into()),
+        }
+        if closed {
+            self.drop_conn(key);
+        }
+    }
+
+    /// Answers a connection's requests in order; an attach is opened on a thread of its
+    /// own and the rest waits for it (see [`EventLoop::collect_opened`]).
+    fn serve_conn(&mut self, key: usize, mut queue: VecDeque<Incoming>) {
+        while let Some(inc) = queue.pop_front() {
             let reply = match inc {
-                Incoming::Request(req, fds) => self.handle_request(req, fds),
+                Incoming::Request(proto::Request::Attach(a), fds) if !self.stopping => {
+                    match self.start_open(key, a, fds) {
+                        Ok(()) => {
+                            self.busy_conns.insert(key, queue);
+                            return;
+                        }
+                        Err(message) => proto::Reply::Error { message },
+                    }
+                }
+                Incoming::Request(proto::Request::Detach { uio }, _) => {
+                    match self.detach_key(&uio) {
+                        Ok(dev) => {
+                            // Answered when the device is released (`reap_closed`).
+                            if let Some(d) = self.devices.get_mut(&dev) {
+                                d.detach_waiters.push(key);
+                                d.detach_asked.get_or_insert_with(Instant::now);
+                            }
+                            self.busy_conns.insert(key, queue);
+                            return;
+                        }
+                        Err(e) => proto::Reply::Error {
+                            message: e.to_string(),
+                        },
+                    }
+                }
+                Incoming::Request(req, _fds) => self.handle_request(req),
                 Incoming::Invalid(message) => proto::Reply::Error { message },
             };
             let Some(conn) = self.conns.get_mut(&key) else {
@@ -557,8 +737,73 @@ impl EventLoop {
                 return;
             }
         }
-        if closed {
-            self.drop_conn(key);
+    }
+
+    fn start_open(
+        &mut self,
+        conn: usize,
+        a: proto::Attach,
+        fds: Vec<OwnedFd>,
+    ) -> Result<(), String> {
+        let opener = Arc::clone(&self.opener);
+        let tx = self.opened_tx.clone();
+        let waker = Arc::clone(&self.waker);
+        std::thread::Builder::new()
+            .name("open".into())
+            .spawn(move || {
+                let mut fds = fds.into_iter();
+                let uio_fd = if a.uio_fd { fds.next() } else { None };
+                let backing_fd = if a.backing_fd { fds.next() } else { None };
+                let result = opener(&a, uio_fd, backing_fd);
+                // The loop may be gone (stopped meanwhile): the device is then dropped.
+                if tx
+                    .send(Opened {
+                        conn,
+                        uio: a.uio,
+                        result,
+                    })
+                    .is_ok()
+                {
+                    let _ = waker.wake();
+                }
+            })
+            .map(|_| ())
+            .map_err(|e| format!("cannot start a thread to open the device: {e}"))
+    }
+
+    /// Attaches what the open threads finished, answers their connections, and goes on
+    /// with what those connections sent meanwhile.
+    fn collect_opened(&mut self) {
+        while let Ok(o) = self.opened_rx.try_recv() {
+            let reply = match o.result {
+                Ok(_) if self.stopping => proto::Reply::Error {
+                    message: "the datapath is stopping".into(),
+                },
+                Ok(opened) => {
+                    for w in &opened.warnings {
+                        warn!(self.log, "attach"; "uio" => &o.uio, "warning" => w);
+                    }
+                    match self.attach(opened) {
+                        Ok(()) => proto::Reply::Ok,
+                        Err(e) => proto::Reply::Error {
+                            message: e.to_string(),
+                        },
+                    }
+                }
+                Err(message) => {
+                    warn!(self.log, "attach failed"; "uio" => &o.uio, "error" => &message);
+                    proto::Reply::Error { message }
+                }
+            };
+            let queue = self.busy_conns.remove(&o.conn).unwrap_or_default();
+            let Some(conn) = self.conns.get_mut(&o.conn) else {
+                continue;
+            };
+            if conn.reply(&reply).is_err() {
+                self.drop_conn(o.conn);
+                continue;
+            }
+            self.serve_conn(o.conn, queue);
         }
     }
 
@@ -566,49 +811,21 @@ impl EventLoop {
         if let Some(mut c) = self.conns.remove(&key) {
             let _ = self.poll.registry().deregister(&mut c.stream);
         }
+        self.busy_conns.remove(&key);
     }
 
-    fn handle_request(
-        &mut self,
-        req: proto::Request,
-        fds: Vec<std::os::fd::OwnedFd>,
-    ) -> proto::Reply {
+    /// Answers a request that needs no open (its fds, if any, are closed).
+    fn handle_request(&mut self, req: proto::Request) -> proto::Reply {
         use proto::{Reply, Request};
         match req {
             Request::Ping => Reply::Pong,
             Request::Stats => Reply::Stats { luns: self.stats() },
-            Request::Detach { uio } => match self.detach(&uio) {
-                Ok(()) => Reply::Ok,
-                Err(e) => Reply::Error {
-                    message: e.to_string(),
-                },
+            // Detaches are answered once the device is released and attaches are opened
+            // off the loop (both in `serve_conn`); an attach gets here only while the
+            // loop is stopping.
+            Request::Detach { .. } | Request::Attach(_) => Reply::Error {
+                message: "the datapath is stopping".into(),
             },
-            Request::Attach(a) => {
-                if self.stopping {
-                    return Reply::Error {
-                        message: "the datapath is stopping".into(),
-                    };
-                }
-                let mut fds = fds.into_iter();
-                let uio_fd = if a.uio_fd { fds.next() } else { None };
-                let backing_fd = if a.backing_fd { fds.next() } else { None };
-                let opened = match control::open_device(&a, uio_fd, backing_fd) {
-                    Ok(o) => o,
-                    Err(message) => {
-                        warn!(self.log, "attach failed"; "uio" => &a.uio, "error" => &message);
-                        return Reply::Error { message };
-                    }
-                };
-                for w in &opened.warnings {
-                    warn!(self.log, "attach"; "uio" => &a.uio, "warning" => w);
-                }
-                match self.attach(opened) {
-                    Ok(()) => Reply::Ok,
-                    Err(e) => Reply::Error {
-                        message: e.to_string(),
-                    },
-                }
-            }
         }
     }
 }

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
-use datapath::control::{open_device, proto::Attach};
+use datapath::control::{open_device, proto::Attach, Opener};
 use datapath::eventloop::{EventLoop, LoopConfig};
 use slog::{error, info, o, warn, Drain, Logger};
 
@@ -36,6 +36,10 @@ struct Args {
     /// MAXIMUM TRANSFER LENGTH to advertise for --attach, in logical blocks.
     #[arg(long, value_name = "BLOCKS")]
     max_transfer_blocks: Option<u32>,
+    /// The device's `cmd_time_out` for --attach, in seconds (0: the kernel never fails
+    /// ring commands); see docs/command-lifetime.md.
+    #[arg(long, value_name = "SECONDS", default_value_t = 30)]
+    cmd_time_out: u32,
     /// I/O worker threads.
     #[arg(long)]
     workers: Option<usize>,
@@ -94,10 +98,11 @@ fn run(args: &Args, log: &Logger) -> Result<(), String> {
             lun: args.lun,
             map_len: None,
             max_transfer_blocks: args.max_transfer_blocks,
+            cmd_time_out: Some(args.cmd_time_out),
             uio_fd: false,
             backing_fd: false,
         };
-        let dev = open_device(&req, None, None)?;
+        let dev = open_device(&req, None, None, Opener::Datapath)?;
         for w in &dev.warnings {
             warn!(log, "{w}");
         }

@@ -30,6 +30,10 @@ pub struct Job {
     pub lun: Arc<Lun>,
     pub cmd: Command,
     pub started: Instant,
+    /// Past this instant the kernel may have failed the command towards the initiator
+    /// (its `cmd_time_out`): it is then answered BUSY without being executed, so a late
+    /// write can never land over data the initiator wrote after seeing the failure.
+    pub execute_before: Option<Instant>,
 }
 
 /// A command a worker has executed.
@@ -209,10 +213,14 @@ fn worker(shared: &Shared, done: &Sender<Done>, wake: &dyn Wake, pending: &Atomi
                 lun,
                 mut cmd,
                 started,
+                execute_before,
             } = job;
-            let (cdb, mut data) = cmd.parts();
-            let resp = lun.execute(cdb, &mut data);
-            drop(data);
+            let resp = if execute_before.is_some_and(|t| Instant::now() >= t) {
+                Response::busy()
+            } else {
+                let (cdb, mut data) = cmd.parts();
+                lun.execute(cdb, &mut data)
+            };
             // The loop may be gone at shutdown; the command is then simply dropped.
             let _ = done.send(Done {
                 dev,

@@ -2,6 +2,7 @@
 //! that must not stall another, restart after a killed datapath, device removal, stop
 //! with commands in flight, and the control channel.
 
+use std::collections::HashMap;
 use std::io::{IoSlice, IoSliceMut};
 use std::os::fd::AsFd;
 use std::sync::{Arc, Condvar, Mutex};
@@ -51,7 +52,16 @@ fn device(uio: &str, ring: Ring, lun: Arc<Lun>) -> OpenedDevice {
         lun_id: 0,
         ring,
         lun,
+        cmd_time_out: None,
         warnings: Vec::new(),
+    }
+}
+
+/// A device whose kernel fails commands after `cmd_time_out`.
+fn device_with_timeout(ring: Ring, lun: Arc<Lun>, cmd_time_out: Duration) -> OpenedDevice {
+    OpenedDevice {
+        cmd_time_out: Some(cmd_time_out),
+        ..device("uio-t", ring, lun)
     }
 }
 
@@ -215,6 +225,14 @@ impl BackingStore for GatedStore {
     fn try_read_at(&self, bufs: &mut [IoSliceMut<'_>], offset: u64) -> Option<Result<(), IoError>> {
         self.cached.then(|| self.inner.read_at(bufs, offset))
     }
+    fn try_write_at(
+        &self,
+        bufs: &[IoSlice<'_>],
+        offset: u64,
+        fua: bool,
+    ) -> Option<Result<(), IoError>> {
+        (self.cached && !fua).then(|| self.inner.write_at(bufs, offset, fua))
+    }
     fn write_at(&self, bufs: &[IoSlice<'_>], offset: u64, fua: bool) -> Result<(), IoError> {
         self.inner.write_at(bufs, offset, fua)
     }
@@ -362,6 +380,395 @@ fn a_new_datapath_finishes_what_a_killed_one_took() {
     running.stop();
 }
 
+/// The hazard of a kernel `cmd_time_out`: a write queued behind a stuck command outlives
+/// the timeout (the kernel has failed it towards the initiator), the initiator writes the
+/// same block anew and is answered; the stale write must then not be executed over it.
+/// Run once without a timeout (the stale write lands last: what the guard prevents) and
+/// once with one (it is answered BUSY unexecuted).
+#[test]
+fn a_command_that_may_have_expired_is_not_executed_over_newer_data() {
+    for timeout in [None, Some(Duration::from_secs(2))] {
+        let store = GatedStore::new(true);
+        let mut sim = SimRing::new(SimConfig::default()).unwrap();
+        let mut ev = EventLoop::new(
+            LoopConfig {
+                workers: 1,
+                per_lun_max: 1,
+            },
+            log(),
+        )
+        .unwrap();
+        let ring = sim.attach().unwrap().into_ring().unwrap();
+        let lun = lun_over(store.clone(), 0);
+        ev.attach(match timeout {
+            Some(t) => device_with_timeout(ring, lun, t),
+            None => device("uio-t", ring, lun),
+        })
+        .unwrap();
+        let running = start(ev);
+        // Bigger than INLINE_MAX_BYTES: both go to the only worker, the read first.
+        let big = (datapath::scsi::INLINE_MAX_BYTES / BS as usize + 1) as u16;
+        let big_len = usize::from(big) * BS as usize;
+        let stuck = sim.submit(&read10(100, big), &[], big_len).unwrap();
+        let stale = sim
+            .submit(&write10(0, big), &vec![0x11; big_len], 0)
+            .unwrap();
+        thread::sleep(Duration::from_millis(1200));
+        // The initiator's newer write of block 0: answered at once (a cache hit).
+        let newer = sim.submit(&write10(0, 1), &[0x22; BS as usize], 0).unwrap();
+        thread::sleep(Duration::from_millis(100));
+        store.release();
+        let done = wait_for(&mut sim, 3);
+        let status_of = |id| done.iter().find(|c| c.id == id).unwrap().status;
+        assert_eq!(status_of(stuck), status::GOOD);
+        assert_eq!(status_of(newer), status::GOOD);
+        let block0 = store.inner.contents()[0];
+        match timeout {
+            None => {
+                assert_eq!(status_of(stale), status::GOOD);
+                assert_eq!(block0, 0x11, "without a timeout the stale write lands last");
+            }
+            Some(_) => {
+                assert_eq!(status_of(stale), status::BUSY);
+                assert_eq!(block0, 0x22, "the newer data survives");
+            }
+        }
+        running.stop();
+    }
+}
+
+/// With a kernel timeout, commands found on the ring at attach have an unknown age: they
+/// are answered BUSY (the initiator retries them) and none is executed.
+#[test]
+fn with_a_kernel_timeout_commands_of_unknown_age_are_not_executed() {
+    let mut sim = SimRing::new(SimConfig::default()).unwrap();
+    let store = Arc::new(MemStore::new(BS, BLOCKS, MemStore::caps(true, true)));
+    for i in 0..6 {
+        sim.submit(&write10(i, 1), &[0x3c; BS as usize], 0).unwrap();
+    }
+    let mut dead = sim.attach().unwrap().into_ring().unwrap();
+    while dead.next_command().unwrap().is_some() {}
+    drop(dead);
+    let mut ev = new_loop(2);
+    ev.attach(device_with_timeout(
+        sim.attach().unwrap().into_ring().unwrap(),
+        lun_over(store.clone(), 0),
+        Duration::from_secs(30),
+    ))
+    .unwrap();
+    let running = start(ev);
+    let done = wait_for(&mut sim, 6);
+    assert!(done.iter().all(|c| c.status == status::BUSY));
+    assert!(store.contents().iter().all(|&b| b == 0), "nothing executed");
+    // Commands queued after the attach are served as usual.
+    sim.submit(&write10(0, 1), &[0x3c; BS as usize], 0).unwrap();
+    assert_eq!(wait_for(&mut sim, 1)[0].status, status::GOOD);
+    assert_eq!(store.contents()[0], 0x3c);
+    running.stop();
+}
+
+/// A datapath killed after a COMPARE AND WRITE's write landed but before its completion:
+/// the successor executes it again and must answer GOOD, not MISCOMPARE against its own
+/// write (VMware takes a failed ATS heartbeat as a lost datastore).
+#[test]
+fn compare_and_write_replayed_after_a_crash_answers_good() {
+    let mut sim = SimRing::new(SimConfig::default()).unwrap();
+    let store = Arc::new(MemStore::new(BS, BLOCKS, MemStore::caps(true, true)));
+    let lun = lun_over(store.clone(), 0);
+    let mut caw = [0u8; 16];
+    caw[0] = 0x89;
+    caw[9] = 3; // LBA 3
+    caw[13] = 1;
+    let mut out = vec![0u8; BS as usize]; // compare: the fresh (zero) block
+    out.extend_from_slice(&[0x5a; BS as usize]);
+    let id = sim.submit(&caw, &out, 0).unwrap();
+
+    let mut dead = sim.attach().unwrap().into_ring().unwrap();
+    let mut cmd = dead.next_command().unwrap().expect("the CAW");
+    let (cdb, mut data) = cmd.parts();
+    assert_eq!(lun.execute(cdb, &mut data).status, status::GOOD);
+    drop(data);
+    drop(cmd);
+    drop(dead); // killed before completing it
+    assert_eq!(
+        &store.contents()[3 * BS as usize..4 * BS as usize],
+        &[0x5a; BS as usize]
+    );
+
+    let mut ev = new_loop(2);
+    ev.attach(device(
+        "uio-caw",
+        sim.attach().unwrap().into_ring().unwrap(),
+        lun,
+    ))
+    .unwrap();
+    let running = start(ev);
+    let done = wait_for(&mut sim, 1);
+    assert_eq!((done[0].id, done[0].status), (id, status::GOOD));
+    assert_eq!(
+        &store.contents()[3 * BS as usize..4 * BS as usize],
+        &[0x5a; BS as usize]
+    );
+    running.stop();
+}
+
+/// A command answered without Data-In (TEST UNIT READY, SYNCHRONIZE CACHE) to which
+/// the initiator attached a read buffer gets zeroes, never the stale bytes of a reused
+/// data block; a failed read sends no data.
+#[test]
+fn no_stale_ring_bytes_reach_the_initiator() {
+    let mut sim = SimRing::new(SimConfig {
+        stale_fill: Some(0xa5),
+        ..SimConfig::default()
+    })
+    .unwrap();
+    let mut ev = new_loop(2);
+    ev.attach(device(
+        "uio-z",
+        sim.attach().unwrap().into_ring().unwrap(),
+        mem_lun(0),
+    ))
+    .unwrap();
+    let running = start(ev);
+    let cdbs: [&[u8]; 4] = [
+        &[0x00, 0, 0, 0, 0, 0],             // TEST UNIT READY
+        &[0x35, 0, 0, 0, 0, 0, 0, 0, 0, 0], // SYNCHRONIZE CACHE(10)
+        &[0x1E, 0, 0, 0, 0, 0],             // PREVENT ALLOW MEDIUM REMOVAL
+        &[0x2F, 0, 0, 0, 0, 0, 0, 0, 1, 0], // VERIFY(10) BYTCHK=0, 1 block
+    ];
+    for cdb in cdbs {
+        sim.submit(cdb, &[], 4096).unwrap();
+        let c = &wait_for(&mut sim, 1)[0];
+        assert_eq!(c.status, status::GOOD, "{cdb:02x?}");
+        assert!(
+            c.data_in.iter().all(|&b| b == 0),
+            "{cdb:02x?}: {:02x?}",
+            &c.data_in[..16]
+        );
+    }
+    // LBA out of range: CHECK CONDITION and no data at all.
+    sim.submit(&read10(BLOCKS as u32, 1), &[], BS as usize)
+        .unwrap();
+    let c = &wait_for(&mut sim, 1)[0];
+    assert_eq!(c.status, status::CHECK_CONDITION);
+    assert!(c.data_in.iter().all(|&b| b == 0));
+    running.stop();
+}
+
+/// A store whose every call panics: a bug in a handler or a store.
+struct PanickingStore(MemStore);
+
+impl BackingStore for PanickingStore {
+    fn geometry(&self) -> Geometry {
+        self.0.geometry()
+    }
+    fn capabilities(&self) -> Capabilities {
+        self.0.capabilities()
+    }
+    fn spec(&self) -> &StoreSpec {
+        self.0.spec()
+    }
+    fn read_at(&self, _: &mut [IoSliceMut<'_>], _: u64) -> Result<(), IoError> {
+        panic!("read_at: a bug")
+    }
+    fn try_read_at(&self, _: &mut [IoSliceMut<'_>], _: u64) -> Option<Result<(), IoError>> {
+        panic!("try_read_at: a bug")
+    }
+    fn write_at(&self, _: &[IoSlice<'_>], _: u64, _: bool) -> Result<(), IoError> {
+        panic!("write_at: a bug")
+    }
+    fn flush(&self) -> Result<(), IoError> {
+        panic!("flush: a bug")
+    }
+    fn discard(&self, _: u64, _: u64) -> Result<(), IoError> {
+        panic!("discard: a bug")
+    }
+    fn write_zeroes(&self, _: u64, _: u64, _: bool) -> Result<(), IoError> {
+        panic!("write_zeroes: a bug")
+    }
+}
+
+/// A panic while executing a command (on a worker or inline on the loop) fails that
+/// command with HARDWARE ERROR; the ring keeps going and the other LUN is untouched.
+#[test]
+fn a_panicking_command_fails_alone_and_the_ring_keeps_going() {
+    let store = Arc::new(PanickingStore(MemStore::new(
+        BS,
+        BLOCKS,
+        MemStore::caps(true, false),
+    )));
+    let mut sim = SimRing::new(SimConfig::default()).unwrap();
+    let mut other = SimRing::new(SimConfig::default()).unwrap();
+    let mut ev = new_loop(2);
+    ev.attach(device(
+        "uio-p",
+        sim.attach().unwrap().into_ring().unwrap(),
+        lun_over(store, 0),
+    ))
+    .unwrap();
+    ev.attach(device(
+        "uio-q",
+        other.attach().unwrap().into_ring().unwrap(),
+        mem_lun(1),
+    ))
+    .unwrap();
+    let running = start(ev);
+    let big = (datapath::scsi::INLINE_MAX_BYTES / BS as usize + 1) as u16;
+    sim.submit(&read10(0, 1), &[], BS as usize).unwrap(); // inline: try_read_at
+    sim.submit(&read10(0, big), &[], usize::from(big) * BS as usize)
+        .unwrap(); // a worker: read_at
+    sim.submit(&[0x35, 0, 0, 0, 0, 0, 0, 0, 0, 0], &[], 0)
+        .unwrap(); // flush
+    sim.submit(&[0x00, 0, 0, 0, 0, 0], &[], 0).unwrap();
+    let mut done = wait_for(&mut sim, 4);
+    done.sort_by_key(|c| c.id);
+    for c in &done[..3] {
+        assert_eq!(c.status, status::CHECK_CONDITION);
+        assert_eq!(
+            (c.sense[2] & 0x0F, c.sense[12]),
+            (0x4, 0x44),
+            "{:02x?}",
+            c.sense
+        );
+    }
+    assert_eq!(done[3].status, status::GOOD);
+    other.submit(&write10(0, 1), &[7; BS as usize], 0).unwrap();
+    assert_eq!(wait_for(&mut other, 1)[0].status, status::GOOD);
+    running.stop();
+}
+
+/// An attach whose open hangs (an NFS path, a dying device) holds up only itself: the
+/// attached LUN keeps serving, another connection is answered and can attach another
+/// device, and the hung attach completes once its open returns.
+#[test]
+fn a_hung_open_affects_only_its_own_lun() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ctl.sock");
+    let mut ev = new_loop(2);
+    ev.listen(std::os::unix::net::UnixListener::bind(&path).unwrap())
+        .unwrap();
+    let mut serving = SimRing::new(SimConfig::default()).unwrap();
+    ev.attach(device(
+        "uio-serving",
+        serving.attach().unwrap().into_ring().unwrap(),
+        mem_lun(0),
+    ))
+    .unwrap();
+    let mut hung_sim = SimRing::new(SimConfig::default()).unwrap();
+    let mut quick_sim = SimRing::new(SimConfig::default()).unwrap();
+    let rings = Arc::new(Mutex::new(HashMap::from([
+        (
+            "uio-hung".to_string(),
+            hung_sim.attach().unwrap().into_ring().unwrap(),
+        ),
+        (
+            "uio-quick".to_string(),
+            quick_sim.attach().unwrap().into_ring().unwrap(),
+        ),
+    ])));
+    let gate = GatedStore::new(false);
+    let opener_gate = gate.clone();
+    ev.set_opener(Arc::new(move |a, _, _| {
+        if a.uio == "uio-hung" {
+            // Blocks like an open of an unreachable path.
+            let mut open = opener_gate.open.lock().unwrap();
+            while !*open {
+                open = opener_gate.cv.wait(open).unwrap();
+            }
+        }
+        let ring = rings.lock().unwrap().remove(&a.uio).ok_or("no such ring")?;
+        Ok(device(&a.uio, ring, mem_lun(a.lun)))
+    }));
+    let running = start(ev);
+    let attach = |uio: &str| {
+        Request::Attach(Attach {
+            uio: uio.into(),
+            params: "Type=nullio".into(),
+            target: "iqn.2024-01.test:x".into(),
+            lun: 1,
+            map_len: None,
+            max_transfer_blocks: None,
+            cmd_time_out: None,
+            uio_fd: false,
+            backing_fd: false,
+        })
+    };
+    let hung_path = path.clone();
+    let hung_req = attach("uio-hung");
+    let hung = thread::spawn(move || {
+        let mut c = Client::connect(&hung_path).unwrap();
+        c.call(&hung_req, &[]).unwrap()
+    });
+    thread::sleep(Duration::from_millis(100));
+    // The loop is free: the attached LUN serves, another connection is answered.
+    let t = Instant::now();
+    serving.submit(&[0x00, 0, 0, 0, 0, 0], &[], 0).unwrap();
+    assert_eq!(wait_for(&mut serving, 1)[0].status, status::GOOD);
+    let mut c = Client::connect(&path).unwrap();
+    assert_eq!(c.call(&Request::Ping, &[]).unwrap(), Reply::Pong);
+    assert_eq!(c.call(&attach("uio-quick"), &[]).unwrap(), Reply::Ok);
+    quick_sim.submit(&[0x00, 0, 0, 0, 0, 0], &[], 0).unwrap();
+    assert_eq!(wait_for(&mut quick_sim, 1)[0].status, status::GOOD);
+    assert!(t.elapsed() < Duration::from_secs(5));
+    assert!(!hung.is_finished(), "the hung attach waits for its open");
+
+    gate.release();
+    assert_eq!(hung.join().unwrap(), Reply::Ok);
+    hung_sim.submit(&[0x00, 0, 0, 0, 0, 0], &[], 0).unwrap();
+    assert_eq!(wait_for(&mut hung_sim, 1)[0].status, status::GOOD);
+    running.stop();
+}
+
+/// A detach is answered only once the device is released: its in-flight commands are
+/// back (a reload's delete + add of a changed LUN must not race the old device).
+#[test]
+fn detach_is_answered_once_the_device_has_drained() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ctl.sock");
+    let mut ev = new_loop(2);
+    ev.listen(std::os::unix::net::UnixListener::bind(&path).unwrap())
+        .unwrap();
+    let gated = GatedStore::new(false);
+    let mut sim = SimRing::new(SimConfig::default()).unwrap();
+    ev.attach(device(
+        "uio-d",
+        sim.attach().unwrap().into_ring().unwrap(),
+        lun_over(gated.clone(), 0),
+    ))
+    .unwrap();
+    let running = start(ev);
+    sim.submit(&read10(0, 1), &[], BS as usize).unwrap(); // hangs at a worker
+    thread::sleep(Duration::from_millis(50));
+    let p = path.clone();
+    let detach = thread::spawn(move || {
+        let mut c = Client::connect(&p).unwrap();
+        let r = c
+            .call(
+                &Request::Detach {
+                    uio: "uio-d".into(),
+                },
+                &[],
+            )
+            .unwrap();
+        (r, Instant::now())
+    });
+    thread::sleep(Duration::from_millis(200));
+    assert!(
+        !detach.is_finished(),
+        "answered while a command was still in flight"
+    );
+    // Other connections are still served meanwhile.
+    let mut c = Client::connect(&path).unwrap();
+    assert_eq!(c.call(&Request::Ping, &[]).unwrap(), Reply::Pong);
+    let released = Instant::now();
+    gated.release();
+    let (reply, at) = detach.join().unwrap();
+    assert_eq!(reply, Reply::Ok);
+    assert!(at >= released);
+    assert_eq!(wait_for(&mut sim, 1)[0].status, status::GOOD);
+    running.stop();
+}
+
 #[test]
 fn a_removed_device_is_dropped_and_others_keep_going() {
     let mut gone = SimRing::new(SimConfig::default()).unwrap();
@@ -457,6 +864,7 @@ fn control_channel_answers() {
             lun: 1,
             map_len: Some(4096),
             max_transfer_blocks: None,
+            cmd_time_out: None,
             uio_fd,
             backing_fd,
         })
@@ -472,17 +880,31 @@ fn control_channel_answers() {
     // Announced fds that never came.
     let m = err(c.call(&attach("Type=nullio", true, true), &[]).unwrap());
     assert!(m.contains("fds"), "{m}");
-    // A passed backing fd is used (the file is opened through it), then the uio lookup
-    // fails: the error names the device, not the file.
+    // Without descriptors nothing is opened: the datapath (root) never opens a path a
+    // request names.
+    let m = err(c
+        .call(&attach("Path=/etc/shadow,Type=fileio", false, false), &[])
+        .unwrap());
+    assert!(m.contains("without its uio descriptor refused"), "{m}");
+    let devnull = std::fs::File::open("/dev/null").unwrap();
+    let m = err(c
+        .call(
+            &attach("Path=/etc/shadow,Type=fileio", true, false),
+            &[devnull.as_fd()],
+        )
+        .unwrap());
+    assert!(m.contains("without its backing descriptor refused"), "{m}");
+    // A passed backing fd is used (the file is opened through it), then the ring cannot
+    // be mapped from a uio fd that is not one: the error is about the map, not the file.
     let backing = tempfile::NamedTempFile::new().unwrap();
     backing.as_file().set_len(1 << 20).unwrap();
     let m = err(c
         .call(
-            &attach("Path=/nonexistent/disk,Type=fileio", false, true),
-            &[backing.as_file().as_fd()],
+            &attach("Path=/nonexistent/disk,Type=fileio", true, true),
+            &[devnull.as_fd(), backing.as_file().as_fd()],
         )
         .unwrap());
-    assert!(m.contains("uio-none"), "{m}");
+    assert!(m.contains("map"), "{m}");
     let m = err(c
         .call(&Request::Detach { uio: "nope".into() }, &[])
         .unwrap());

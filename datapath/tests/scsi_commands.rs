@@ -5,7 +5,9 @@ use std::sync::Arc;
 
 use datapath::params::LunParams;
 use datapath::ring::status;
-use datapath::scsi::testing::{exchange, Exchange, Faults, MemStore, GARBAGE};
+use datapath::scsi::testing::{
+    cdb10, cdb12, cdb16, cdb6, exchange, Exchange, Faults, MemStore, GARBAGE,
+};
 use datapath::scsi::{Identity, Lun};
 use iomodes::Capabilities;
 use md5::{Digest, Md5};
@@ -44,35 +46,6 @@ fn ro() -> (Arc<MemStore>, Lun) {
         ..MemStore::caps(false, false)
     };
     lun_with(caps, BS, BLOCKS)
-}
-
-fn cdb6(op: u8, b1: u8, lba: u32, len: u8) -> [u8; 6] {
-    let l = lba.to_be_bytes();
-    [op, b1 | (l[1] & 0x1F), l[2], l[3], len, 0]
-}
-
-fn cdb10(op: u8, b1: u8, lba: u32, len: u16) -> [u8; 10] {
-    let l = lba.to_be_bytes();
-    let n = len.to_be_bytes();
-    [op, b1, l[0], l[1], l[2], l[3], 0, n[0], n[1], 0]
-}
-
-fn cdb12(op: u8, b1: u8, lba: u32, len: u32) -> [u8; 12] {
-    let mut c = [0u8; 12];
-    c[0] = op;
-    c[1] = b1;
-    c[2..6].copy_from_slice(&lba.to_be_bytes());
-    c[6..10].copy_from_slice(&len.to_be_bytes());
-    c
-}
-
-fn cdb16(op: u8, b1: u8, lba: u64, len: u32) -> [u8; 16] {
-    let mut c = [0u8; 16];
-    c[0] = op;
-    c[1] = b1;
-    c[2..10].copy_from_slice(&lba.to_be_bytes());
-    c[10..14].copy_from_slice(&len.to_be_bytes());
-    c
 }
 
 fn good(x: &Exchange) {
@@ -838,13 +811,91 @@ fn synchronize_cache() {
         flush_fails: true,
         ..Faults::default()
     });
+    // HARDWARE ERROR, which Linux does not retry (see `store_error_latches`).
     check(
         &exchange(&lun, &cdb10(0x35, 0, 0, 0), &[], 0),
-        0x3,
-        0x0C,
+        0x4,
+        0x44,
         0x00,
     );
     assert_eq!(lun.stats().flushes, 2);
+}
+
+/// A failed flush may have consumed the kernel's only report of lost write-back data:
+/// from then on no flush and no write may answer GOOD, even once the store works again,
+/// until the LUN is re-attached (a new `Lun` over a new store). Reads still work.
+#[test]
+fn store_error_latches_after_a_failed_flush() {
+    let (store, lun) = lun_with(MemStore::caps(true, false), BS, BLOCKS);
+    good(&exchange(&lun, &cdb10(0x2A, 0, 0, 2), &[7; 1024], 1024));
+    assert_eq!(lun.store_error(), None);
+    store.set_faults(Faults {
+        flush_fails: true,
+        ..Faults::default()
+    });
+    check(
+        &exchange(&lun, &cdb10(0x35, 0, 0, 0), &[], 0),
+        0x4,
+        0x44,
+        0x00,
+    );
+    assert!(lun.store_error().unwrap().contains("flush"));
+    // The device recovers: the next flush would succeed, but must not say GOOD.
+    store.set_faults(Faults::default());
+    let flushes = store.calls().flushes;
+    let writes = store.calls().writes;
+    let refused = |x: &Exchange| check(x, 0x4, 0x44, 0x00);
+    refused(&exchange(&lun, &cdb10(0x35, 0, 0, 0), &[], 0));
+    refused(&exchange(&lun, &cdb16(0x91, 0, 0, 0), &[], 0));
+    refused(&exchange(&lun, &[0x1B, 0, 0, 0, 0, 0], &[], 0)); // STOP flushes
+    refused(&exchange(&lun, &cdb10(0x2A, 0, 4, 1), &[9; 512], 512));
+    refused(&exchange(&lun, &cdb10(0x2A, 0x08, 4, 1), &[9; 512], 512));
+    refused(&exchange(&lun, &cdb10(0x2E, 0, 4, 1), &[9; 512], 512));
+    refused(&exchange(&lun, &cdb10(0x41, 0, 4, 1), &[9; 512], 512));
+    let mut caw = [0u8; 16];
+    caw[0] = 0x89;
+    caw[13] = 1;
+    refused(&exchange(&lun, &caw, &[0; 1024], 1024));
+    // The inline path refuses writes too.
+    let x = datapath::scsi::testing::try_exchange(&lun, &cdb10(0x2A, 0, 4, 1), &[9; 512], 512)
+        .expect("a refusal is answered inline");
+    refused(&x);
+    assert_eq!(store.calls().flushes, flushes);
+    assert_eq!(store.calls().writes, writes);
+    // Reads and commands that change nothing still work.
+    let x = exchange(&lun, &cdb10(0x28, 0, 0, 2), &[], 1024);
+    good(&x);
+    assert_eq!(x.data_in(), &[7; 1024][..]);
+    good(&exchange(&lun, &[0, 0, 0, 0, 0, 0], &[], 0));
+    // A re-attach opens a new store: a new Lun starts clean.
+    let fresh = Lun::new(store.clone(), identity());
+    good(&exchange(&fresh, &cdb10(0x35, 0, 0, 0), &[], 0));
+}
+
+/// In `wb` a FUA write's sync reports (and consumes) earlier write-back errors, and in
+/// `wt` every write is one: their failure latches too. A plain `wb` write failing (the
+/// page cache refused it, nothing acknowledged is lost) keeps MEDIUM ERROR.
+#[test]
+fn store_error_latches_after_a_failed_durable_write() {
+    for (write_cache, b1, latches) in [(true, 0x08, true), (false, 0, true), (true, 0, false)] {
+        let (store, lun) = lun_with(MemStore::caps(write_cache, false), BS, BLOCKS);
+        store.set_faults(Faults {
+            write_fails_at: Some(3 * 512),
+            ..Faults::default()
+        });
+        let x = exchange(&lun, &cdb10(0x2A, b1, 3, 1), &[1; 512], 512);
+        store.set_faults(Faults::default());
+        let after = exchange(&lun, &cdb10(0x35, 0, 0, 0), &[], 0);
+        if latches {
+            check(&x, 0x4, 0x44, 0x00);
+            check(&after, 0x4, 0x44, 0x00);
+            assert!(lun.store_error().is_some());
+        } else {
+            check(&x, 0x3, 0x0C, 0x00);
+            good(&after);
+            assert_eq!(lun.store_error(), None);
+        }
+    }
 }
 
 // ---------------------------------------------------------------- WRITE SAME
@@ -1086,12 +1137,21 @@ fn compare_and_write() {
     good(&exchange(&lun, &caw(7, 1, 0x08), &out, 1024));
     assert_eq!(&store.contents()[7 * 512..8 * 512], &new[..]);
     assert_eq!(store.calls().fua_writes, 1);
-    // Now the compare data is stale: MISCOMPARE at the first differing byte, no write.
+    // The same CAW again (a replay after a restart): its write is on the medium, so it
+    // succeeded; GOOD, nothing written.
+    let writes = store.calls().writes;
+    good(&exchange(&lun, &caw(7, 1, 0), &out, 1024));
+    assert_eq!(store.calls().writes, writes);
+    // Stale compare data with other write data: MISCOMPARE at the first differing
+    // byte, no write.
     let first = old.iter().zip(&new).position(|(a, b)| a != b).unwrap();
-    let x = exchange(&lun, &caw(7, 1, 0), &out, 1024);
+    let mut other = old.clone();
+    other.extend_from_slice(&pattern(512, 3));
+    let x = exchange(&lun, &caw(7, 1, 0), &other, 1024);
     check(&x, 0xE, 0x1D, 0x00);
     assert_eq!(information(&x), Some(first as u32));
     assert_eq!(&store.contents()[7 * 512..8 * 512], &new[..]);
+    assert_eq!(store.calls().writes, writes);
     // More than one block, out of range, zero blocks, DPO+FUA accepted.
     invalid_cdb_field(&exchange(&lun, &caw(0, 2, 0), &[0; 2048], 2048), 13, None);
     lba_out_of_range(&exchange(&lun, &caw(BLOCKS, 1, 0), &out, 1024));
@@ -1478,7 +1538,8 @@ fn unsupported_opcodes() {
 
 #[test]
 fn store_errors_map_to_sense() {
-    let (store, lun) = wt();
+    // wb: a failed plain write is a MEDIUM ERROR (a durable one latches, tested above).
+    let (store, lun) = lun_with(MemStore::caps(true, false), BS, BLOCKS);
     store.set_faults(Faults {
         read_fails_at: Some(5 * 512 + 10),
         ..Faults::default()

@@ -90,19 +90,54 @@ impl DatapathHook {
     /// LIO's `hw_max_sectors` of the backstore (in its logical blocks), which the datapath
     /// advertises as MAXIMUM TRANSFER LENGTH so initiators never send more than LIO takes.
     fn max_transfer_blocks(&self, dev: &Backstore) -> Option<u32> {
-        let p = self
-            .configfs_root
-            .join(&dev.path)
-            .join("attrib/hw_max_sectors");
-        match std::fs::read_to_string(&p) {
-            Ok(s) => s.trim().parse().ok(),
+        self.attrib(
+            dev,
+            "hw_max_sectors",
+            "MAXIMUM TRANSFER LENGTH is the datapath's default",
+        )
+    }
+
+    /// The backstore's `cmd_time_out` (seconds): with one, the datapath must not execute
+    /// commands the kernel may have failed already (docs/command-lifetime.md). Unreadable
+    /// counts as the kernel's default of 30 s, the careful assumption.
+    fn cmd_time_out(&self, dev: &Backstore) -> Option<u32> {
+        Some(
+            self.attrib(dev, "cmd_time_out", "assuming the kernel's 30 s")
+                .unwrap_or(30),
+        )
+    }
+
+    fn attribs(&self, dev: &Backstore) -> DeviceAttribs {
+        DeviceAttribs {
+            max_transfer_blocks: self.max_transfer_blocks(dev),
+            cmd_time_out: self.cmd_time_out(dev),
+        }
+    }
+
+    /// Reads a numeric `attrib/NAME` of the backstore; a warning says `fallback` if not.
+    fn attrib(&self, dev: &Backstore, name: &str, fallback: &str) -> Option<u32> {
+        let p = self.configfs_root.join(&dev.path).join("attrib").join(name);
+        match std::fs::read_to_string(&p).map(|s| s.trim().parse::<u32>()) {
+            Ok(Ok(v)) => Some(v),
+            Ok(Err(e)) => {
+                warn!(self.log, "backstore attribute is not a number"; "path" => %p.display(),
+                      "error" => %e, "then" => fallback);
+                None
+            }
             Err(e) => {
-                warn!(self.log, "cannot read hw_max_sectors; MAXIMUM TRANSFER LENGTH not reported";
-                      "path" => %p.display(), "error" => %e);
+                warn!(self.log, "cannot read backstore attribute"; "path" => %p.display(),
+                      "error" => %e, "then" => fallback);
                 None
             }
         }
     }
+}
+
+/// What the datapath is told about a backstore's kernel settings.
+#[derive(Debug, Clone, Copy)]
+struct DeviceAttribs {
+    max_transfer_blocks: Option<u32>,
+    cmd_time_out: Option<u32>,
 }
 
 /// Opens `/dev/uioN` and the backing store of `lun` and describes the attach.
@@ -110,7 +145,7 @@ fn open_device(
     uio_name: &str,
     target: &Target,
     lun: &Lun,
-    max_transfer_blocks: Option<u32>,
+    attribs: DeviceAttribs,
 ) -> Result<Device, ProvisionError> {
     let uio = UioDevice::find(uio_name)
         .map_err(|e| ProvisionError::NotFound(format!("{uio_name} ({e})")))?;
@@ -132,7 +167,8 @@ fn open_device(
         target: target.name.clone(),
         lun: lun.lun,
         map_len: Some(uio.map_len),
-        max_transfer_blocks,
+        max_transfer_blocks: attribs.max_transfer_blocks,
+        cmd_time_out: attribs.cmd_time_out,
         uio_fd: true,
         backing_fd: backing_fd.is_some(),
     };
@@ -151,7 +187,7 @@ impl DeviceHook for DatapathHook {
         lun: &Lun,
         dev: &Backstore,
     ) -> Result<(), ProvisionError> {
-        let device = open_device(&dev.uio_name, target, lun, self.max_transfer_blocks(dev))?;
+        let device = open_device(&dev.uio_name, target, lun, self.attribs(dev))?;
         debug!(self.log, "attaching"; "uio" => &dev.uio_name, "params" => &device.attach.params);
         self.handle.lock().datapath.attach(device).map_err(|e| {
             ProvisionError::Invalid(format!("handing {} to the datapath: {e}", dev.uio_name))
@@ -171,20 +207,21 @@ impl DeviceHook for DatapathHook {
         if !serves {
             return self.device_enabled(target, lun, dev);
         }
-        let max = self.max_transfer_blocks(dev);
+        let attribs = self.attribs(dev);
         let attach = Attach {
             uio: dev.uio_name.clone(),
             params: lun.params.to_param_string(),
             target: target.name.clone(),
             lun: lun.lun,
             map_len: None,
-            max_transfer_blocks: max,
+            max_transfer_blocks: attribs.max_transfer_blocks,
+            cmd_time_out: attribs.cmd_time_out,
             uio_fd: true,
             backing_fd: lun.params.io_type != IoType::NullIo,
         };
         let (uio_name, t, l) = (dev.uio_name.clone(), target.clone(), lun.clone());
         let reopen =
-            Box::new(move || open_device(&uio_name, &t, &l, max).map_err(|e| e.to_string()));
+            Box::new(move || open_device(&uio_name, &t, &l, attribs).map_err(|e| e.to_string()));
         self.handle
             .lock()
             .datapath

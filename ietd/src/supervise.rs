@@ -14,8 +14,10 @@
 //! new ietd cannot hold its own copy of an adopted device's descriptor; it keeps a way to
 //! re-open it instead ([`Reopen`]), used once the adopted datapath has died (its last
 //! descriptor closed, which makes the device openable again). Commands the dead
-//! datapath had taken from such a ring are retried by the initiator after LIO's
-//! command timeout rather than resumed.
+//! datapath had taken from such a ring stay in it (closing the uio device does not
+//! complete them) and the new datapath executes them again; on a device that still has
+//! a kernel `cmd_time_out` it answers them BUSY unexecuted instead, as they may have
+//! expired (docs/command-lifetime.md).
 //!
 //! Not its job: deciding which devices exist (the provisioner and its device hook in
 //! [`crate::handoff`]) or serving commands (the datapath).
@@ -619,9 +621,9 @@ impl Supervisor {
             self.restarts.pop_front();
         }
         // Past the limit the datapath is crash-looping: say so once, and keep trying at
-        // the slowest pace. Giving up for longer than TCMU's cmd_time_out (30 s) would
-        // turn every command in flight into an I/O error at the initiator, while a
-        // retry every MAX_BACKOFF costs little.
+        // the slowest pace. Our devices have no kernel cmd_time_out, so while no datapath
+        // runs their commands wait in the rings (and the initiators' aborts with them):
+        // giving up would hang them all, while a retry every MAX_BACKOFF costs little.
         let crash_loop = self.restarts.len() >= self.cfg.max_restarts_per_window;
         if crash_loop && !self.limit_logged {
             error!(self.log, "datapath keeps dying; restarting it every few seconds";

@@ -91,7 +91,7 @@ fn past_the_restart_limit_restarts_slowly_but_never_gives_up() {
     let second = wait_restarted(&mut sup, first, Duration::from_secs(20)).expect("first restart");
     kill(Pid::from_raw(second as i32), Signal::SIGKILL).unwrap();
     // Past the limit: not at the doubling backoff (200 ms here) but at the crash-loop
-    // pace of 5 s, and never given up (that would fail I/O after cmd_time_out).
+    // pace of 5 s, and never given up (commands wait in the rings meanwhile).
     assert_eq!(
         wait_restarted(&mut sup, second, Duration::from_secs(2)),
         None
@@ -122,6 +122,7 @@ fn a_refused_attach_is_not_kept() {
             lun: 0,
             map_len: Some(1 << 20),
             max_transfer_blocks: None,
+            cmd_time_out: None,
             uio_fd: true,
             backing_fd: false,
         },

@@ -108,7 +108,7 @@ fn kernel_provision_and_remove() {
         assert_eq!(read(&format!("{}/attrib/dev_config", d.path)), d.dev_config);
         assert_eq!(read(&format!("{}/attrib/nl_reply_supported", d.path)), "-1");
         assert_eq!(read(&format!("{}/attrib/cmd_time_out", d.path)), "5");
-        assert_eq!(read(&format!("{}/attrib/qfull_time_out", d.path)), "-1");
+        assert_eq!(read(&format!("{}/attrib/qfull_time_out", d.path)), "30");
         assert!(uio_names().contains(&d.uio_name), "{:?}", uio_names());
     }
     let sn = config.targets[0].luns[&0].params.iet_scsi_sn(T1, 0);

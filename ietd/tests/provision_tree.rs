@@ -35,8 +35,8 @@ d target/core
 d target/core/user_0
 d target/core/user_0/ietd_t1_l0
 d target/core/user_0/ietd_t1_l0/attrib
-f target/core/user_0/ietd_t1_l0/attrib/cmd_time_out = 30
-f target/core/user_0/ietd_t1_l0/attrib/qfull_time_out = -1
+f target/core/user_0/ietd_t1_l0/attrib/cmd_time_out = 0
+f target/core/user_0/ietd_t1_l0/attrib/qfull_time_out = 30
 f target/core/user_0/ietd_t1_l0/control = nl_reply_supported=-1
 f target/core/user_0/ietd_t1_l0/enable = 1
 d target/core/user_0/ietd_t1_l0/wwn
@@ -44,8 +44,8 @@ f target/core/user_0/ietd_t1_l0/wwn/vpd_unit_serial = SN_T1_L0
 d target/core/user_1
 d target/core/user_1/ietd_t1_l1
 d target/core/user_1/ietd_t1_l1/attrib
-f target/core/user_1/ietd_t1_l1/attrib/cmd_time_out = 30
-f target/core/user_1/ietd_t1_l1/attrib/qfull_time_out = -1
+f target/core/user_1/ietd_t1_l1/attrib/cmd_time_out = 0
+f target/core/user_1/ietd_t1_l1/attrib/qfull_time_out = 30
 f target/core/user_1/ietd_t1_l1/control = nl_reply_supported=-1
 f target/core/user_1/ietd_t1_l1/enable = 1
 d target/core/user_1/ietd_t1_l1/wwn
@@ -53,8 +53,8 @@ f target/core/user_1/ietd_t1_l1/wwn/vpd_unit_serial = SN_T1_L1
 d target/core/user_2
 d target/core/user_2/ietd_t2_l0
 d target/core/user_2/ietd_t2_l0/attrib
-f target/core/user_2/ietd_t2_l0/attrib/cmd_time_out = 30
-f target/core/user_2/ietd_t2_l0/attrib/qfull_time_out = -1
+f target/core/user_2/ietd_t2_l0/attrib/cmd_time_out = 0
+f target/core/user_2/ietd_t2_l0/attrib/qfull_time_out = 30
 f target/core/user_2/ietd_t2_l0/control = nl_reply_supported=-1
 f target/core/user_2/ietd_t2_l0/enable = 1
 d target/core/user_2/ietd_t2_l0/wwn
@@ -267,8 +267,8 @@ fn plan_lists_operations_in_order_with_secrets_masked() {
         format!("write {dev0}/control = nl_reply_supported=-1"),
         format!("write {dev0}/enable = 1"),
         format!("write {dev0}/wwn/vpd_unit_serial = {sn}"),
-        format!("write {dev0}/attrib/cmd_time_out = 30"),
-        format!("write {dev0}/attrib/qfull_time_out = -1"),
+        format!("write {dev0}/attrib/cmd_time_out = 0"),
+        format!("write {dev0}/attrib/qfull_time_out = 30"),
         format!("mkdir {t1}/lun/lun_0"),
         format!("symlink {t1}/lun/lun_0/ietd_t1_l0 -> {dev0}"),
     ];

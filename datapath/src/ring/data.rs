@@ -166,4 +166,14 @@ impl Response {
             data_in_len: None,
         }
     }
+
+    /// BUSY for a command that was not executed: the initiator retries it. No Data-In
+    /// is valid (a read's buffer is zero-filled, never sent as it was).
+    pub fn busy() -> Response {
+        Response {
+            status: status::BUSY,
+            sense: None,
+            data_in_len: Some(0),
+        }
+    }
 }

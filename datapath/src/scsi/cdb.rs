@@ -418,14 +418,11 @@ pub enum Command {
         lba: u64,
         blocks: u32,
     },
-    /// `long` = WRITE SAME(16) (where the NUMBER OF LOGICAL BLOCKS field starts at byte
-    /// 10 instead of 7).
     WriteSame {
         lba: u64,
         blocks: u32,
         unmap: bool,
         ndob: bool,
-        long: bool,
     },
     Unmap {
         param_len: u16,
@@ -458,6 +455,21 @@ pub enum Command {
 }
 
 impl Command {
+    /// True for commands whose buffer is Data-Out (the initiator's data to us).
+    pub fn has_data_out(&self) -> bool {
+        match self {
+            Command::Write { .. }
+            | Command::WriteAndVerify { .. }
+            | Command::Unmap { .. }
+            | Command::CompareAndWrite { .. }
+            | Command::ModeSelect { .. } => true,
+            Command::Verify { bytchk, .. } => *bytchk != ByteCheck::None,
+            Command::WriteSame { ndob, .. } => !ndob,
+            Command::FormatUnit { fmtdata, .. } => *fmtdata,
+            _ => false,
+        }
+    }
+
     /// True for commands that modify the medium (refused on a read-only LUN).
     pub fn modifies_medium(&self) -> bool {
         matches!(
@@ -666,21 +678,17 @@ pub fn parse(cdb: &[u8], caps: &Capabilities) -> Result<Command, Failure> {
         }
         (0x41 | 0x93, _) => {
             let (lba, blocks) = lba_len(c);
-            let long = c[0] == 0x93;
             // WSNZ=1 in VPD B0: zero blocks ("to the end of the medium") is refused.
             if blocks == 0 {
-                return Err(Failure::InvalidFieldInCdb(FieldPointer::byte(if long {
-                    10
-                } else {
-                    7
-                })));
+                return Err(Failure::InvalidFieldInCdb(FieldPointer::byte(
+                    length_field(c[0]),
+                )));
             }
             Command::WriteSame {
                 lba,
                 blocks,
                 unmap: c[1] & 0x08 != 0,
-                ndob: long && c[1] & 0x01 != 0,
-                long,
+                ndob: c[0] == 0x93 && c[1] & 0x01 != 0,
             }
         }
         (0x42, _) => Command::Unmap {
@@ -725,6 +733,20 @@ pub fn parse(cdb: &[u8], caps: &Capabilities) -> Result<Command, Failure> {
         _ => return Err(Failure::InvalidOpcode),
     };
     Ok(cmd)
+}
+
+/// Byte offset of the TRANSFER LENGTH (or NUMBER OF LOGICAL BLOCKS) field of a block
+/// command, from its CDB group: what a field pointer names when the length is refused.
+pub fn length_field(opcode: u8) -> usize {
+    match opcode {
+        0x89 => 13, // COMPARE AND WRITE: NUMBER OF LOGICAL BLOCKS
+        _ => match opcode >> 5 {
+            0 => 4,
+            1 | 2 => 7,
+            5 => 6,
+            _ => 10,
+        },
+    }
 }
 
 /// LBA and transfer length of the 10/12/16-byte block commands.

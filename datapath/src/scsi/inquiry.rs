@@ -97,7 +97,7 @@ fn block_limits(geometry: &Geometry, caps: &Capabilities, limits: &Limits) -> Ve
     let per_physical = (geometry.physical_block_size / bs).max(1);
     // Offsets below are page offsets minus the 4-byte header.
     b[0] = 0x01; // WSNZ: WRITE SAME with 0 blocks is refused (see io::write_same)
-    b[1] = 1; // MAXIMUM COMPARE AND WRITE LENGTH
+    b[1] = super::MAX_COMPARE_AND_WRITE_BLOCKS;
     b[2..4].copy_from_slice(&(per_physical.min(0xFFFF) as u16).to_be_bytes());
     b[4..8].copy_from_slice(&limits.max_transfer_blocks.to_be_bytes());
     let mut optimal = caps.optimal_transfer_bytes / bs;

@@ -122,6 +122,26 @@ impl Lun {
         Failure::from_io(&e, self.geometry.block_size)
     }
 
+    /// Whether a write reaches the medium before it returns (FUA, or a `wt` store).
+    fn durable(&self, fua: bool) -> bool {
+        fua || !self.caps.write_cache
+    }
+
+    /// The error of a write (durable or not, see [`durable`](Self::durable)) or flush.
+    /// A failed flush or durable write may have consumed the only report of lost
+    /// write-back data (the kernel reports a writeback error to a file once), so it
+    /// latches the LUN's store error ([`Lun::store_error`]): every later write and
+    /// flush is refused, and this one already answers like them.
+    fn store_err(&self, e: IoError, durable: bool) -> Failure {
+        match e {
+            IoError::FlushFailed { .. } | IoError::WriteFailed { .. } if durable => {
+                self.latch_store_error(&e);
+                Failure::StoreFailed
+            }
+            e => self.io_err(e),
+        }
+    }
+
     /// LBA OUT OF RANGE unless `[lba, lba+blocks)` lies inside the LUN (an empty range
     /// may start right after the last block, as SBC allows).
     pub(super) fn check_range(&self, lba: u64, blocks: u64) -> Result<(), Failure> {
@@ -292,7 +312,7 @@ impl Lun {
         let _order = self.shared_write();
         self.store
             .write_at(&p, lba * self.bs(), fua)
-            .map_err(|e| self.io_err(e))?;
+            .map_err(|e| self.store_err(e, self.durable(fua)))?;
         Ok(Completion::no_data())
     }
 
@@ -319,7 +339,7 @@ impl Lun {
             // Verification is about the medium, so the write must reach it first.
             self.store
                 .write_at(&p, offset, true)
-                .map_err(|e| self.io_err(e))?;
+                .map_err(|e| self.store_err(e, true))?;
         }
         let mut expect = Vec::new();
         self.read_chunks(offset, n as u64, |at, got| {
@@ -392,7 +412,7 @@ impl Lun {
     /// finishing the flush before answering, which SBC allows.
     pub(super) fn synchronize_cache(&self, lba: u64, blocks: u32) -> Result<Completion, Failure> {
         self.check_range(lba, u64::from(blocks))?;
-        self.store.flush().map_err(|e| self.io_err(e))?;
+        self.store.flush().map_err(|e| self.store_err(e, true))?;
         Ok(Completion::no_data())
     }
 
@@ -406,19 +426,10 @@ impl Lun {
         blocks: u32,
         unmap: bool,
         ndob: bool,
-        long: bool,
         data: &DataIov<'_>,
     ) -> Result<Completion, Failure> {
         if unmap && !self.caps.can_discard {
             return Err(Failure::InvalidFieldInCdb(FieldPointer::bit(1, 3)));
-        }
-        let max = self.limits.max_write_same_blocks;
-        if max != 0 && u64::from(blocks) > max {
-            return Err(Failure::InvalidFieldInCdb(FieldPointer::byte(if long {
-                10
-            } else {
-                7
-            })));
         }
         self.check_writable()?;
         self.check_range(lba, u64::from(blocks))?;
@@ -431,11 +442,12 @@ impl Lun {
         let offset = lba * self.bs();
         let len = u64::from(blocks) * self.bs();
         let _order = self.shared_write();
+        let durable = self.durable(false);
         if pattern.iter().all(|&b| b == 0) {
             match self.store.write_zeroes(offset, len, unmap) {
                 Ok(()) => return Ok(Completion::no_data()),
                 Err(IoError::DiscardUnsupported) => {}
-                Err(e) => return Err(self.io_err(e)),
+                Err(e) => return Err(self.store_err(e, durable)),
             }
         }
         let per_chunk = (CHUNK_BYTES / bs).max(1).min(blocks as usize);
@@ -445,7 +457,7 @@ impl Lun {
             let n = (buf.len() as u64).min(len - done) as usize;
             self.store
                 .write_at(&[IoSlice::new(&buf[..n])], offset + done, false)
-                .map_err(|e| self.io_err(e))?;
+                .map_err(|e| self.store_err(e, durable))?;
             done += n as u64;
         }
         Ok(Completion::no_data())
@@ -498,7 +510,7 @@ impl Lun {
                 Err(IoError::DiscardUnsupported) if self.caps.discard_zeroes => self
                     .store
                     .write_zeroes(offset, len, true)
-                    .map_err(|e| self.io_err(e))?,
+                    .map_err(|e| self.store_err(e, self.durable(false)))?,
                 Err(IoError::DiscardUnsupported) => {}
                 Err(e) => return Err(self.io_err(e)),
             }
@@ -507,6 +519,7 @@ impl Lun {
     }
 
     /// COMPARE AND WRITE: Data-Out holds the verify block(s) then the write block(s).
+    /// Idempotent: a medium that already holds the write data answers GOOD.
     pub(super) fn compare_and_write(
         &self,
         lba: u64,
@@ -514,10 +527,6 @@ impl Lun {
         fua: bool,
         data: &DataIov<'_>,
     ) -> Result<Completion, Failure> {
-        if blocks > 1 {
-            // MAXIMUM COMPARE AND WRITE LENGTH in VPD B0 is 1.
-            return Err(Failure::InvalidFieldInCdb(FieldPointer::byte(13)));
-        }
         self.check_writable()?;
         self.check_range(lba, u64::from(blocks))?;
         if blocks == 0 {
@@ -536,11 +545,18 @@ impl Lun {
             .read_at(&mut [IoSliceMut::new(&mut current)], offset)
             .map_err(|e| self.io_err(e))?;
         if let Some(i) = first_mismatch(&current, expect) {
+            // A CAW executed again after a restart (or the BUSY recovery of its slot)
+            // finds its own write on the medium: that is its success, not a miscompare
+            // (VMware drops a datastore on a failed ATS heartbeat). Nobody else writes
+            // exactly this CAW's new data, so the medium holding it means we wrote it.
+            if current == new {
+                return Ok(Completion::no_data());
+            }
             return Err(Failure::Miscompare { offset: i as u64 });
         }
         self.store
             .write_at(&[IoSlice::new(new)], offset, fua)
-            .map_err(|e| self.io_err(e))?;
+            .map_err(|e| self.store_err(e, self.durable(fua)))?;
         Ok(Completion::no_data())
     }
 
@@ -616,7 +632,7 @@ impl Lun {
         no_flush: bool,
     ) -> Result<Completion, Failure> {
         if !start && !no_flush {
-            self.store.flush().map_err(|e| self.io_err(e))?;
+            self.store.flush().map_err(|e| self.store_err(e, true))?;
         }
         Ok(Completion::no_data())
     }

@@ -23,13 +23,16 @@ pub mod sense;
 pub mod testing;
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, OnceLock, RwLock};
 
 use iomodes::{BackingStore, Capabilities, Geometry};
 
 use crate::ring::{DataIov, Response};
 use cdb::Command;
-use sense::{Completion, ErrorClass, Failure};
+use sense::{Completion, ErrorClass, Failure, FieldPointer};
+
+/// MAXIMUM COMPARE AND WRITE LENGTH reported in VPD B0.
+pub const MAX_COMPARE_AND_WRITE_BLOCKS: u8 = 1;
 
 /// Who the LUN says it is (INQUIRY VPD 0x80 / 0x83).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -45,8 +48,10 @@ pub struct Identity {
 /// Limits advertised in VPD B0 and enforced by the handlers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
-    /// MAXIMUM TRANSFER LENGTH in blocks; 0 = not reported. The datapath should set it
-    /// from the TCMU device's `hw_max_sectors` (converted to logical blocks).
+    /// MAXIMUM TRANSFER LENGTH in blocks, enforced for READ, WRITE, WRITE AND VERIFY and
+    /// VERIFY (see [`Lun::check_limits`]); 0 = not reported and not enforced (tests).
+    /// The datapath sets it from the TCMU device's `hw_max_sectors` (in logical blocks),
+    /// or [`FALLBACK_MAX_TRANSFER_BYTES`] when ietd did not say.
     pub max_transfer_blocks: u32,
     /// MAXIMUM UNMAP LBA COUNT (total blocks of one UNMAP); libiscsi accepts at most 1 Mi.
     pub max_unmap_blocks: u32,
@@ -54,6 +59,33 @@ pub struct Limits {
     pub max_unmap_descriptors: u32,
     /// MAXIMUM WRITE SAME LENGTH in blocks; bounds the time one WRITE SAME can take.
     pub max_write_same_blocks: u64,
+}
+
+/// MAXIMUM TRANSFER LENGTH (in bytes) of a device whose `hw_max_sectors` is unknown:
+/// what ietd configures (2048 sectors of 512 bytes). Never "no limit": a VERIFY carries
+/// no data, so only this bounds the work one 16-byte CDB can ask for.
+pub const FALLBACK_MAX_TRANSFER_BYTES: u32 = 1 << 20;
+
+/// Most bytes one WRITE SAME may cover. A zero pattern may end as BLKZEROOUT, which
+/// writes zeroes on devices without a zeroing command: at 100 MB/s this is under 3 s,
+/// far inside the 30 s command timeout (1 Mi blocks of 4096 bytes would be 40 s).
+pub const MAX_WRITE_SAME_BYTES: u64 = 256 << 20;
+
+impl Limits {
+    /// The limits of a device with `block_size`-byte blocks, whose `hw_max_sectors` (in
+    /// logical blocks) is `max_transfer_blocks` if known.
+    pub fn for_device(block_size: u32, max_transfer_blocks: Option<u32>) -> Limits {
+        let bs = block_size.max(1);
+        let fallback = (FALLBACK_MAX_TRANSFER_BYTES / bs).max(1);
+        let d = Limits::default();
+        Limits {
+            max_transfer_blocks: max_transfer_blocks.filter(|&b| b > 0).unwrap_or(fallback),
+            max_write_same_blocks: d
+                .max_write_same_blocks
+                .min(MAX_WRITE_SAME_BYTES / u64::from(bs)),
+            ..d
+        }
+    }
 }
 
 impl Default for Limits {
@@ -120,6 +152,8 @@ pub struct Lun {
     limits: Limits,
     /// Orders COMPARE AND WRITE (exclusive) against other modifying commands (shared).
     write_order: RwLock<()>,
+    /// Set by the first failed flush or durable write (see [`Lun::store_error`]).
+    store_error: OnceLock<String>,
     counters: Counters,
 }
 
@@ -170,6 +204,7 @@ impl Lun {
             caps,
             limits: Limits::default(),
             write_order: RwLock::new(()),
+            store_error: OnceLock::new(),
             counters: Counters::default(),
         }
     }
@@ -188,14 +223,111 @@ impl Lun {
         self.limits
     }
 
+    /// Parses a CDB and checks it against this LUN's [`Limits`]: the one validation both
+    /// [`execute`](Self::execute) and [`try_execute`](Self::try_execute) use.
+    fn parse(&self, cdb: &[u8]) -> Result<Command, Failure> {
+        let cmd = cdb::parse(cdb, &self.caps)?;
+        self.check_limits(&cmd, cdb[0])?;
+        if self.store_error.get().is_some()
+            && (cmd.modifies_medium()
+                || matches!(
+                    cmd,
+                    Command::SynchronizeCache { .. } | Command::StartStopUnit { .. }
+                ))
+        {
+            return Err(Failure::StoreFailed);
+        }
+        Ok(cmd)
+    }
+
+    /// Why the LUN refuses writes and flushes, once a flush or a durable write of its
+    /// store failed. Write-back data acknowledged before may be lost and the kernel
+    /// reports that only once, so no later flush may answer GOOD: the error stays until
+    /// an administrator acts, by detaching and re-attaching the LUN (`ietadm --op
+    /// delete` + `--op new`, a reload that changes it, or a restart of the datapath,
+    /// all of which open a new store), after checking the data. Reads still work.
+    pub fn store_error(&self) -> Option<&str> {
+        self.store_error.get().map(String::as_str)
+    }
+
+    fn latch_store_error(&self, e: &iomodes::IoError) {
+        let _ = self.store_error.set(e.to_string());
+    }
+
+    /// Bounds the work of one command, before anything runs. Every command that moves or
+    /// touches blocks has a limit here or a fixed bound in its handler:
+    ///
+    /// | command | bound |
+    /// |---|---|
+    /// | READ, WRITE, WRITE AND VERIFY, VERIFY (any BYTCHK) | MAXIMUM TRANSFER LENGTH |
+    /// | WRITE SAME | MAXIMUM WRITE SAME LENGTH |
+    /// | COMPARE AND WRITE | MAXIMUM COMPARE AND WRITE LENGTH (1) |
+    /// | UNMAP | MAXIMUM UNMAP LBA / DESCRIPTOR COUNT (in `io::unmap`) |
+    /// | GET LBA STATUS | a fixed scan window (`io::LBA_STATUS_SCAN_BYTES`) |
+    /// | SYNCHRONIZE CACHE, START STOP UNIT | one flush of the store (no per-block work) |
+    /// | FORMAT UNIT | touches nothing |
+    ///
+    /// PRE-FETCH, ORWRITE, XDWRITEREAD and the like are not in `cdb::OPCODES`: refused
+    /// as invalid opcodes. Too long a transfer is INVALID FIELD IN CDB pointing at the
+    /// transfer length, as SBC asks.
+    fn check_limits(&self, cmd: &Command, opcode: u8) -> Result<(), Failure> {
+        let too_long = |blocks: u64, max: u64| max != 0 && blocks > max;
+        let field = || Failure::InvalidFieldInCdb(FieldPointer::byte(cdb::length_field(opcode)));
+        let mtl = u64::from(self.limits.max_transfer_blocks);
+        match *cmd {
+            Command::Read { blocks, .. }
+            | Command::Write { blocks, .. }
+            | Command::WriteAndVerify { blocks, .. }
+            | Command::Verify { blocks, .. }
+                if too_long(u64::from(blocks), mtl) =>
+            {
+                Err(field())
+            }
+            Command::WriteSame { blocks, .. }
+                if too_long(u64::from(blocks), self.limits.max_write_same_blocks) =>
+            {
+                Err(field())
+            }
+            Command::CompareAndWrite { blocks, .. } if blocks > MAX_COMPARE_AND_WRITE_BLOCKS => {
+                Err(field())
+            }
+            _ => Ok(()),
+        }
+    }
+
     /// Parses, validates, executes and completes one command. Never panics.
     pub fn execute(&self, cdb: &[u8], data: &mut DataIov<'_>) -> Response {
-        let parsed = cdb::parse(cdb, &self.caps);
+        let parsed = self.parse(cdb);
         let outcome = match &parsed {
-            Ok(cmd) => self.run(cmd, data),
+            Ok(cmd) => self.run_guarded(cmd, data),
             Err(f) => Err(*f),
         };
-        self.count(parsed.ok().as_ref(), &outcome);
+        self.respond(parsed.ok().as_ref(), outcome)
+    }
+
+    /// [`run`](Self::run), with a panic (a bug) turned into HARDWARE ERROR for this one
+    /// command. Unwinding stops here so the command is still completed: a lost command
+    /// would wedge its ring (completions are written in ring order), and aborting the
+    /// process instead would make every restart execute the same command again. The
+    /// LUN's state survives a panic: counters are atomics, the write-order lock's poison
+    /// is ignored (it guards no data), and the default hook has printed the panic.
+    fn run_guarded(&self, cmd: &Command, data: &mut DataIov<'_>) -> Result<Completion, Failure> {
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.run(cmd, data)))
+            .unwrap_or(Err(Failure::InternalTargetFailure))
+    }
+
+    /// Counts the outcome and turns it into the ring's response. A command that answered
+    /// no Data-In and carries no Data-Out reports zero valid bytes, so the ring zero-fills
+    /// whatever Data-In buffer the initiator asked for instead of sending the stale bytes
+    /// of a reused data block (an initiator may attach a read buffer to any CDB).
+    fn respond(&self, cmd: Option<&Command>, outcome: Result<Completion, Failure>) -> Response {
+        let outcome = match outcome {
+            Ok(c) if c.data_in_len.is_none() && !cmd.is_some_and(Command::has_data_out) => {
+                Ok(Completion::data_in(0))
+            }
+            other => other,
+        };
+        self.count(cmd, &outcome);
         sense::respond(&outcome)
     }
 
@@ -205,16 +337,18 @@ impl Lun {
     /// worker, which runs [`execute`](Self::execute) (nothing was counted or answered;
     /// a refused READ may have filled part of the buffer, which the worker overwrites).
     pub fn try_execute(&self, cdb: &[u8], data: &mut DataIov<'_>) -> Option<Response> {
-        let parsed = cdb::parse(cdb, &self.caps);
-        let outcome = match &parsed {
-            Ok(Command::Read { lba, blocks, .. }) => self.try_read(*lba, *blocks, data)?,
-            Ok(Command::Write { lba, blocks, fua }) => self.try_write(*lba, *blocks, *fua, data)?,
-            Ok(_) if needs_io(cdb) => return None,
-            Ok(cmd) => self.run(cmd, data),
-            Err(f) => Err(*f),
-        };
-        self.count(parsed.ok().as_ref(), &outcome);
-        Some(sense::respond(&outcome))
+        let parsed = self.parse(cdb);
+        // Guarded as in `run_guarded`: this runs on the event loop thread, which a panic
+        // would take down with every LUN it serves.
+        let attempt = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match &parsed {
+            Ok(Command::Read { lba, blocks, .. }) => self.try_read(*lba, *blocks, data),
+            Ok(Command::Write { lba, blocks, fua }) => self.try_write(*lba, *blocks, *fua, data),
+            Ok(_) if needs_io(cdb) => None,
+            Ok(cmd) => Some(self.run(cmd, data)),
+            Err(f) => Some(Err(*f)),
+        }));
+        let outcome = attempt.unwrap_or(Some(Err(Failure::InternalTargetFailure)))?;
+        Some(self.respond(parsed.ok().as_ref(), outcome))
     }
 
     /// Dispatch: one arm per command, naming its handler.
@@ -304,8 +438,7 @@ impl Lun {
                 blocks,
                 unmap,
                 ndob,
-                long,
-            } => self.write_same(lba, blocks, unmap, ndob, long, data),
+            } => self.write_same(lba, blocks, unmap, ndob, data),
             Command::Unmap { param_len } => self.unmap(param_len, data),
             Command::CompareAndWrite { lba, blocks, fua } => {
                 self.compare_and_write(lba, blocks, fua, data)

@@ -104,6 +104,13 @@ pub enum Failure {
     Miscompare { offset: u64 },
     #[error("HARDWARE ERROR: internal target failure")]
     InternalTargetFailure,
+    /// A flush or durable write failed: acknowledged write-back data may be lost, and
+    /// the LUN refuses writes and flushes until re-attached (`Lun::store_error`).
+    /// HARDWARE ERROR, unlike MEDIUM ERROR / WRITE ERROR, is not retried by Linux's
+    /// SCSI midlayer (it ends the request as a target failure), so no retry can turn
+    /// it into a false GOOD.
+    #[error("HARDWARE ERROR: internal target failure (backing store failed a flush)")]
+    StoreFailed,
 }
 
 /// Error classes counted in [`super::LunStats`].
@@ -150,7 +157,7 @@ impl Failure {
             Failure::WriteProtected | Failure::SpaceAllocationFailed => ErrorClass::DataProtect,
             Failure::UnrecoveredReadError { .. } | Failure::WriteError { .. } => ErrorClass::Medium,
             Failure::Miscompare { .. } => ErrorClass::Miscompare,
-            Failure::InternalTargetFailure => ErrorClass::Hardware,
+            Failure::InternalTargetFailure | Failure::StoreFailed => ErrorClass::Hardware,
         }
     }
 
@@ -169,7 +176,9 @@ impl Failure {
             Failure::UnrecoveredReadError { .. } => (key::MEDIUM_ERROR, 0x11, 0x00),
             Failure::WriteError { .. } => (key::MEDIUM_ERROR, 0x0C, 0x00),
             Failure::Miscompare { .. } => (key::MISCOMPARE, 0x1D, 0x00),
-            Failure::InternalTargetFailure => (key::HARDWARE_ERROR, 0x44, 0x00),
+            Failure::InternalTargetFailure | Failure::StoreFailed => {
+                (key::HARDWARE_ERROR, 0x44, 0x00)
+            }
         };
         let information = match self {
             Failure::UnrecoveredReadError { lba } | Failure::WriteError { lba } => *lba,

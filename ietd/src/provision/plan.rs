@@ -38,8 +38,11 @@ pub struct Settings {
     /// TCMU data area per LUN in MiB (the kernel allocates it lazily).
     pub max_data_area_mb: u32,
     /// Seconds before the kernel fails a command the datapath has not answered (0 = never).
+    /// 0: a command failed this way stays in the ring and could still be executed after
+    /// the initiator wrote the same blocks anew (docs/command-lifetime.md).
     pub cmd_time_out: u32,
-    /// Seconds a command may wait for ring space; -1 = use `cmd_time_out`.
+    /// Seconds a command may wait for ring space (it is not in the ring yet, so failing
+    /// it is safe); -1 = use `cmd_time_out`.
     pub qfull_time_out: i32,
     /// The TCMU handler subtype: first component of `dev_config`, so tcmu-runner never
     /// claims our devices.
@@ -54,8 +57,8 @@ impl Default for Settings {
             portals: vec![SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 3260)],
             hw_max_sectors: 2048,
             max_data_area_mb: 256,
-            cmd_time_out: 30,
-            qfull_time_out: -1,
+            cmd_time_out: 0,
+            qfull_time_out: 30,
             subtype: "ietd".to_string(),
             access: AccessRules::default(),
         }
