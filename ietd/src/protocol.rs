@@ -194,12 +194,23 @@ pub struct KeyValue {
     pub value: String,
 }
 
+/// LU state of the volume view, IET's: the LUN serves commands.
+pub const LUN_RUNNING: u32 = 0;
+/// IET's "being deleted": here, a removal failed halfway; deleting it again finishes it.
+pub const LUN_DELETING: u32 = 1;
+/// Ours (IET had no such state): exported, but the datapath does not serve it, so
+/// commands to it time out; ietd keeps trying to hand it over again.
+pub const LUN_FAILED: u32 = 2;
+
 /// One LUN in the volume view.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LunView {
     pub lun: u32,
-    /// IET's LU state: 0 running, 1 being deleted.
+    /// The LU state: [`LUN_RUNNING`], [`LUN_DELETING`] or [`LUN_FAILED`].
     pub state: u32,
+    /// Why the LUN is not running (empty when it is).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub problem: String,
     pub io_type: String,
     /// `ro`, `wb` or `wt`.
     pub io_mode: String,

@@ -23,7 +23,10 @@ use crate::conf::params::{
     format_param_value, parse_param_value, Key, SESSION_PARAMS, TARGET_PARAMS,
 };
 use crate::conf::AccessRules;
-use crate::protocol::{Direction, KeyValue, LunView, TargetSessions, TargetVolumes};
+use crate::protocol::{
+    Direction, KeyValue, LunView, TargetSessions, TargetVolumes, LUN_DELETING, LUN_FAILED,
+    LUN_RUNNING,
+};
 use crate::provision::{Connection, ProvisionError, Provisioner, Session};
 
 mod reload;
@@ -145,6 +148,11 @@ pub struct State {
     discovery: Accounts,
     /// The access rules the provisioner was given (compared at reload).
     access: AccessRules,
+    /// LUNs (tid, lun) whose removal failed halfway, with the error: still listed, as
+    /// being deleted, until a retry succeeds.
+    deleting: BTreeMap<(u32, u32), String>,
+    /// LUNs the datapath does not serve, with the reason (from the health check).
+    unserved: BTreeMap<(u32, u32), String>,
     log: Logger,
 }
 
@@ -159,6 +167,8 @@ impl State {
             last_tid: 0,
             discovery: Accounts::default(),
             access: AccessRules::default(),
+            deleting: BTreeMap::new(),
+            unserved: BTreeMap::new(),
             log,
         }
     }
@@ -310,9 +320,15 @@ impl State {
 
     fn remove_target(&mut self, tid: u32) -> Result<(), StateError> {
         let target = self.targets.get(&tid).ok_or(StateError::NoTarget { tid })?;
-        self.prov
-            .delete_target(target)
-            .map_err(prov_err(format!("deleting target {tid}")))?;
+        if let Err(e) = self.prov.delete_target(target) {
+            let e = prov_err(format!("deleting target {tid}"))(e);
+            for &lun in target.luns.keys() {
+                self.deleting.insert((tid, lun), e.to_string());
+            }
+            return Err(e);
+        }
+        self.deleting.retain(|(t, _), _| *t != tid);
+        self.unserved.retain(|(t, _), _| *t != tid);
         if let Some(t) = self.targets.remove(&tid) {
             info!(self.log, "target deleted"; "tid" => tid, "name" => &t.name);
         }
@@ -541,9 +557,13 @@ impl State {
         if !t.luns.contains_key(&lun) {
             return Err(StateError::NoLun { tid, lun });
         }
-        self.prov
-            .delete_lun(t, lun)
-            .map_err(prov_err(format!("removing LUN {lun} from target {tid}")))?;
+        if let Err(e) = self.prov.delete_lun(t, lun) {
+            let e = prov_err(format!("removing LUN {lun} from target {tid}"))(e);
+            self.deleting.insert((tid, lun), e.to_string());
+            return Err(e);
+        }
+        self.deleting.remove(&(tid, lun));
+        self.unserved.remove(&(tid, lun));
         if let Some(t) = self.targets.get_mut(&tid) {
             t.luns.remove(&lun);
         }
@@ -709,9 +729,46 @@ impl State {
             .map(|t| TargetVolumes {
                 tid: t.tid,
                 name: t.name.clone(),
-                luns: self.luns_in_order(t).map(lun_view).collect(),
+                luns: self
+                    .luns_in_order(t)
+                    .map(|l| self.lun_view(t.tid, l))
+                    .collect(),
             })
             .collect()
+    }
+
+    /// The volume-view line of one LUN, with its state.
+    fn lun_view(&self, tid: u32, lun: &Lun) -> LunView {
+        let mut v = lun_view(lun);
+        if let Some(why) = self.deleting.get(&(tid, lun.lun)) {
+            v.state = LUN_DELETING;
+            v.problem = format!("removal failed halfway: {why}");
+        } else if let Some(why) = self.unserved.get(&(tid, lun.lun)) {
+            v.state = LUN_FAILED;
+            v.problem = why.clone();
+        }
+        v
+    }
+
+    /// One LUN as the volume view shows it (`ietadm --op show --tid=T --lun=L`).
+    pub fn lun_show(&self, tid: u32, lun: u32) -> Result<LunView, StateError> {
+        let t = self.target(tid)?;
+        let l = t.luns.get(&lun).ok_or(StateError::NoLun { tid, lun })?;
+        Ok(self.lun_view(tid, l))
+    }
+
+    /// Replaces the set of LUNs the datapath does not serve (the health check's
+    /// finding), each with the reason. LUNs the model does not have are ignored.
+    pub fn set_unserved(&mut self, failed: impl IntoIterator<Item = (u32, u32, String)>) {
+        self.unserved = failed
+            .into_iter()
+            .filter(|(tid, lun, _)| {
+                self.targets
+                    .get(tid)
+                    .is_some_and(|t| t.luns.contains_key(lun))
+            })
+            .map(|(tid, lun, why)| ((tid, lun), why))
+            .collect();
     }
 
     /// IET's `/proc/net/iet/session` content: every target, newest first, with its
@@ -834,7 +891,8 @@ fn lun_view(lun: &Lun) -> LunView {
     };
     LunView {
         lun: lun.lun,
-        state: 0,
+        state: LUN_RUNNING,
+        problem: String::new(),
         io_type: p.io_type.as_str().into(),
         io_mode: p.io_mode.as_str().into(),
         blocks,

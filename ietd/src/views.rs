@@ -149,6 +149,7 @@ mod tests {
                 LunView {
                     lun: 0,
                     state: 0,
+                    problem: String::new(),
                     io_type: "fileio".into(),
                     io_mode: "wt".into(),
                     blocks: Some(2097152),
@@ -158,6 +159,7 @@ mod tests {
                 LunView {
                     lun: 1,
                     state: 0,
+                    problem: String::new(),
                     io_type: "nullio".into(),
                     io_mode: "wt".into(),
                     blocks: Some(134217728),
@@ -167,6 +169,7 @@ mod tests {
                 LunView {
                     lun: 2,
                     state: 1,
+                    problem: String::new(),
                     io_type: "blockio".into(),
                     io_mode: "ro".into(),
                     blocks: None,
