@@ -95,6 +95,9 @@ pub mod proto {
         pub bad_entries: u64,
         /// Commands reported aborted by task management.
         pub aborted: u64,
+        /// Being released (detached, or given up after a ring error): no longer served.
+        #[serde(default)]
+        pub closing: bool,
     }
 }
 

@@ -284,6 +284,7 @@ impl EventLoop {
                     latency_hist_us: d.stats.hist.to_vec(),
                     bad_entries: d.ring.stats().bad_entries,
                     aborted: d.stats.aborted,
+                    closing: d.closing,
                 }
             })
             .collect();

@@ -421,7 +421,13 @@ impl Extension for KernelEvents {
     }
 
     fn tick(&mut self, state: &mut State) {
-        self.handle.lock().datapath.check();
+        let failed = {
+            let mut shared = self.handle.lock();
+            shared.datapath.check();
+            shared.datapath.failed()
+        };
+        // The views and ietadm show what the datapath does not serve.
+        state.set_unserved(failed);
         // Edge-triggered readiness: anything that arrived during a slow step is picked
         // up here at the latest.
         self.drain_netlink(state);

@@ -112,6 +112,11 @@ pub enum Request {
         tid: u32,
         lun: u32,
     },
+    /// One LUN's volume-view entry with its state and problem (IET: a no-op).
+    LunShow {
+        tid: u32,
+        lun: u32,
+    },
     AccountNew {
         tid: u32,
         dir: Direction,
@@ -150,6 +155,7 @@ impl Request {
             Request::TargetShow { .. }
                 | Request::SessionShow { .. }
                 | Request::ConnectionShow { .. }
+                | Request::LunShow { .. }
                 | Request::AccountList { .. }
                 | Request::AccountShow { .. }
                 | Request::Volumes
@@ -176,6 +182,7 @@ impl Request {
             Request::ConnectionDelete { .. } => "connection_delete",
             Request::LunNew { .. } => "lun_new",
             Request::LunDelete { .. } => "lun_delete",
+            Request::LunShow { .. } => "lun_show",
             Request::AccountNew { .. } => "account_new",
             Request::AccountDelete { .. } => "account_delete",
             Request::AccountList { .. } => "account_list",

@@ -1152,6 +1152,35 @@ mod tests {
     }
 
     #[test]
+    fn luns_not_served_or_half_removed_show_their_state() {
+        let (mut s, j) = state();
+        s.target_new(0, "iqn.a").unwrap();
+        s.lun_new(1, 0, "Type=nullio,Blocks=100").unwrap();
+        s.lun_new(1, 1, "Type=nullio,Blocks=100").unwrap();
+        // The health check's finding; unknown LUNs are ignored.
+        s.set_unserved(vec![
+            (1, 1, "the datapath refused it: EIO".into()),
+            (7, 0, "x".into()),
+        ]);
+        assert_eq!(s.lun_show(1, 0).unwrap().state, LUN_RUNNING);
+        let v = s.lun_show(1, 1).unwrap();
+        assert_eq!(v.state, LUN_FAILED);
+        assert_eq!(v.problem, "the datapath refused it: EIO");
+        let text = crate::views::render_volume(&s.volumes());
+        assert!(text.contains("\tlun:0 state:0 "), "{text}");
+        assert!(text.contains("\tlun:1 state:2 "), "{text}");
+        s.set_unserved(vec![]);
+        assert_eq!(s.lun_show(1, 1).unwrap().state, LUN_RUNNING);
+        // A removal that failed is shown as being deleted until a retry succeeds.
+        j.lock().unwrap().fail_on = Some("delete_lun 1 0".into());
+        assert!(s.lun_delete(1, 0).is_err());
+        assert_eq!(s.lun_show(1, 0).unwrap().state, LUN_DELETING);
+        j.lock().unwrap().fail_on = None;
+        s.lun_delete(1, 0).unwrap();
+        assert_eq!(s.lun_show(1, 0).unwrap_err().errno(), libc::ENOENT);
+    }
+
+    #[test]
     fn accounts() {
         let (mut s, _) = state();
         s.target_new(0, "iqn.a").unwrap();
