@@ -14,7 +14,7 @@ use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::Path;
 
 use datapath::params::{LunParams, LunParamsError};
-use iomodes::IoType;
+use iomodes::{IoMode, IoType};
 use slog::{error, info, warn, Logger};
 use thiserror::Error;
 
@@ -60,6 +60,19 @@ pub enum StateError {
     LunExists { tid: u32, lun: u32 },
     #[error("no LUN {lun} in target {tid}")]
     NoLun { tid: u32, lun: u32 },
+    /// Two LUNs on one file or device: their caches and COMPARE AND WRITE atomicity are
+    /// per LUN, so each could overwrite what the other acknowledged.
+    #[error(
+        "LUN {lun}: {path} is the file LUN {other_lun} of target {other_tid} already serves \
+         (as {other_path}); two writable LUNs must not share one backing store"
+    )]
+    SharedBacking {
+        lun: u32,
+        path: String,
+        other_tid: u32,
+        other_lun: u32,
+        other_path: String,
+    },
     #[error("LUN {lun}: {source}")]
     LunParams {
         lun: u32,
@@ -113,7 +126,7 @@ impl StateError {
             | StateError::NoSession { .. }
             | StateError::NoConnection { .. } => libc::ENOENT,
             StateError::TidInUse { .. } | StateError::LunExists { .. } => libc::EEXIST,
-            StateError::TargetBusy { .. } => libc::EBUSY,
+            StateError::TargetBusy { .. } | StateError::SharedBacking { .. } => libc::EBUSY,
             StateError::NoFreeTid => libc::ENOSPC,
             StateError::DuplicateName { .. }
             | StateError::EmptyName
@@ -514,6 +527,7 @@ impl State {
         if next.luns.contains_key(&n) {
             return Err(StateError::LunExists { tid, lun: n });
         }
+        self.check_not_shared(&lun)?;
         next.luns.insert(n, lun.clone());
         self.prov
             .add_lun(&next, &lun)
@@ -523,6 +537,36 @@ impl State {
             "path" => lun.params.path.as_ref().map(|p| p.display().to_string()).unwrap_or_default());
         self.targets.insert(tid, next);
         self.lun_order.entry(tid).or_default().push(n);
+        Ok(())
+    }
+
+    /// Refuses `lun` if another LUN serves the same file or block device (compared by
+    /// device and inode, whatever the paths say) and one of the two may write.
+    fn check_not_shared(&self, lun: &Lun) -> Result<(), StateError> {
+        let Some(path) = lun.params.path.as_deref() else {
+            return Ok(());
+        };
+        let Some(id) = backing_identity(path) else {
+            return Ok(());
+        };
+        for t in self.targets.values() {
+            for other in t.luns.values() {
+                let Some(other_path) = other.params.path.as_deref() else {
+                    continue;
+                };
+                let read_only =
+                    lun.params.io_mode == IoMode::Ro && other.params.io_mode == IoMode::Ro;
+                if !read_only && backing_identity(other_path) == Some(id) {
+                    return Err(StateError::SharedBacking {
+                        lun: lun.lun,
+                        path: path.display().to_string(),
+                        other_tid: t.tid,
+                        other_lun: other.lun,
+                        other_path: other_path.display().to_string(),
+                    });
+                }
+            }
+        }
         Ok(())
     }
 
@@ -901,6 +945,19 @@ fn lun_view(lun: &Lun) -> LunView {
             IoType::NullIo => None,
             _ => p.path.as_ref().map(|x| x.display().to_string()),
         },
+    }
+}
+
+/// What a LUN's backing store is, whatever path names it: (device, inode) of a regular
+/// file, the device number of a block device (kind 1 and 2 keep them apart).
+fn backing_identity(path: &Path) -> Option<(u8, u64, u64)> {
+    let meta = fs::metadata(path).ok()?;
+    if meta.is_file() {
+        Some((1, meta.dev(), meta.ino()))
+    } else if meta.file_type().is_block_device() {
+        Some((2, meta.rdev(), 0))
+    } else {
+        None
     }
 }
 
