@@ -19,6 +19,10 @@ fn discard() -> slog::Logger {
 /// The fixture's targets (tids 1 and 2) provisioned through the state model, with a
 /// handle on the tree's injected failures.
 fn start(fx: &Fixture, events: &Events) -> (State, Faults) {
+    start_logged(fx, events, discard())
+}
+
+fn start_logged(fx: &Fixture, events: &Events, log: slog::Logger) -> (State, Faults) {
     let config = fx.config();
     let fs = ConfigFs::open(fx.root()).expect("configfs root");
     let faults = fs.faults();
@@ -26,9 +30,9 @@ fn start(fx: &Fixture, events: &Events) -> (State, Faults) {
         fs,
         fx.settings(&config),
         Box::new(TestHook::new(events.clone())),
-        discard(),
+        log.clone(),
     );
-    let (state, failures) = State::from_config(config, Box::new(prov), discard());
+    let (state, failures) = State::from_config(config, Box::new(prov), log);
     assert_eq!(failures, 0);
     (state, faults)
 }
@@ -151,4 +155,55 @@ fn a_discovery_change_that_fails_halfway_leaves_configfs_as_it_was() {
     let t = fx.tree();
     assert!(t.contains(&"f target/iscsi/discovery_auth/enforce_discovery_auth = 0".to_string()));
     assert!(t.contains(&"f target/iscsi/discovery_auth/password = NULL".to_string()));
+}
+
+/// Failed writes, their rollback and a failed restore are logged with paths and
+/// errors, never with the values (CHAP passwords among them).
+#[test]
+fn failure_and_rollback_logs_carry_no_secret() {
+    let fx = Fixture::new();
+    let events: Events = Arc::default();
+    let cap = Capture::default();
+    let (mut state, faults) = start_logged(&fx, &events, cap.logger());
+    faults.fail("write", "auth/password", libc::EINVAL, Some(1));
+    assert!(state
+        .account_delete(1, Direction::Incoming, "alice")
+        .is_err());
+    // Now the restore of the first ACL's password fails too.
+    faults.fail(
+        "write",
+        &format!("acls/{INI2}/auth/password"),
+        libc::EIO,
+        Some(1),
+    );
+    faults.fail_after(
+        "write",
+        &format!("acls/{INI1}/auth/password"),
+        libc::EIO,
+        1,
+        Some(1),
+    );
+    assert!(state
+        .account_delete(1, Direction::Incoming, "alice")
+        .is_err());
+    faults.clear();
+    faults.fail(
+        "write",
+        "discovery_auth/enforce_discovery_auth",
+        libc::EINVAL,
+        Some(1),
+    );
+    assert!(state
+        .account_delete(0, Direction::Incoming, "disc")
+        .is_err());
+    let lines = cap.lines();
+    assert!(
+        lines.iter().any(|l| l.contains("not restored")),
+        "the failed restore is logged: {lines:#?}"
+    );
+    for l in &lines {
+        for s in SECRETS {
+            assert!(!l.contains(s), "secret in log: {l}");
+        }
+    }
 }

@@ -430,6 +430,8 @@ impl ConfigfsProvisioner {
         for s in &writes {
             let before = self.previous_value(had, s);
             if let Err(e) = self.write_settings(std::slice::from_ref(s)) {
+                warn!(self.log, "settings update failed; putting back what was written";
+                      "written" => previous.len(), "error" => %e);
                 self.restore_settings(previous);
                 return Err(e);
             }

@@ -44,6 +44,8 @@ struct Fault {
     verb: &'static str,
     path_end: String,
     errno: i32,
+    /// Matching calls to let through before it fires.
+    skip: u32,
     /// How many more times it fires; `None`: until cleared.
     times: Option<u32>,
 }
@@ -52,10 +54,24 @@ impl Faults {
     /// Makes `verb` (`mkdir`, `write`, `symlink`, `unlink` or `rmdir`) on a path ending
     /// in `path_end` fail with `errno`, the next `times` times (`None`: until cleared).
     pub fn fail(&self, verb: &'static str, path_end: &str, errno: i32, times: Option<u32>) {
+        self.fail_after(verb, path_end, errno, 0, times);
+    }
+
+    /// Like [`Faults::fail`], but the first `skip` matching calls succeed (to fail,
+    /// say, the restore of a value whose first write went through).
+    pub fn fail_after(
+        &self,
+        verb: &'static str,
+        path_end: &str,
+        errno: i32,
+        skip: u32,
+        times: Option<u32>,
+    ) {
         self.list().push(Fault {
             verb,
             path_end: path_end.to_string(),
             errno,
+            skip,
             times,
         });
     }
@@ -75,6 +91,10 @@ impl Faults {
         let i = list
             .iter()
             .position(|f| f.verb == verb && rel.ends_with(&f.path_end))?;
+        if list[i].skip > 0 {
+            list[i].skip -= 1;
+            return None;
+        }
         let errno = list[i].errno;
         match &mut list[i].times {
             Some(1) => {
