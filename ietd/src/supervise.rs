@@ -663,18 +663,23 @@ impl Supervisor {
     /// every [`HEALTH_PERIOD`]; public so tests need not wait for it.
     pub fn check_health(&mut self) {
         self.last_health = Some(Instant::now());
-        let served: Vec<String> = match self.call(&Request::Stats, &[]) {
-            Ok(Reply::Stats { luns }) => luns
-                .into_iter()
-                .filter(|l| !l.closing)
-                .map(|l| l.uio)
-                .collect(),
+        let luns = match self.call(&Request::Stats, &[]) {
+            Ok(Reply::Stats { luns }) => luns,
             Ok(other) => {
                 warn!(self.log, "health check: unexpected stats answer"; "reply" => ?other);
                 return;
             }
             // The connection is gone; the restart re-attaches everything.
             Err(_) => return,
+        };
+        let state = |uio: &str| {
+            let mine = luns.iter().filter(|l| l.uio == uio);
+            let (mut served, mut closing) = (false, false);
+            for l in mine {
+                served |= !l.closing;
+                closing |= l.closing;
+            }
+            (served, closing)
         };
         let wanted: Vec<String> = self
             .devices
@@ -683,8 +688,16 @@ impl Supervisor {
             .cloned()
             .collect();
         for uio in wanted {
-            if served.contains(&uio) {
+            let (served, closing) = state(&uio);
+            if served {
                 self.mark_served(&uio);
+            } else if closing {
+                // Its commands still at the workers would complete into the ring a new
+                // attach had taken over (and be taken again): wait until it is gone.
+                self.mark_failed(
+                    &uio,
+                    "the datapath is releasing it; waiting for its commands in progress".into(),
+                );
             } else {
                 if !self.failed.contains_key(&uio) {
                     warn!(self.log, "the datapath no longer serves a device; handing it over again";

@@ -23,8 +23,9 @@ const ADOPTED: &str = "tcm-user/2/ietd_t1_l1/ietd/nullio";
 
 /// Not a test: the stand-in datapath's body, run in a child process (see `spawn`). It
 /// serves `$STANDIN_DIR/datapath.sock`; before each answer it drops the devices listed
-/// in `drop` (then deletes the file) and refuses attaches of those listed in `refuse`.
-/// Every attach is appended to `attaches`.
+/// in `drop` (then deletes the file) and refuses attaches of those listed in `refuse`;
+/// it reports those listed in `closing` as still being released. Every attach is
+/// appended to `attaches`.
 #[test]
 #[ignore = "helper process for the other tests"]
 fn standin_datapath() {
@@ -61,6 +62,11 @@ fn standin_datapath() {
                             uio: u.clone(),
                             ..LunStats::default()
                         })
+                        .chain(listed("closing").into_iter().map(|u| LunStats {
+                            uio: u,
+                            closing: true,
+                            ..LunStats::default()
+                        }))
                         .collect(),
                 },
                 Ok(Request::Attach(a)) => {
@@ -191,6 +197,20 @@ fn a_dropped_device_is_handed_over_again_or_reported_failed() {
     assert_eq!(attaches(dir.path()), 2);
     assert_eq!(sup.failed(), vec![]);
 
+    // Dropped, but still being released (commands at its workers): not attached again
+    // before it is gone, which would let those commands run twice; reported meanwhile.
+    fs::write(dir.path().join("closing"), UIO).unwrap();
+    fs::write(dir.path().join("drop"), UIO).unwrap();
+    sup.check_health();
+    assert_eq!(attaches(dir.path()), 2);
+    let failed = sup.failed();
+    assert_eq!(failed.len(), 1, "{failed:?}");
+    assert!(failed[0].2.contains("releasing"), "{}", failed[0].2);
+    fs::remove_file(dir.path().join("closing")).unwrap();
+    sup.check_health();
+    assert_eq!(attaches(dir.path()), 3);
+    assert_eq!(sup.failed(), vec![]);
+
     // Dropped again, and now the re-attach is refused: reported, with the reason.
     fs::write(dir.path().join("refuse"), UIO).unwrap();
     fs::write(dir.path().join("drop"), UIO).unwrap();
@@ -202,7 +222,7 @@ fn a_dropped_device_is_handed_over_again_or_reported_failed() {
     assert!(failed[0].2.contains("No such file"), "{}", failed[0].2);
     // Tried again each period, and served again once the cause is gone.
     sup.check_health();
-    assert_eq!(attaches(dir.path()), 4);
+    assert_eq!(attaches(dir.path()), 5);
     fs::remove_file(dir.path().join("refuse")).unwrap();
     sup.check_health();
     assert_eq!(sup.failed(), vec![]);
