@@ -231,7 +231,7 @@ impl Provisioner for KernelProvisioner {
             .filter(|u| self.handle.lock().vanished.contains(u))
             .collect();
         let result = self.inner.delete_target(target);
-        self.forgive(result, &gone, &target.name)
+        self.forgive(result, &gone, target, None)
     }
     fn add_lun(&mut self, target: &Target, lun: &Lun) -> Result<(), ProvisionError> {
         self.inner.add_lun(target, lun)
@@ -245,7 +245,7 @@ impl Provisioner for KernelProvisioner {
             .into_iter()
             .collect();
         let result = self.inner.delete_lun(target, lun);
-        self.forgive(result, &gone, &target.name)
+        self.forgive(result, &gone, target, Some(lun))
     }
     fn update_target(&mut self, target: &Target) -> Result<(), ProvisionError> {
         self.inner.update_target(target)
@@ -283,23 +283,28 @@ impl Provisioner for KernelProvisioner {
 
 impl KernelProvisioner {
     /// Undo errors of a removal are expected when some of its backstores had vanished
-    /// (their LUN links and directories went with them): logged, not returned.
+    /// (their LUN links and directories went with them): logged, not returned, and the
+    /// record (which a retry could not undo either) is dropped.
     fn forgive(
-        &self,
+        &mut self,
         result: Result<(), ProvisionError>,
         gone: &[String],
-        target: &str,
+        target: &Target,
+        lun: Option<u32>,
     ) -> Result<(), ProvisionError> {
         if gone.is_empty() {
             return result;
         }
-        let mut shared = self.handle.lock();
-        for u in gone {
-            shared.vanished.remove(u);
+        {
+            let mut shared = self.handle.lock();
+            for u in gone {
+                shared.vanished.remove(u);
+            }
         }
         if let Err(e) = result {
             warn!(self.log, "removal of a LUN whose backstore had vanished left errors (expected)";
-                  "target" => target, "error" => %e);
+                  "target" => &target.name, "error" => %e);
+            self.inner.forget(target, lun);
         }
         Ok(())
     }

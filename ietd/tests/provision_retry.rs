@@ -207,3 +207,34 @@ fn failure_and_rollback_logs_carry_no_secret() {
         }
     }
 }
+
+/// A LUN whose remains cannot be removed (taken apart behind our back) can be forgotten:
+/// its number is free for a new LUN.
+#[test]
+fn a_forgotten_lun_frees_its_number() {
+    let fx = Fixture::new();
+    let config = fx.config();
+    let fs = ConfigFs::open(fx.root()).expect("configfs root");
+    let faults = fs.faults();
+    let mut p = ConfigfsProvisioner::with_fs(
+        fs,
+        fx.settings(&config),
+        Box::new(ietd::provision::NoHook),
+        discard(),
+    );
+    use ietd::provision::Provisioner;
+    let t1 = target(&config, T1);
+    p.create_target(t1).expect("create");
+    faults.fail("rmdir", "/ietd_t1_l0", libc::EBUSY, None);
+    assert!(p.delete_lun(t1, 0).is_err());
+    assert_eq!(
+        p.add_lun(t1, &t1.luns[&0]).unwrap_err().errno(),
+        libc::EEXIST,
+        "the half-removed LUN still holds its number"
+    );
+    p.forget(t1, Some(0));
+    assert!(p.backstore(T1, 0).is_none());
+    faults.clear();
+    p.add_lun(t1, &t1.luns[&0])
+        .expect("the number is free again");
+}

@@ -268,6 +268,24 @@ impl ConfigfsProvisioner {
         &self.settings
     }
 
+    /// Drops the record of a target (`lun` None) or of one LUN whose removal failed,
+    /// leaving what is left in configfs alone: for objects someone else already took
+    /// apart (a backstore removed behind our back), which no retry could undo.
+    pub fn forget(&mut self, target: &Target, lun: Option<u32>) {
+        let k = key(&target.name);
+        match lun {
+            None => {
+                self.live.remove(&k);
+            }
+            Some(n) => {
+                if let Some(live) = self.live.get_mut(&k) {
+                    live.devs.remove(&n);
+                    live.journal.retain(|s| s.lun != Some(n));
+                }
+            }
+        }
+    }
+
     /// The backstore of a live LUN (for the datapath supervisor and tests).
     pub fn backstore(&self, target: &str, lun: u32) -> Option<&Backstore> {
         self.live.get(&key(target))?.devs.get(&lun)
