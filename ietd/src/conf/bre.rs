@@ -601,8 +601,8 @@ impl Bre {
         Ok(false)
     }
 
-    /// Whether the whole of `text` matches. A match too costly to decide counts as no
-    /// match: access is refused rather than granted by accident.
+    /// Whether the whole of `text` matches; a match too costly to decide counts as no
+    /// match (access decisions use [`Bre::try_match`] and refuse then).
     pub fn is_match(&self, text: &str) -> bool {
         self.try_match(text).unwrap_or(false)
     }
