@@ -628,8 +628,27 @@ impl Supervisor {
         }
     }
 
-    /// Devices handed over that the datapath does not serve: tid, LUN and why.
+    /// Devices handed over that the datapath does not serve: tid, LUN and why. While
+    /// the datapath has been down for longer than a quick restart takes, that is all of
+    /// them.
     pub fn failed(&self) -> Vec<(u32, u32, String)> {
+        let down = self.conn.is_none()
+            && self
+                .down_since
+                .is_some_and(|t| t.elapsed() >= HEALTH_PERIOD);
+        if down {
+            let why = "the datapath is not running; it is restarted every few seconds";
+            return self
+                .devices
+                .values()
+                .map(|d| (d.tid, d.attach.lun, why.to_string()))
+                .chain(
+                    self.adopted
+                        .values()
+                        .map(|a| (a.tid, a.attach.lun, why.to_string())),
+                )
+                .collect();
+        }
         self.failed
             .iter()
             .filter_map(|(uio, why)| {

@@ -273,3 +273,26 @@ fn an_adopted_device_that_cannot_be_reopened_is_reported_failed() {
     assert_eq!(attaches(dir.path()), 1);
     stop(sup, child);
 }
+
+/// A datapath that is down (and cannot be started again) leaves no LUN looking healthy:
+/// past a quick restart's time every device is reported, with the reason.
+#[test]
+fn every_device_is_reported_while_the_datapath_is_down() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = spawn(dir.path(), &[]);
+    let mut sup = adopt(dir.path());
+    sup.attach(device(UIO, 0)).expect("attach");
+    child.kill().unwrap();
+    child.wait().unwrap();
+    // Noticed dead; the restart fails (no such binary), so it stays down.
+    sup.check();
+    assert_eq!(sup.pid(), None);
+    assert_eq!(sup.failed(), vec![], "a quick restart is not a failure yet");
+    std::thread::sleep(ietd::supervise::HEALTH_PERIOD);
+    sup.check();
+    let failed = sup.failed();
+    assert_eq!(failed.len(), 1, "{failed:?}");
+    assert_eq!((failed[0].0, failed[0].1), (1, 0));
+    assert!(failed[0].2.contains("not running"), "{}", failed[0].2);
+    sup.stop();
+}
