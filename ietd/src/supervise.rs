@@ -691,15 +691,14 @@ impl Supervisor {
             // The connection is gone; the restart re-attaches everything.
             Err(_) => return,
         };
-        let state = |uio: &str| {
-            let mine = luns.iter().filter(|l| l.uio == uio);
-            let (mut served, mut closing) = (false, false);
-            for l in mine {
-                served |= !l.closing;
-                closing |= l.closing;
-            }
-            (served, closing)
-        };
+        // By uio: (served, being released). A device can be both for a moment.
+        let mut seen: BTreeMap<&str, (bool, bool)> = BTreeMap::new();
+        for l in &luns {
+            let e = seen.entry(l.uio.as_str()).or_default();
+            e.0 |= !l.closing;
+            e.1 |= l.closing;
+        }
+        let state = |uio: &str| seen.get(uio).copied().unwrap_or_default();
         let wanted: Vec<String> = self
             .devices
             .keys()
