@@ -104,6 +104,9 @@ pub mod proto {
         /// refuses every write and flush until it is re-attached (`scsi::Lun::store_error`).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         pub store_error: Option<String>,
+        /// Being released (detached, or given up after a ring error): no longer served.
+        #[serde(default)]
+        pub closing: bool,
     }
 }
 

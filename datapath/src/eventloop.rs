@@ -349,6 +349,7 @@ impl EventLoop {
                     bad_entries: d.ring.stats().bad_entries,
                     aborted: d.stats.aborted,
                     store_error: d.lun.store_error().map(str::to_owned),
+                    closing: d.closing,
                 }
             })
             .collect();

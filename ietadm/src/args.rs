@@ -34,7 +34,10 @@ iSCSI Enterprise Target administration (for ietd on Linux LIO)
                         add a logical unit (Type fileio|blockio|nullio, IOMode wt|wb|ro,
                         BlockSize or Sector 512|1024|2048|4096, ScsiId, ScsiSN)
   --op delete --tid=[id] --lun=[lun]
-                        delete a logical unit
+                        delete a logical unit (again, if a first delete failed halfway)
+  --op show --tid=[id] --lun=[lun]
+                        show a logical unit: state 0 running, 1 being deleted,
+                        2 failed (not served), and the problem if any
   --op new [--tid=[id]] --user --params=[user]=[name],Password=[pass]
                         add an account; [user] is IncomingUser or OutgoingUser;
                         without --tid (or with 0) it is a discovery account

@@ -11,6 +11,8 @@
 //!   which for `--op new` silently allocated a new tid);
 //! - `--op show` with no other flag prints the `/proc/net/iet/volume` view (IET sent an
 //!   empty target-new request and failed with EINVAL);
+//! - `--op show --tid=T --lun=L` prints that LUN's volume-view line, and a `problem:`
+//!   line when it is not running (IET did nothing);
 //! - a connection refused for permissions (socket mode 0660) is reported as EPERM, which
 //!   is what IET's ietd answered to non-root peers.
 
@@ -275,8 +277,19 @@ fn lunit(op: OpKind, o: &Opts, c: &Client) -> Result<Option<String>, Action> {
             c.call(&Request::LunDelete { tid, lun: o.lun })?;
             Ok(None)
         }
-        // IET: a no-op that succeeds.
-        OpKind::Show => Ok(None),
+        // IET: a no-op. Here: the LUN's volume-view line, and what is wrong with it.
+        OpKind::Show => match c.call(&Request::LunShow { tid, lun: o.lun })? {
+            Reply::Volumes { targets } => {
+                let mut out = ietd::views::render_volume(&targets);
+                for l in targets.iter().flat_map(|t| &t.luns) {
+                    if !l.problem.is_empty() {
+                        out.push_str(&format!("\tproblem:{}\n", l.problem));
+                    }
+                }
+                Ok(Some(out))
+            }
+            other => Err(unexpected(&other).into()),
+        },
         OpKind::Update => Err(einval("Unsupported.").into()),
     }
 }

@@ -492,7 +492,14 @@ fn luns() {
     );
     let r = d.ietadm(&["--op", "show", "--tid=1", "--lun=1"]);
     ok(&r);
-    assert_eq!(r.out, "");
+    assert!(r.out.starts_with("tid:1 name:"), "{}", r.out);
+    assert!(r.out.contains("\tlun:1 state:0 iotype:"), "{}", r.out);
+    assert_eq!(r.out.lines().count(), 2, "{}", r.out);
+    fails(
+        &d.ietadm(&["--op", "show", "--tid=1", "--lun=9"]),
+        254,
+        "No such file or directory. no LUN 9 in target 1",
+    );
 
     ok(&d.ietadm(&["--op", "delete", "--tid=1", "--lun=1"]));
     assert!(!d.cfs(T1).join("lun/lun_1").exists());

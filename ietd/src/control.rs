@@ -31,7 +31,7 @@ use signal_hook_mio::v1_0::Signals;
 use slog::{debug, info, warn, Logger};
 use thiserror::Error;
 
-use crate::protocol::{Reply, Request, Response, MAX_REQUEST_LINE};
+use crate::protocol::{Reply, Request, Response, TargetVolumes, MAX_REQUEST_LINE};
 use crate::state::State;
 
 const LISTENER: Token = Token(0);
@@ -633,6 +633,13 @@ pub fn dispatch(state: &mut State, req: Request, log: &Logger) -> Response {
             .map(|()| done(vec![])),
         Request::LunNew { tid, lun, params } => state.lun_new(tid, lun, &params).map(done),
         Request::LunDelete { tid, lun } => state.lun_delete(tid, lun).map(|()| done(vec![])),
+        Request::LunShow { tid, lun } => state.lun_show(tid, lun).map(|view| Reply::Volumes {
+            targets: vec![TargetVolumes {
+                tid,
+                name: state.get(tid).map(|t| t.name.clone()).unwrap_or_default(),
+                luns: vec![view],
+            }],
+        }),
         Request::AccountNew {
             tid,
             dir,

@@ -268,7 +268,7 @@ impl Provisioner for KernelProvisioner {
             .filter(|u| self.handle.lock().vanished.contains(u))
             .collect();
         let result = self.inner.delete_target(target);
-        self.forgive(result, &gone, &target.name)
+        self.forgive(result, &gone, target, None)
     }
     fn add_lun(&mut self, target: &Target, lun: &Lun) -> Result<(), ProvisionError> {
         self.inner.add_lun(target, lun)
@@ -282,7 +282,7 @@ impl Provisioner for KernelProvisioner {
             .into_iter()
             .collect();
         let result = self.inner.delete_lun(target, lun);
-        self.forgive(result, &gone, &target.name)
+        self.forgive(result, &gone, target, Some(lun))
     }
     fn update_target(&mut self, target: &Target) -> Result<(), ProvisionError> {
         self.inner.update_target(target)
@@ -320,23 +320,28 @@ impl Provisioner for KernelProvisioner {
 
 impl KernelProvisioner {
     /// Undo errors of a removal are expected when some of its backstores had vanished
-    /// (their LUN links and directories went with them): logged, not returned.
+    /// (their LUN links and directories went with them): logged, not returned, and the
+    /// record (which a retry could not undo either) is dropped.
     fn forgive(
-        &self,
+        &mut self,
         result: Result<(), ProvisionError>,
         gone: &[String],
-        target: &str,
+        target: &Target,
+        lun: Option<u32>,
     ) -> Result<(), ProvisionError> {
         if gone.is_empty() {
             return result;
         }
-        let mut shared = self.handle.lock();
-        for u in gone {
-            shared.vanished.remove(u);
+        {
+            let mut shared = self.handle.lock();
+            for u in gone {
+                shared.vanished.remove(u);
+            }
         }
         if let Err(e) = result {
             warn!(self.log, "removal of a LUN whose backstore had vanished left errors (expected)";
-                  "target" => target, "error" => %e);
+                  "target" => &target.name, "error" => %e);
+            self.inner.forget(target, lun);
         }
         Ok(())
     }
@@ -458,7 +463,13 @@ impl Extension for KernelEvents {
     }
 
     fn tick(&mut self, state: &mut State) {
-        self.handle.lock().datapath.check();
+        let failed = {
+            let mut shared = self.handle.lock();
+            shared.datapath.check();
+            shared.datapath.failed()
+        };
+        // The views and ietadm show what the datapath does not serve.
+        state.set_unserved(failed);
         // Edge-triggered readiness: anything that arrived during a slow step is picked
         // up here at the latest.
         self.drain_netlink(state);

@@ -112,6 +112,11 @@ pub enum Request {
         tid: u32,
         lun: u32,
     },
+    /// One LUN's volume-view entry with its state and problem (IET: a no-op).
+    LunShow {
+        tid: u32,
+        lun: u32,
+    },
     AccountNew {
         tid: u32,
         dir: Direction,
@@ -150,6 +155,7 @@ impl Request {
             Request::TargetShow { .. }
                 | Request::SessionShow { .. }
                 | Request::ConnectionShow { .. }
+                | Request::LunShow { .. }
                 | Request::AccountList { .. }
                 | Request::AccountShow { .. }
                 | Request::Volumes
@@ -176,6 +182,7 @@ impl Request {
             Request::ConnectionDelete { .. } => "connection_delete",
             Request::LunNew { .. } => "lun_new",
             Request::LunDelete { .. } => "lun_delete",
+            Request::LunShow { .. } => "lun_show",
             Request::AccountNew { .. } => "account_new",
             Request::AccountDelete { .. } => "account_delete",
             Request::AccountList { .. } => "account_list",
@@ -194,12 +201,23 @@ pub struct KeyValue {
     pub value: String,
 }
 
+/// LU state of the volume view, IET's: the LUN serves commands.
+pub const LUN_RUNNING: u32 = 0;
+/// IET's "being deleted": here, a removal failed halfway; deleting it again finishes it.
+pub const LUN_DELETING: u32 = 1;
+/// Ours (IET had no such state): exported, but the datapath does not serve it, so
+/// commands to it time out; ietd keeps trying to hand it over again.
+pub const LUN_FAILED: u32 = 2;
+
 /// One LUN in the volume view.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LunView {
     pub lun: u32,
-    /// IET's LU state: 0 running, 1 being deleted.
+    /// The LU state: [`LUN_RUNNING`], [`LUN_DELETING`] or [`LUN_FAILED`].
     pub state: u32,
+    /// Why the LUN is not running (empty when it is).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub problem: String,
     pub io_type: String,
     /// `ro`, `wb` or `wt`.
     pub io_mode: String,

@@ -14,7 +14,7 @@ use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::Path;
 
 use datapath::params::{LunParams, LunParamsError};
-use iomodes::IoType;
+use iomodes::{IoMode, IoType};
 use slog::{error, info, warn, Logger};
 use thiserror::Error;
 
@@ -23,7 +23,10 @@ use crate::conf::params::{
     format_param_value, parse_param_value, Key, SESSION_PARAMS, TARGET_PARAMS,
 };
 use crate::conf::AccessRules;
-use crate::protocol::{Direction, KeyValue, LunView, TargetSessions, TargetVolumes};
+use crate::protocol::{
+    Direction, KeyValue, LunView, TargetSessions, TargetVolumes, LUN_DELETING, LUN_FAILED,
+    LUN_RUNNING,
+};
 use crate::provision::{Connection, ProvisionError, Provisioner, Session};
 
 mod reload;
@@ -57,6 +60,19 @@ pub enum StateError {
     LunExists { tid: u32, lun: u32 },
     #[error("no LUN {lun} in target {tid}")]
     NoLun { tid: u32, lun: u32 },
+    /// Two LUNs on one file or device: their caches and COMPARE AND WRITE atomicity are
+    /// per LUN, so each could overwrite what the other acknowledged.
+    #[error(
+        "LUN {lun}: {path} is the file LUN {other_lun} of target {other_tid} already serves \
+         (as {other_path}); two writable LUNs must not share one backing store"
+    )]
+    SharedBacking {
+        lun: u32,
+        path: String,
+        other_tid: u32,
+        other_lun: u32,
+        other_path: String,
+    },
     #[error("LUN {lun}: {source}")]
     LunParams {
         lun: u32,
@@ -110,7 +126,7 @@ impl StateError {
             | StateError::NoSession { .. }
             | StateError::NoConnection { .. } => libc::ENOENT,
             StateError::TidInUse { .. } | StateError::LunExists { .. } => libc::EEXIST,
-            StateError::TargetBusy { .. } => libc::EBUSY,
+            StateError::TargetBusy { .. } | StateError::SharedBacking { .. } => libc::EBUSY,
             StateError::NoFreeTid => libc::ENOSPC,
             StateError::DuplicateName { .. }
             | StateError::EmptyName
@@ -148,6 +164,11 @@ pub struct State {
     /// Each file target's own settings as the last file read gave them: a reload applies
     /// only the values the new file changed.
     file_settings: BTreeMap<String, reload::FileSettings>,
+    /// LUNs (tid, lun) whose removal failed halfway, with the error: still listed, as
+    /// being deleted, until a retry succeeds.
+    deleting: BTreeMap<(u32, u32), String>,
+    /// LUNs the datapath does not serve, with the reason (from the health check).
+    unserved: BTreeMap<(u32, u32), String>,
     log: Logger,
 }
 
@@ -163,6 +184,8 @@ impl State {
             discovery: Accounts::default(),
             access: AccessRules::default(),
             file_settings: BTreeMap::new(),
+            deleting: BTreeMap::new(),
+            unserved: BTreeMap::new(),
             log,
         }
     }
@@ -315,9 +338,15 @@ impl State {
 
     fn remove_target(&mut self, tid: u32) -> Result<(), StateError> {
         let target = self.targets.get(&tid).ok_or(StateError::NoTarget { tid })?;
-        self.prov
-            .delete_target(target)
-            .map_err(prov_err(format!("deleting target {tid}")))?;
+        if let Err(e) = self.prov.delete_target(target) {
+            let e = prov_err(format!("deleting target {tid}"))(e);
+            for &lun in target.luns.keys() {
+                self.deleting.insert((tid, lun), e.to_string());
+            }
+            return Err(e);
+        }
+        self.deleting.retain(|(t, _), _| *t != tid);
+        self.unserved.retain(|(t, _), _| *t != tid);
         if let Some(t) = self.targets.remove(&tid) {
             info!(self.log, "target deleted"; "tid" => tid, "name" => &t.name);
         }
@@ -503,6 +532,7 @@ impl State {
         if next.luns.contains_key(&n) {
             return Err(StateError::LunExists { tid, lun: n });
         }
+        self.check_not_shared(&lun)?;
         next.luns.insert(n, lun.clone());
         self.prov
             .add_lun(&next, &lun)
@@ -512,6 +542,36 @@ impl State {
             "path" => lun.params.path.as_ref().map(|p| p.display().to_string()).unwrap_or_default());
         self.targets.insert(tid, next);
         self.lun_order.entry(tid).or_default().push(n);
+        Ok(())
+    }
+
+    /// Refuses `lun` if another LUN serves the same file or block device (compared by
+    /// device and inode, whatever the paths say) and one of the two may write.
+    fn check_not_shared(&self, lun: &Lun) -> Result<(), StateError> {
+        let Some(path) = lun.params.path.as_deref() else {
+            return Ok(());
+        };
+        let Some(id) = backing_identity(path) else {
+            return Ok(());
+        };
+        for t in self.targets.values() {
+            for other in t.luns.values() {
+                let Some(other_path) = other.params.path.as_deref() else {
+                    continue;
+                };
+                let read_only =
+                    lun.params.io_mode == IoMode::Ro && other.params.io_mode == IoMode::Ro;
+                if !read_only && backing_identity(other_path) == Some(id) {
+                    return Err(StateError::SharedBacking {
+                        lun: lun.lun,
+                        path: path.display().to_string(),
+                        other_tid: t.tid,
+                        other_lun: other.lun,
+                        other_path: other_path.display().to_string(),
+                    });
+                }
+            }
+        }
         Ok(())
     }
 
@@ -546,9 +606,13 @@ impl State {
         if !t.luns.contains_key(&lun) {
             return Err(StateError::NoLun { tid, lun });
         }
-        self.prov
-            .delete_lun(t, lun)
-            .map_err(prov_err(format!("removing LUN {lun} from target {tid}")))?;
+        if let Err(e) = self.prov.delete_lun(t, lun) {
+            let e = prov_err(format!("removing LUN {lun} from target {tid}"))(e);
+            self.deleting.insert((tid, lun), e.to_string());
+            return Err(e);
+        }
+        self.deleting.remove(&(tid, lun));
+        self.unserved.remove(&(tid, lun));
         if let Some(t) = self.targets.get_mut(&tid) {
             t.luns.remove(&lun);
         }
@@ -711,9 +775,46 @@ impl State {
             .map(|t| TargetVolumes {
                 tid: t.tid,
                 name: t.name.clone(),
-                luns: self.luns_in_order(t).map(lun_view).collect(),
+                luns: self
+                    .luns_in_order(t)
+                    .map(|l| self.lun_view(t.tid, l))
+                    .collect(),
             })
             .collect()
+    }
+
+    /// The volume-view line of one LUN, with its state.
+    fn lun_view(&self, tid: u32, lun: &Lun) -> LunView {
+        let mut v = lun_view(lun);
+        if let Some(why) = self.deleting.get(&(tid, lun.lun)) {
+            v.state = LUN_DELETING;
+            v.problem = format!("removal failed halfway: {why}");
+        } else if let Some(why) = self.unserved.get(&(tid, lun.lun)) {
+            v.state = LUN_FAILED;
+            v.problem = why.clone();
+        }
+        v
+    }
+
+    /// One LUN as the volume view shows it (`ietadm --op show --tid=T --lun=L`).
+    pub fn lun_show(&self, tid: u32, lun: u32) -> Result<LunView, StateError> {
+        let t = self.target(tid)?;
+        let l = t.luns.get(&lun).ok_or(StateError::NoLun { tid, lun })?;
+        Ok(self.lun_view(tid, l))
+    }
+
+    /// Replaces the set of LUNs the datapath does not serve (the health check's
+    /// finding), each with the reason. LUNs the model does not have are ignored.
+    pub fn set_unserved(&mut self, failed: impl IntoIterator<Item = (u32, u32, String)>) {
+        self.unserved = failed
+            .into_iter()
+            .filter(|(tid, lun, _)| {
+                self.targets
+                    .get(tid)
+                    .is_some_and(|t| t.luns.contains_key(lun))
+            })
+            .map(|(tid, lun, why)| ((tid, lun), why))
+            .collect();
     }
 
     /// IET's `/proc/net/iet/session` content: every target, newest first, with its
@@ -836,7 +937,8 @@ fn lun_view(lun: &Lun) -> LunView {
     };
     LunView {
         lun: lun.lun,
-        state: 0,
+        state: LUN_RUNNING,
+        problem: String::new(),
         io_type: p.io_type.as_str().into(),
         io_mode: p.io_mode.as_str().into(),
         blocks,
@@ -845,6 +947,19 @@ fn lun_view(lun: &Lun) -> LunView {
             IoType::NullIo => None,
             _ => p.path.as_ref().map(|x| x.display().to_string()),
         },
+    }
+}
+
+/// What a LUN's backing store is, whatever path names it: (device, inode) of a regular
+/// file, the device number of a block device (kind 1 and 2 keep them apart).
+fn backing_identity(path: &Path) -> Option<(u8, u64, u64)> {
+    let meta = fs::metadata(path).ok()?;
+    if meta.is_file() {
+        Some((1, meta.dev(), meta.ino()))
+    } else if meta.file_type().is_block_device() {
+        Some((2, meta.rdev(), 0))
+    } else {
+        None
     }
 }
 
@@ -1096,6 +1211,35 @@ mod tests {
         assert_eq!(v[0].luns[0].path, None);
         s.lun_delete(1, 0).unwrap();
         assert_eq!(s.lun_delete(1, 0).unwrap_err().errno(), libc::ENOENT);
+    }
+
+    #[test]
+    fn luns_not_served_or_half_removed_show_their_state() {
+        let (mut s, j) = state();
+        s.target_new(0, "iqn.a").unwrap();
+        s.lun_new(1, 0, "Type=nullio,Blocks=100").unwrap();
+        s.lun_new(1, 1, "Type=nullio,Blocks=100").unwrap();
+        // The health check's finding; unknown LUNs are ignored.
+        s.set_unserved(vec![
+            (1, 1, "the datapath refused it: EIO".into()),
+            (7, 0, "x".into()),
+        ]);
+        assert_eq!(s.lun_show(1, 0).unwrap().state, LUN_RUNNING);
+        let v = s.lun_show(1, 1).unwrap();
+        assert_eq!(v.state, LUN_FAILED);
+        assert_eq!(v.problem, "the datapath refused it: EIO");
+        let text = crate::views::render_volume(&s.volumes());
+        assert!(text.contains("\tlun:0 state:0 "), "{text}");
+        assert!(text.contains("\tlun:1 state:2 "), "{text}");
+        s.set_unserved(vec![]);
+        assert_eq!(s.lun_show(1, 1).unwrap().state, LUN_RUNNING);
+        // A removal that failed is shown as being deleted until a retry succeeds.
+        j.lock().unwrap().fail_on = Some("delete_lun 1 0".into());
+        assert!(s.lun_delete(1, 0).is_err());
+        assert_eq!(s.lun_show(1, 0).unwrap().state, LUN_DELETING);
+        j.lock().unwrap().fail_on = None;
+        s.lun_delete(1, 0).unwrap();
+        assert_eq!(s.lun_show(1, 0).unwrap_err().errno(), libc::ENOENT);
     }
 
     #[test]

@@ -19,6 +19,12 @@
 //! a kernel `cmd_time_out` it answers them BUSY unexecuted instead, as they may have
 //! expired (docs/command-lifetime.md).
 //!
+//! Health: every [`HEALTH_PERIOD`] ietd compares the devices it handed over with the
+//! datapath's `stats` list. A device the datapath no longer serves (it gave the ring up
+//! after an error, or refused it at a restart) is handed over again; one that cannot be
+//! (refused, or an adopted device that cannot be re-opened) is reported by
+//! [`Supervisor::failed`], logged once, and tried again every period.
+//!
 //! Not its job: deciding which devices exist (the provisioner and its device hook in
 //! [`crate::handoff`]) or serving commands (the datapath).
 
@@ -62,6 +68,8 @@ pub const RESTART_WINDOW: Duration = Duration::from_secs(60);
 /// Delay before the first restart after a crash; doubled for each restart in the window.
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// How often the devices the datapath serves are compared with those it should.
+pub const HEALTH_PERIOD: Duration = Duration::from_secs(2);
 /// How long a stopping datapath gets to finish in-flight commands before SIGKILL.
 const STOP_GRACE: Duration = Duration::from_secs(10);
 
@@ -208,6 +216,10 @@ pub struct Supervisor {
     down_since: Option<Instant>,
     /// The restart limit was hit and logged; do not log it every tick.
     limit_logged: bool,
+    /// Devices handed over (kept or adopted) that the datapath does not serve, with why.
+    failed: BTreeMap<String, String>,
+    /// When the health check last ran.
+    last_health: Option<Instant>,
     log: Logger,
 }
 
@@ -231,6 +243,8 @@ impl Supervisor {
             restarts: VecDeque::new(),
             down_since: None,
             limit_logged: false,
+            failed: BTreeMap::new(),
+            last_health: None,
             log,
         }
     }
@@ -541,6 +555,7 @@ impl Supervisor {
     /// An adopted device (served without descriptors of ours) is detached the same way;
     /// it returns None as there is nothing of ours to close.
     pub fn detach(&mut self, uio: &str) -> Option<Device> {
+        self.failed.remove(uio);
         if self.adopted.remove(uio).is_some() {
             self.detach_uio(uio);
             return None;
@@ -607,6 +622,152 @@ impl Supervisor {
                 error!(self.log, "datapath restart failed"; "error" => %e);
             }
         }
+        let due = self
+            .last_health
+            .is_none_or(|t| t.elapsed() >= HEALTH_PERIOD);
+        if due && self.conn.is_some() {
+            self.check_health();
+        }
+    }
+
+    /// Devices handed over that the datapath does not serve: tid, LUN and why. While
+    /// the datapath has been down for longer than a quick restart takes, that is all of
+    /// them.
+    pub fn failed(&self) -> Vec<(u32, u32, String)> {
+        let down = self.conn.is_none()
+            && self
+                .down_since
+                .is_some_and(|t| t.elapsed() >= HEALTH_PERIOD);
+        if down {
+            let why = "the datapath is not running; it is restarted every few seconds";
+            return self
+                .devices
+                .values()
+                .map(|d| (d.tid, d.attach.lun, why.to_string()))
+                .chain(
+                    self.adopted
+                        .values()
+                        .map(|a| (a.tid, a.attach.lun, why.to_string())),
+                )
+                .collect();
+        }
+        self.failed
+            .iter()
+            .filter_map(|(uio, why)| {
+                let (tid, lun) = match (self.devices.get(uio), self.adopted.get(uio)) {
+                    (Some(d), _) => (d.tid, d.attach.lun),
+                    (None, Some(a)) => (a.tid, a.attach.lun),
+                    (None, None) => return None,
+                };
+                Some((tid, lun, why.clone()))
+            })
+            .collect()
+    }
+
+    /// Records that `uio` is not served; logged when it starts or its reason changes.
+    fn mark_failed(&mut self, uio: &str, why: String) {
+        if self.failed.get(uio) != Some(&why) {
+            error!(self.log, "LUN not served by the datapath; retrying every few seconds";
+                   "uio" => uio, "reason" => &why, "retry_s" => HEALTH_PERIOD.as_secs());
+            self.failed.insert(uio.to_string(), why);
+        }
+    }
+
+    fn mark_served(&mut self, uio: &str) {
+        if self.failed.remove(uio).is_some() {
+            info!(self.log, "LUN served by the datapath again"; "uio" => uio);
+        }
+    }
+
+    /// Compares the devices handed over with those the datapath serves, and hands over
+    /// again each one it dropped (see the module notes). Runs from [`Supervisor::check`]
+    /// every [`HEALTH_PERIOD`]; public so tests need not wait for it.
+    pub fn check_health(&mut self) {
+        self.last_health = Some(Instant::now());
+        let luns = match self.call(&Request::Stats, &[]) {
+            Ok(Reply::Stats { luns }) => luns,
+            Ok(other) => {
+                warn!(self.log, "health check: unexpected stats answer"; "reply" => ?other);
+                return;
+            }
+            // The connection is gone; the restart re-attaches everything.
+            Err(_) => return,
+        };
+        // By uio: (served, being released). A device can be both for a moment.
+        let mut seen: BTreeMap<&str, (bool, bool)> = BTreeMap::new();
+        for l in &luns {
+            let e = seen.entry(l.uio.as_str()).or_default();
+            e.0 |= !l.closing;
+            e.1 |= l.closing;
+        }
+        let state = |uio: &str| seen.get(uio).copied().unwrap_or_default();
+        let wanted: Vec<String> = self
+            .devices
+            .keys()
+            .chain(self.adopted.keys())
+            .cloned()
+            .collect();
+        for uio in wanted {
+            let (served, closing) = state(&uio);
+            if served {
+                self.mark_served(&uio);
+            } else if closing {
+                // Its commands still at the workers would complete into the ring a new
+                // attach had taken over (and be taken again): wait until it is gone.
+                self.mark_failed(
+                    &uio,
+                    "the datapath is releasing it; waiting for its commands in progress".into(),
+                );
+            } else {
+                if !self.failed.contains_key(&uio) {
+                    warn!(self.log, "the datapath no longer serves a device; handing it over again";
+                          "uio" => &uio);
+                }
+                self.hand_over_again(&uio);
+            }
+            if self.conn.is_none() {
+                return;
+            }
+        }
+    }
+
+    /// Attaches `uio` again, re-opening it first if it was adopted (the datapath that
+    /// dropped it closed its descriptor, so it can be opened again).
+    fn hand_over_again(&mut self, uio: &str) {
+        if let Some(a) = self.adopted.get_mut(uio) {
+            match (a.reopen)() {
+                Ok(dev) => {
+                    self.adopted.remove(uio);
+                    self.devices.insert(uio.to_string(), dev);
+                }
+                Err(e) => {
+                    self.mark_failed(uio, format!("cannot re-open the adopted device: {e}"));
+                    return;
+                }
+            }
+        }
+        let Some(dev) = self.devices.get(uio) else {
+            return;
+        };
+        let req = Request::Attach(dev.attach.clone());
+        let fds: Vec<OwnedFd> = dev
+            .fds()
+            .iter()
+            .filter_map(|f| f.try_clone_to_owned().ok())
+            .collect();
+        let borrowed: Vec<BorrowedFd<'_>> = fds.iter().map(AsFd::as_fd).collect();
+        match self.call(&req, &borrowed) {
+            Ok(Reply::Ok) => {
+                info!(self.log, "device re-attached"; "uio" => uio);
+                self.mark_served(uio);
+            }
+            Ok(Reply::Error { message }) => {
+                self.mark_failed(uio, format!("the datapath refused it: {message}"))
+            }
+            Ok(other) => self.mark_failed(uio, format!("unexpected answer: {other:?}")),
+            // The datapath is being restarted, which re-attaches everything.
+            Err(_) => {}
+        }
     }
 
     /// Restarts the datapath if the limit allows (and, unless `now`, the backoff has
@@ -672,9 +833,10 @@ impl Supervisor {
                     self.devices.insert(uio, dev);
                 }
                 Err(e) => {
+                    let (target, lun) = (a.attach.target.clone(), a.attach.lun);
                     error!(self.log, "adopted device cannot be re-opened; its LUN stays unserved";
-                                 "uio" => &uio, "target" => &a.attach.target, "lun" => a.attach.lun,
-                                 "error" => %e)
+                           "uio" => &uio, "target" => target, "lun" => lun, "error" => %e);
+                    self.mark_failed(&uio, format!("cannot re-open the adopted device: {e}"));
                 }
             }
         }
@@ -695,10 +857,14 @@ impl Supervisor {
                 None => return,
             };
             match result {
-                Ok(Reply::Ok) => info!(self.log, "device re-attached"; "uio" => &uio),
-                Ok(other) => {
-                    error!(self.log, "re-attach refused"; "uio" => &uio, "reply" => ?other)
+                Ok(Reply::Ok) => {
+                    info!(self.log, "device re-attached"; "uio" => &uio);
+                    self.mark_served(&uio);
                 }
+                Ok(Reply::Error { message }) => {
+                    self.mark_failed(&uio, format!("the datapath refused it: {message}"))
+                }
+                Ok(other) => self.mark_failed(&uio, format!("unexpected answer: {other:?}")),
                 Err(e) => {
                     error!(self.log, "re-attach failed; datapath considered dead"; "uio" => &uio, "error" => %e);
                     self.conn = None;

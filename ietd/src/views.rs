@@ -11,6 +11,7 @@ use std::fs;
 use std::io::Write as _;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use thiserror::Error;
 
@@ -86,32 +87,43 @@ pub fn render_session(targets: &[TargetSessions]) -> String {
 }
 
 /// Replaces `dir/name` with `text` so that a reader sees the old or the new content,
-/// never a mix: write a temp file in the same directory, then rename it over.
+/// never a mix: write a temp file in the same directory, then rename it over. The temp
+/// file gets a fresh name and is created with `O_EXCL|O_NOFOLLOW`, so whoever can write
+/// to `dir` cannot make ietd (root) write through a planted symlink.
 fn replace_file(dir: &Path, name: &str, text: &str) -> Result<(), ViewsError> {
+    static SEQ: AtomicU64 = AtomicU64::new(0);
     let path = dir.join(name);
-    let tmp = dir.join(format!(".{name}.tmp"));
     let io = |p: &Path| {
         let p = p.to_path_buf();
         move |source| ViewsError::Io { path: p, source }
     };
-    let mut f = fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o644)
-        .open(&tmp)
-        .map_err(io(&tmp))?;
-    // The mode above is filtered by the umask; the views are public like IET's /proc.
-    f.set_permissions(fs::Permissions::from_mode(0o644))
-        .map_err(io(&tmp))?;
-    f.write_all(text.as_bytes()).map_err(io(&tmp))?;
-    drop(f);
-    if let Err(e) = fs::rename(&tmp, &path) {
+    let mut attempt = 0;
+    let (tmp, mut f) = loop {
+        let n = SEQ.fetch_add(1, Ordering::Relaxed);
+        let tmp = dir.join(format!(".{name}.{}.{n}.tmp", std::process::id()));
+        match fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .mode(0o644)
+            .open(&tmp)
+        {
+            Ok(f) => break (tmp, f),
+            // Someone else's file (or link) under that name: take the next one.
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && attempt < 16 => attempt += 1,
+            Err(e) => return Err(io(&tmp)(e)),
+        }
+    };
+    let written = (|| {
+        // The mode above is filtered by the umask; the views are public like IET's /proc.
+        f.set_permissions(fs::Permissions::from_mode(0o644))?;
+        f.write_all(text.as_bytes())?;
+        drop(f);
+        fs::rename(&tmp, &path)
+    })();
+    if let Err(e) = written {
         let _ = fs::remove_file(&tmp);
-        return Err(ViewsError::Io {
-            path: path.clone(),
-            source: e,
-        });
+        return Err(ViewsError::Io { path, source: e });
     }
     Ok(())
 }
@@ -149,6 +161,7 @@ mod tests {
                 LunView {
                     lun: 0,
                     state: 0,
+                    problem: String::new(),
                     io_type: "fileio".into(),
                     io_mode: "wt".into(),
                     blocks: Some(2097152),
@@ -158,6 +171,7 @@ mod tests {
                 LunView {
                     lun: 1,
                     state: 0,
+                    problem: String::new(),
                     io_type: "nullio".into(),
                     io_mode: "wt".into(),
                     blocks: Some(134217728),
@@ -167,6 +181,7 @@ mod tests {
                 LunView {
                     lun: 2,
                     state: 1,
+                    problem: String::new(),
                     io_type: "blockio".into(),
                     io_mode: "ro".into(),
                     blocks: None,

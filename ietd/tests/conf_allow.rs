@@ -274,6 +274,26 @@ fn deny_file_legacy_rule() {
     assert!(r.initiator_allowed(T1, INI, a));
 }
 
+/// A pattern whose match would cost too much decides nothing in the initiator's favour:
+/// in initiators.deny as in initiators.allow, the login is refused (quickly).
+#[test]
+fn too_costly_patterns_refuse_the_login() {
+    let costly = "\\(\\(\\(\\)\\{32767\\}\\)\\{32767\\}\\)\\{32767\\}iqn.*";
+    let t = std::time::Instant::now();
+    let deny = AccessRules {
+        initiators_deny: file(AclKind::InitiatorsDeny, &format!("ALL {costly}\n")).0,
+        ..AccessRules::default()
+    };
+    assert!(!deny.initiator_allowed(T1, INI, ip("10.0.0.1")));
+    let allow = allow_only(&format!("{T1} {costly}\n"));
+    assert!(!allow.initiator_allowed(T1, INI, ip("10.0.0.1")));
+    assert!(
+        t.elapsed() < std::time::Duration::from_secs(5),
+        "{:?}",
+        t.elapsed()
+    );
+}
+
 #[test]
 fn targets_allow_matching() {
     let rules = |text: &str| AccessRules {

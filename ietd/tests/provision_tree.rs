@@ -288,6 +288,37 @@ fn plan_lists_operations_in_order_with_secrets_masked() {
     );
 }
 
+/// `Debug` output (what `{:?}` in a log line or a panic message prints) masks secrets
+/// like `Display` does.
+#[test]
+fn debug_of_ops_and_plans_masks_secrets() {
+    let op = Op::Write {
+        path: "target/iscsi/discovery_auth/password".into(),
+        value: "carolsecret1".into(),
+        secret: true,
+    };
+    let shown = format!("{op:?}");
+    assert!(!shown.contains("carolsecret1"), "{shown}");
+    assert!(
+        shown.contains("***") && shown.contains("discovery_auth/password"),
+        "{shown}"
+    );
+    let plain = Op::Write {
+        path: "x/enable".into(),
+        value: "1".into(),
+        secret: false,
+    };
+    assert!(format!("{plain:?}").contains("\"1\""));
+    let fx = Fixture::new();
+    let config = fx.config();
+    let pl = plan(&config, &fx.settings(&config));
+    let shown = format!("{pl:?} {pl:#?}");
+    assert!(shown.contains("auth/password"), "the plan has CHAP writes");
+    for s in SECRETS {
+        assert!(!shown.contains(s), "secret {s} in Debug of the plan");
+    }
+}
+
 /// Executing the plan's operations on an empty root gives exactly the provisioner's
 /// tree: the plan is what runs.
 #[test]

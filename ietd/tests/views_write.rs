@@ -113,3 +113,29 @@ fn unwritable_dir_is_an_error_naming_the_path() {
     let e = write_views(&blocker.join("sub"), &st).unwrap_err();
     assert!(e.to_string().contains("file/sub"), "{e}");
 }
+
+/// A link planted where the temp file of an older ietd went (`.volume.tmp`), or at any
+/// other name, is never written through: the temp file has a fresh name and is made
+/// with O_EXCL|O_NOFOLLOW.
+#[test]
+fn planted_symlinks_are_not_followed() {
+    let fx = Fixture::new();
+    let st = state(&fx);
+    let run = fx.path("run/ietd");
+    fs::create_dir_all(&run).expect("run dir");
+    let victim = fx.path("victim");
+    fs::write(&victim, "precious\n").expect("victim");
+    for f in [VOLUME_FILE, SESSION_FILE] {
+        std::os::unix::fs::symlink(&victim, run.join(format!(".{f}.tmp"))).expect("plant");
+    }
+    write_views(&run, &st).expect("write");
+    assert_eq!(fs::read_to_string(&victim).expect("victim"), "precious\n");
+    let volume = fs::read_to_string(run.join(VOLUME_FILE)).expect("volume");
+    assert!(
+        volume.starts_with(&format!("tid:2 name:{T2}\n")),
+        "{volume}"
+    );
+    assert!(fs::symlink_metadata(run.join(VOLUME_FILE))
+        .expect("meta")
+        .is_file());
+}

@@ -209,6 +209,7 @@ fn run(o: &Opts) -> Result<(), String> {
         ring,
         lun,
         warnings: Vec::new(),
+        cmd_time_out: None,
     })
     .map_err(|e| e.to_string())?;
     let stop = ev.stop_handle();

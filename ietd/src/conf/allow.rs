@@ -173,6 +173,8 @@ enum Verdict {
     NoFile,
     Matched,
     NotMatched,
+    /// A pattern was too costly to match: the login is refused whatever the file says.
+    TooCostly,
 }
 
 impl AclFile {
@@ -189,8 +191,12 @@ impl AclFile {
             AclFile::Missing => Verdict::NoFile,
             AclFile::Unreadable { .. } => Verdict::NotMatched,
             AclFile::Rules { .. } => match self.decisive(target) {
-                Some(line) if line_matches(line, initiator, addr) => Verdict::Matched,
-                _ => Verdict::NotMatched,
+                Some(line) => match line_matches(line, initiator, addr) {
+                    Ok(true) => Verdict::Matched,
+                    Ok(false) => Verdict::NotMatched,
+                    Err(_) => Verdict::TooCostly,
+                },
+                None => Verdict::NotMatched,
             },
         }
     }
@@ -203,21 +209,28 @@ impl AclFile {
     }
 }
 
-fn line_matches(line: &AclLine, initiator: Option<&str>, addr: IpAddr) -> bool {
-    line.items.iter().any(|item| match item {
-        AclItem::All => true,
-        AclItem::Entry {
-            pattern,
-            addr: rule,
-            ..
-        } => {
-            let by_name = match (pattern, initiator) {
-                (Some(re), Some(name)) => re.is_match(name),
-                _ => false,
-            };
-            by_name || rule.is_some_and(|r| r.matches(addr))
+/// Whether an item of `line` matches; an error when a pattern was too costly to decide.
+fn line_matches(line: &AclLine, initiator: Option<&str>, addr: IpAddr) -> Result<bool, BreError> {
+    for item in &line.items {
+        let hit = match item {
+            AclItem::All => true,
+            AclItem::Entry {
+                pattern,
+                addr: rule,
+                ..
+            } => {
+                let by_name = match (pattern, initiator) {
+                    (Some(re), Some(name)) => re.try_match(name)?,
+                    _ => false,
+                };
+                by_name || rule.is_some_and(|r| r.matches(addr))
+            }
+        };
+        if hit {
+            return Ok(true);
         }
-    })
+    }
+    Ok(false)
 }
 
 /// The three access files.
@@ -287,6 +300,9 @@ impl AccessRules {
     pub fn initiator_allowed(&self, target: &str, initiator: &str, peer: IpAddr) -> bool {
         let allow = self.initiators_allow.check(target, Some(initiator), peer);
         let deny = self.initiators_deny.check(target, Some(initiator), peer);
+        if allow == Verdict::TooCostly || deny == Verdict::TooCostly {
+            return false;
+        }
         if deny != Verdict::NoFile {
             return !(deny == Verdict::Matched && allow != Verdict::Matched);
         }

@@ -198,6 +198,11 @@ fn clear_value(path: &str) -> Option<&'static str> {
     }
 }
 
+/// Whether undoing with `action` failed only because its object no longer exists.
+fn already_gone(action: &Action, e: &ProvisionError) -> bool {
+    matches!(action, Action::Op(Op::Rmdir { .. } | Op::Unlink { .. })) && e.errno() == libc::ENOENT
+}
+
 /// Whether `path` is `dir` or lies below it.
 fn under(path: &str, dir: &str) -> bool {
     path.strip_prefix(dir)
@@ -261,6 +266,24 @@ impl ConfigfsProvisioner {
 
     pub fn settings(&self) -> &Settings {
         &self.settings
+    }
+
+    /// Drops the record of a target (`lun` None) or of one LUN whose removal failed,
+    /// leaving what is left in configfs alone: for objects someone else already took
+    /// apart (a backstore removed behind our back), which no retry could undo.
+    pub fn forget(&mut self, target: &Target, lun: Option<u32>) {
+        let k = key(&target.name);
+        match lun {
+            None => {
+                self.live.remove(&k);
+            }
+            Some(n) => {
+                if let Some(live) = self.live.get_mut(&k) {
+                    live.devs.remove(&n);
+                    live.journal.retain(|s| s.lun != Some(n));
+                }
+            }
+        }
     }
 
     /// The backstore of a live LUN (for the datapath supervisor and tests).
@@ -350,17 +373,30 @@ impl ConfigfsProvisioner {
 
     /// Undoes `steps` from the last to the first. Errors are logged and the rest is
     /// still attempted: leaving less behind is better than stopping at the first snag.
-    fn undo(&mut self, target: &Target, steps: Vec<Step>) -> Option<ProvisionError> {
+    /// Returns the steps whose undo failed (in journal order), which a retry undoes, and
+    /// the first error. Removing what is already gone counts as done, so a retry after
+    /// someone cleaned up by hand succeeds.
+    fn undo(&mut self, target: &Target, steps: Vec<Step>) -> (Vec<Step>, Option<ProvisionError>) {
         let mut first = None;
+        let mut left = Vec::new();
         for step in steps.into_iter().rev() {
-            if let Some(u) = &step.undo {
-                if let Err(e) = self.apply(target, u) {
+            let Some(u) = &step.undo else {
+                continue;
+            };
+            match self.apply(target, u) {
+                Ok(()) => {}
+                Err(e) if already_gone(u, &e) => {
+                    debug!(self.log, "already gone"; "target" => &target.name, "error" => %e);
+                }
+                Err(e) => {
                     error!(self.log, "undo failed"; "target" => &target.name, "error" => %e);
                     first.get_or_insert(e);
+                    left.push(step);
                 }
             }
         }
-        first
+        left.reverse();
+        (left, first)
     }
 
     fn live(&self, target: &Target) -> Result<&LiveTarget, ProvisionError> {
@@ -381,7 +417,9 @@ impl ConfigfsProvisioner {
     }
 
     /// Writes the settings of `want` that differ from `had`, and clears those that went
-    /// away. Returns the new applied map.
+    /// away. All or nothing: when a write fails, the ones already made get their previous
+    /// value back (so configfs never keeps, say, a new CHAP user with the old password)
+    /// and the error is returned. Returns the new applied map.
     fn sync_settings(
         &self,
         had: &BTreeMap<String, Setting>,
@@ -406,8 +444,52 @@ impl ConfigfsProvisioner {
                 }
             }
         }
-        self.write_settings(&writes)?;
+        let mut previous = Vec::with_capacity(writes.len());
+        for s in &writes {
+            let before = self.previous_value(had, s);
+            if let Err(e) = self.write_settings(std::slice::from_ref(s)) {
+                warn!(self.log, "settings update failed; putting back what was written";
+                      "written" => previous.len(), "error" => %e);
+                self.restore_settings(previous);
+                return Err(e);
+            }
+            previous.push(before);
+        }
         Ok(now)
+    }
+
+    /// What `s.path` holds before `s` is written: the value we wrote last, else what
+    /// configfs shows, else the value that clears it. `None`: nothing can put it back.
+    fn previous_value(&self, had: &BTreeMap<String, Setting>, s: &Setting) -> Option<Setting> {
+        if let Some(h) = had.get(&s.path) {
+            return Some(h.clone());
+        }
+        let shown = self
+            .fs
+            .read(&s.path)
+            .ok()
+            .map(|v| v.trim_end_matches('\n').to_string())
+            .filter(|v| !v.is_empty());
+        let value = shown.or_else(|| clear_value(&s.path).map(str::to_string))?;
+        Some(Setting {
+            path: s.path.clone(),
+            value,
+            secret: s.secret,
+        })
+    }
+
+    /// Puts back the values `previous` lists, last written first. A failure is logged
+    /// (without the value: it may be a secret) and the rest still attempted.
+    fn restore_settings(&self, previous: Vec<Option<Setting>>) {
+        for p in previous.into_iter().rev() {
+            let Some(p) = p else {
+                continue;
+            };
+            if let Err(e) = self.write_settings(std::slice::from_ref(&p)) {
+                error!(self.log, "setting not restored after a failed update; it keeps the new value";
+                       "path" => &p.path, "error" => %e);
+            }
+        }
     }
 }
 
@@ -864,14 +946,28 @@ impl Provisioner for ConfigfsProvisioner {
         Ok(())
     }
 
+    /// The record stays until every step is undone: a failed removal keeps what is left
+    /// of the target (and the LUNs that still have objects), and a retry removes the rest.
     fn delete_target(&mut self, target: &Target) -> Result<(), ProvisionError> {
-        let live = self
-            .live
-            .remove(&key(&target.name))
-            .ok_or_else(|| ProvisionError::NotFound(format!("target {}", target.name)))?;
-        let result = self.undo(target, live.journal);
-        debug!(self.log, "target deleted"; "target" => &target.name);
-        result.map_or(Ok(()), Err)
+        let k = key(&target.name);
+        let journal = match self.live.get_mut(&k) {
+            Some(live) => std::mem::take(&mut live.journal),
+            None => return Err(ProvisionError::NotFound(format!("target {}", target.name))),
+        };
+        let (left, error) = self.undo(target, journal);
+        let Some(e) = error else {
+            self.live.remove(&k);
+            debug!(self.log, "target deleted"; "target" => &target.name);
+            return Ok(());
+        };
+        if let Some(live) = self.live.get_mut(&k) {
+            live.devs
+                .retain(|lun, _| left.iter().any(|s| s.lun == Some(*lun)));
+            live.journal = left;
+        }
+        warn!(self.log, "target only partly removed; deleting it again removes the rest";
+              "target" => &target.name, "error" => %e);
+        Err(e)
     }
 
     fn add_lun(&mut self, target: &Target, lun: &Lun) -> Result<(), ProvisionError> {
@@ -920,12 +1016,15 @@ impl Provisioner for ConfigfsProvisioner {
         Ok(())
     }
 
+    /// Like `delete_target`: the LUN's record and the steps whose undo failed stay, so
+    /// a retry finishes the removal.
     fn delete_lun(&mut self, target: &Target, lun: u32) -> Result<(), ProvisionError> {
+        let k = key(&target.name);
         let live = self
             .live
-            .get_mut(&key(&target.name))
+            .get_mut(&k)
             .ok_or_else(|| ProvisionError::NotFound(format!("target {}", target.name)))?;
-        if live.devs.remove(&lun).is_none() {
+        if !live.devs.contains_key(&lun) {
             return Err(ProvisionError::NotFound(format!(
                 "target {} lun {lun}",
                 target.name
@@ -935,9 +1034,25 @@ impl Provisioner for ConfigfsProvisioner {
             .into_iter()
             .partition(|s| s.lun == Some(lun));
         live.journal = rest;
-        let result = self.undo(target, mine);
-        debug!(self.log, "lun deleted"; "target" => &target.name, "lun" => lun);
-        result.map_or(Ok(()), Err)
+        let (left, error) = self.undo(target, mine);
+        let live = self
+            .live
+            .get_mut(&k)
+            .expect("checked above and nothing removed it since");
+        match error {
+            None => {
+                live.devs.remove(&lun);
+                debug!(self.log, "lun deleted"; "target" => &target.name, "lun" => lun);
+                Ok(())
+            }
+            Some(e) => {
+                // Appended: a later target removal undoes them first, as they must be.
+                live.journal.extend(left);
+                warn!(self.log, "LUN only partly removed; deleting it again removes the rest";
+                      "target" => &target.name, "lun" => lun, "error" => %e);
+                Err(e)
+            }
+        }
     }
 
     fn update_target(&mut self, target: &Target) -> Result<(), ProvisionError> {
@@ -1062,13 +1177,9 @@ impl Provisioner for ConfigfsProvisioner {
         let now = match self.sync_settings(&kept, want) {
             Ok(now) => now,
             Err(e) => {
+                // sync_settings put the settings back; the new ACLs go too.
                 error!(self.log, "access change failed, rolling back"; "target" => &target.name,
                        "error" => %e);
-                let restore: Vec<Setting> = kept.values().cloned().collect();
-                if let Err(e2) = self.write_settings(&restore) {
-                    error!(self.log, "restoring settings failed"; "target" => &target.name,
-                           "error" => %e2);
-                }
                 self.undo(target, done);
                 return Err(e);
             }
@@ -1084,7 +1195,11 @@ impl Provisioner for ConfigfsProvisioner {
         live.journal = rest;
         live.acl = new.clone();
         live.applied = now;
-        let result = self.undo(target, old_steps);
+        let (left, result) = self.undo(target, old_steps);
+        // What could not be removed stays journaled: deleting the target retries it.
+        if let Some(live) = self.live.get_mut(&key(&target.name)) {
+            live.journal.extend(left);
+        }
         info!(self.log, "target access updated"; "target" => &target.name,
               "acl" => ?new, "removed_acls" => removed.len());
         result.map_or(Ok(true), Err)

@@ -10,6 +10,9 @@
 //! - `rmdir` removes attribute files and those implicit directories with it, but fails
 //!   with ENOTEMPTY while a symlink or a directory made by an explicit `mkdir` is inside.
 //!
+//! - injected failures ([`Faults`]): a test makes chosen operations fail with an errno,
+//!   as the kernel does (EBUSY, ENOTEMPTY, EINVAL), to drive rollback and retry.
+//!
 //! Not its job: deciding what to create (see `plan`), or ordering and rollback (see
 //! `configfs`).
 
@@ -17,7 +20,7 @@ use std::collections::HashSet;
 use std::fs;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use super::ProvisionError;
 
@@ -31,6 +34,79 @@ pub enum FsKind {
     Simulated,
 }
 
+/// Failures to inject into a simulated tree. Clones share one list, so a test keeps a
+/// handle while the provisioner owns the tree. The kernel's tree ignores them.
+#[derive(Debug, Clone, Default)]
+pub struct Faults(Arc<Mutex<Vec<Fault>>>);
+
+#[derive(Debug, Clone)]
+struct Fault {
+    verb: &'static str,
+    path_end: String,
+    errno: i32,
+    /// Matching calls to let through before it fires.
+    skip: u32,
+    /// How many more times it fires; `None`: until cleared.
+    times: Option<u32>,
+}
+
+impl Faults {
+    /// Makes `verb` (`mkdir`, `write`, `symlink`, `unlink` or `rmdir`) on a path ending
+    /// in `path_end` fail with `errno`, the next `times` times (`None`: until cleared).
+    pub fn fail(&self, verb: &'static str, path_end: &str, errno: i32, times: Option<u32>) {
+        self.fail_after(verb, path_end, errno, 0, times);
+    }
+
+    /// Like [`Faults::fail`], but the first `skip` matching calls succeed (to fail,
+    /// say, the restore of a value whose first write went through).
+    pub fn fail_after(
+        &self,
+        verb: &'static str,
+        path_end: &str,
+        errno: i32,
+        skip: u32,
+        times: Option<u32>,
+    ) {
+        self.list().push(Fault {
+            verb,
+            path_end: path_end.to_string(),
+            errno,
+            skip,
+            times,
+        });
+    }
+
+    /// Removes every injected failure.
+    pub fn clear(&self) {
+        self.list().clear();
+    }
+
+    fn list(&self) -> std::sync::MutexGuard<'_, Vec<Fault>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The errno `verb` on `rel` must fail with, if a fault matches (and uses it up).
+    fn hit(&self, verb: &str, rel: &str) -> Option<i32> {
+        let mut list = self.list();
+        let i = list
+            .iter()
+            .position(|f| f.verb == verb && rel.ends_with(&f.path_end))?;
+        if list[i].skip > 0 {
+            list[i].skip -= 1;
+            return None;
+        }
+        let errno = list[i].errno;
+        match &mut list[i].times {
+            Some(1) => {
+                list.remove(i);
+            }
+            Some(n) => *n -= 1,
+            None => {}
+        }
+        Some(errno)
+    }
+}
+
 /// A configfs tree. Paths given to its methods are relative to the root (e.g.
 /// `target/core/user_1/ietd_t1_l0/enable`); errors name the full path.
 #[derive(Debug)]
@@ -39,6 +115,7 @@ pub struct ConfigFs {
     kind: FsKind,
     /// Simulation only: directories made by `mkdir` (as opposed to implicit ones).
     explicit: Mutex<HashSet<PathBuf>>,
+    faults: Faults,
 }
 
 fn io_err(verb: &str, path: &Path, source: io::Error) -> ProvisionError {
@@ -70,6 +147,27 @@ impl ConfigFs {
             root: root.into(),
             kind,
             explicit: Mutex::new(HashSet::new()),
+            faults: Faults::default(),
+        }
+    }
+
+    /// The injected-failure list of this tree (used only when it is simulated).
+    pub fn faults(&self) -> Faults {
+        self.faults.clone()
+    }
+
+    /// Fails like the kernel would if a test injected a fault for `verb` on `rel`.
+    fn injected(&self, verb: &'static str, rel: &str) -> Result<(), ProvisionError> {
+        if self.kind != FsKind::Simulated {
+            return Ok(());
+        }
+        match self.faults.hit(verb, rel) {
+            Some(errno) => Err(io_err(
+                verb,
+                &self.abs(rel),
+                io::Error::from_raw_os_error(errno),
+            )),
+            None => Ok(()),
         }
     }
 
@@ -91,6 +189,7 @@ impl ConfigFs {
     }
 
     pub fn mkdir(&self, rel: &str) -> Result<(), ProvisionError> {
+        self.injected("mkdir", rel)?;
         let path = self.abs(rel);
         if self.kind == FsKind::Simulated {
             if let Some(parent) = path.parent() {
@@ -108,6 +207,7 @@ impl ConfigFs {
     /// stores keep a newline verbatim). The kernel's configfs never creates files, so a
     /// missing attribute is ENOENT there.
     pub fn write(&self, rel: &str, value: &str) -> Result<(), ProvisionError> {
+        self.injected("write", rel)?;
         let path = self.abs(rel);
         let mut file = match self.kind {
             FsKind::Kernel => fs::OpenOptions::new().write(true).open(&path),
@@ -147,17 +247,20 @@ impl ConfigFs {
     /// Creates `link` pointing at `target` (both relative to the root). configfs resolves
     /// the target from the caller's working directory, so the link gets an absolute path.
     pub fn symlink(&self, link: &str, target: &str) -> Result<(), ProvisionError> {
+        self.injected("symlink", link)?;
         let lpath = self.abs(link);
         let tpath = self.abs(target);
         std::os::unix::fs::symlink(&tpath, &lpath).map_err(|e| io_err("symlink", &lpath, e))
     }
 
     pub fn unlink(&self, rel: &str) -> Result<(), ProvisionError> {
+        self.injected("unlink", rel)?;
         let path = self.abs(rel);
         fs::remove_file(&path).map_err(|e| io_err("unlink", &path, e))
     }
 
     pub fn rmdir(&self, rel: &str) -> Result<(), ProvisionError> {
+        self.injected("rmdir", rel)?;
         let path = self.abs(rel);
         if self.kind == FsKind::Simulated {
             self.sim_clear(&path, true)

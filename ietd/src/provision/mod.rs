@@ -117,6 +117,6 @@ pub mod plan;
 pub mod session;
 
 pub use configfs::{AdoptionReport, ConfigfsProvisioner, DeviceHook, NoHook};
-pub use fs::{ConfigFs, FsKind};
+pub use fs::{ConfigFs, Faults, FsKind};
 pub use kernel::{owned_objects, prepare_kernel, OwnedObjects};
 pub use plan::{plan, plan_config, Backstore, Op, Plan, Settings};

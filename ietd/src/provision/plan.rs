@@ -65,8 +65,9 @@ impl Default for Settings {
     }
 }
 
-/// One configfs operation. Paths are relative to the configfs root.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// One configfs operation. Paths are relative to the configfs root. `Debug` and
+/// `Display` never show a secret value.
+#[derive(Clone, PartialEq, Eq)]
 pub enum Op {
     Mkdir {
         path: String,
@@ -100,6 +101,44 @@ impl fmt::Display for Op {
             Op::Symlink { link, target } => write!(f, "symlink {link} -> {target}"),
             Op::Unlink { path } => write!(f, "unlink {path}"),
             Op::Rmdir { path } => write!(f, "rmdir {path}"),
+        }
+    }
+}
+
+impl fmt::Debug for Op {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Op::Mkdir { path } => f.debug_struct("Mkdir").field("path", path).finish(),
+            Op::Write {
+                path,
+                value,
+                secret,
+            } => f
+                .debug_struct("Write")
+                .field("path", path)
+                .field("value", &Masked(value, *secret))
+                .field("secret", secret)
+                .finish(),
+            Op::Symlink { link, target } => f
+                .debug_struct("Symlink")
+                .field("link", link)
+                .field("target", target)
+                .finish(),
+            Op::Unlink { path } => f.debug_struct("Unlink").field("path", path).finish(),
+            Op::Rmdir { path } => f.debug_struct("Rmdir").field("path", path).finish(),
+        }
+    }
+}
+
+/// A value for `Debug`: itself, or `***` when it is secret.
+struct Masked<'a>(&'a str, bool);
+
+impl fmt::Debug for Masked<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.1 {
+            f.write_str("***")
+        } else {
+            fmt::Debug::fmt(self.0, f)
         }
     }
 }
@@ -194,12 +233,23 @@ impl Step {
 }
 
 /// An attribute value the provisioner keeps in line with the model (re-applied by
-/// `update_target`, unlike the one-shot writes of object creation).
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// `update_target`, unlike the one-shot writes of object creation). `Debug` masks a
+/// secret value.
+#[derive(Clone, PartialEq, Eq)]
 pub(crate) struct Setting {
     pub path: String,
     pub value: String,
     pub secret: bool,
+}
+
+impl fmt::Debug for Setting {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Setting")
+            .field("path", &self.path)
+            .field("value", &Masked(&self.value, self.secret))
+            .field("secret", &self.secret)
+            .finish()
+    }
 }
 
 impl Setting {

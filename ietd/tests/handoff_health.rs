@@ -1,0 +1,299 @@
+//! The supervisor's health check on the host, against a stand-in datapath (this test
+//! binary re-run as a small process that speaks the control protocol and can be told to
+//! drop a device, as the real one does when it gives a ring up, or to refuse attaches):
+//! a dropped device is handed over again; one that cannot be (refused, or an adopted
+//! device that cannot be re-opened) is reported as failed until it can.
+
+use std::collections::BTreeSet;
+use std::fs::{self, File};
+use std::io::{BufRead, BufReader, Write};
+use std::os::fd::OwnedFd;
+use std::os::unix::net::UnixListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use datapath::control::proto::{Attach, LunStats, Reply, Request};
+use ietd::supervise::{DatapathConfig, Device, Supervisor};
+
+const UIO: &str = "tcm-user/1/ietd_t1_l0/ietd/nullio";
+const ADOPTED: &str = "tcm-user/2/ietd_t1_l1/ietd/nullio";
+
+/// Not a test: the stand-in datapath's body, run in a child process (see `spawn`). It
+/// serves `$STANDIN_DIR/datapath.sock`; before each answer it drops the devices listed
+/// in `drop` (then deletes the file) and refuses attaches of those listed in `refuse`;
+/// it reports those listed in `closing` as still being released. Every attach is
+/// appended to `attaches`.
+#[test]
+#[ignore = "helper process for the other tests"]
+fn standin_datapath() {
+    let Some(dir) = std::env::var_os("STANDIN_DIR").map(PathBuf::from) else {
+        return;
+    };
+    let listener = UnixListener::bind(dir.join("datapath.sock")).expect("bind");
+    let mut served: BTreeSet<String> = std::env::var("STANDIN_SERVES")
+        .map(|s| s.split(',').map(str::to_string).collect())
+        .unwrap_or_default();
+    let listed = |name: &str| -> Vec<String> {
+        fs::read_to_string(dir.join(name))
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_string)
+            .collect()
+    };
+    for stream in listener.incoming() {
+        let Ok(stream) = stream else { continue };
+        let mut out = stream.try_clone().expect("clone");
+        // Descriptors sent with an attach are dropped by a plain read; not needed here.
+        for line in BufReader::new(stream).lines() {
+            let Ok(line) = line else { break };
+            for uio in listed("drop") {
+                served.remove(&uio);
+            }
+            let _ = fs::remove_file(dir.join("drop"));
+            let reply = match serde_json::from_str::<Request>(&line) {
+                Ok(Request::Ping) => Reply::Pong,
+                Ok(Request::Stats) => Reply::Stats {
+                    luns: served
+                        .iter()
+                        .map(|u| LunStats {
+                            uio: u.clone(),
+                            ..LunStats::default()
+                        })
+                        .chain(listed("closing").into_iter().map(|u| LunStats {
+                            uio: u,
+                            closing: true,
+                            ..LunStats::default()
+                        }))
+                        .collect(),
+                },
+                Ok(Request::Attach(a)) => {
+                    let mut log = fs::OpenOptions::new()
+                        .create(true)
+                        .append(true)
+                        .open(dir.join("attaches"))
+                        .expect("attaches");
+                    writeln!(log, "{}", a.uio).expect("log");
+                    if listed("refuse").contains(&a.uio) {
+                        Reply::Error {
+                            message: "backing store: No such file or directory".into(),
+                        }
+                    } else {
+                        served.insert(a.uio);
+                        Reply::Ok
+                    }
+                }
+                Ok(Request::Detach { uio }) => {
+                    served.remove(&uio);
+                    Reply::Ok
+                }
+                Err(e) => Reply::Error {
+                    message: e.to_string(),
+                },
+            };
+            let mut l = serde_json::to_string(&reply).expect("json");
+            l.push('\n');
+            if out.write_all(l.as_bytes()).is_err() {
+                break;
+            }
+        }
+    }
+}
+
+/// Starts the stand-in in `dir`, already serving `serves`, and waits for its socket.
+fn spawn(dir: &Path, serves: &[&str]) -> Child {
+    let child = Command::new(std::env::current_exe().expect("test binary"))
+        .args([
+            "--ignored",
+            "--exact",
+            "standin_datapath",
+            "--test-threads=1",
+        ])
+        .env("STANDIN_DIR", dir)
+        .env("STANDIN_SERVES", serves.join(","))
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("stand-in datapath");
+    let end = Instant::now() + Duration::from_secs(20);
+    while !dir.join("datapath.sock").exists() {
+        assert!(Instant::now() < end, "stand-in datapath did not start");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    child
+}
+
+fn log() -> slog::Logger {
+    slog::Logger::root(slog::Discard, slog::o!())
+}
+
+fn adopt(dir: &Path) -> Supervisor {
+    let mut cfg = DatapathConfig::new(
+        PathBuf::from("/nonexistent/ietd-datapath"),
+        dir.join("datapath.sock"),
+    );
+    cfg.reply_timeout = Duration::from_secs(20);
+    let sup = Supervisor::start_or_adopt(cfg, log()).expect("stand-in adopted");
+    assert!(sup.pid().is_some());
+    sup
+}
+
+fn attach(uio: &str, lun: u32) -> Attach {
+    Attach {
+        uio: uio.into(),
+        params: "Type=nullio".into(),
+        target: "iqn.2024-01.com.example:t1".into(),
+        lun,
+        map_len: Some(4096),
+        max_transfer_blocks: None,
+        uio_fd: true,
+        backing_fd: false,
+        cmd_time_out: None,
+    }
+}
+
+fn device(uio: &str, lun: u32) -> Device {
+    let uio_fd: OwnedFd = File::options()
+        .read(true)
+        .write(true)
+        .open("/dev/null")
+        .expect("/dev/null")
+        .into();
+    Device {
+        attach: attach(uio, lun),
+        tid: 1,
+        uio_fd,
+        backing_fd: None,
+    }
+}
+
+fn attaches(dir: &Path) -> usize {
+    fs::read_to_string(dir.join("attaches"))
+        .unwrap_or_default()
+        .lines()
+        .count()
+}
+
+fn stop(mut sup: Supervisor, mut child: Child) {
+    sup.stop();
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+#[test]
+fn a_dropped_device_is_handed_over_again_or_reported_failed() {
+    let dir = tempfile::tempdir().unwrap();
+    let child = spawn(dir.path(), &[]);
+    let mut sup = adopt(dir.path());
+    sup.attach(device(UIO, 0)).expect("attach");
+    assert_eq!(attaches(dir.path()), 1);
+    sup.check_health();
+    assert_eq!(sup.failed(), vec![]);
+    assert_eq!(attaches(dir.path()), 1, "a served device is left alone");
+
+    // The datapath gives the ring up (fail_device): the device is handed over again.
+    fs::write(dir.path().join("drop"), UIO).unwrap();
+    sup.check_health();
+    assert_eq!(attaches(dir.path()), 2);
+    assert_eq!(sup.failed(), vec![]);
+
+    // Dropped, but still being released (commands at its workers): not attached again
+    // before it is gone, which would let those commands run twice; reported meanwhile.
+    fs::write(dir.path().join("closing"), UIO).unwrap();
+    fs::write(dir.path().join("drop"), UIO).unwrap();
+    sup.check_health();
+    assert_eq!(attaches(dir.path()), 2);
+    let failed = sup.failed();
+    assert_eq!(failed.len(), 1, "{failed:?}");
+    assert!(failed[0].2.contains("releasing"), "{}", failed[0].2);
+    fs::remove_file(dir.path().join("closing")).unwrap();
+    sup.check_health();
+    assert_eq!(attaches(dir.path()), 3);
+    assert_eq!(sup.failed(), vec![]);
+
+    // Dropped again, and now the re-attach is refused: reported, with the reason.
+    fs::write(dir.path().join("refuse"), UIO).unwrap();
+    fs::write(dir.path().join("drop"), UIO).unwrap();
+    sup.check_health();
+    let failed = sup.failed();
+    assert_eq!(failed.len(), 1, "{failed:?}");
+    assert_eq!((failed[0].0, failed[0].1), (1, 0));
+    assert!(failed[0].2.contains("refused"), "{}", failed[0].2);
+    assert!(failed[0].2.contains("No such file"), "{}", failed[0].2);
+    // Tried again each period, and served again once the cause is gone.
+    sup.check_health();
+    assert_eq!(attaches(dir.path()), 5);
+    fs::remove_file(dir.path().join("refuse")).unwrap();
+    sup.check_health();
+    assert_eq!(sup.failed(), vec![]);
+
+    // A detached device is no longer expected, whatever the datapath says.
+    fs::write(dir.path().join("refuse"), UIO).unwrap();
+    fs::write(dir.path().join("drop"), UIO).unwrap();
+    sup.check_health();
+    assert_eq!(sup.failed().len(), 1);
+    sup.detach(UIO);
+    assert_eq!(sup.failed(), vec![]);
+    stop(sup, child);
+}
+
+#[test]
+fn an_adopted_device_that_cannot_be_reopened_is_reported_failed() {
+    let dir = tempfile::tempdir().unwrap();
+    let child = spawn(dir.path(), &[ADOPTED]);
+    let mut sup = adopt(dir.path());
+    let openable = Arc::new(AtomicBool::new(false));
+    let o = Arc::clone(&openable);
+    sup.adopt_device(
+        attach(ADOPTED, 1),
+        1,
+        Box::new(move || {
+            if o.load(Ordering::SeqCst) {
+                Ok(device(ADOPTED, 1))
+            } else {
+                Err("/dev/uio3: Device or resource busy".into())
+            }
+        }),
+    )
+    .expect("adopt");
+    sup.check_health();
+    assert_eq!(sup.failed(), vec![]);
+
+    fs::write(dir.path().join("drop"), ADOPTED).unwrap();
+    sup.check_health();
+    let failed = sup.failed();
+    assert_eq!(failed.len(), 1, "{failed:?}");
+    assert_eq!((failed[0].0, failed[0].1), (1, 1));
+    assert!(failed[0].2.contains("re-open"), "{}", failed[0].2);
+    assert_eq!(attaches(dir.path()), 0);
+
+    openable.store(true, Ordering::SeqCst);
+    sup.check_health();
+    assert_eq!(sup.failed(), vec![]);
+    assert_eq!(attaches(dir.path()), 1);
+    stop(sup, child);
+}
+
+/// A datapath that is down (and cannot be started again) leaves no LUN looking healthy:
+/// past a quick restart's time every device is reported, with the reason.
+#[test]
+fn every_device_is_reported_while_the_datapath_is_down() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = spawn(dir.path(), &[]);
+    let mut sup = adopt(dir.path());
+    sup.attach(device(UIO, 0)).expect("attach");
+    child.kill().unwrap();
+    child.wait().unwrap();
+    // Noticed dead; the restart fails (no such binary), so it stays down.
+    sup.check();
+    assert_eq!(sup.pid(), None);
+    assert_eq!(sup.failed(), vec![], "a quick restart is not a failure yet");
+    std::thread::sleep(ietd::supervise::HEALTH_PERIOD);
+    sup.check();
+    let failed = sup.failed();
+    assert_eq!(failed.len(), 1, "{failed:?}");
+    assert_eq!((failed[0].0, failed[0].1), (1, 0));
+    assert!(failed[0].2.contains("not running"), "{}", failed[0].2);
+    sup.stop();
+}
