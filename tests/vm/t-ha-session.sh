@@ -7,6 +7,13 @@
 # (measured 95 s under TCG; the timeout leaves twice that)
 . "$(dirname "$0")/lib.sh"
 
+# Private copies: a host-side rebuild during the run must not swap binaries under us.
+mkdir -p /tmp/bin
+for b in ietd ietd-datapath ietadm; do
+    cp "$(need_bin $b)" /tmp/bin/ || die "binary $b"
+done
+IETD_BIN=/tmp/bin
+
 TD=iqn.2024-01.org.ietd.vm:demo
 TA=iqn.2024-01.org.ietd.vm:acl
 P=127.0.0.1:3260
