@@ -28,8 +28,9 @@ iSCSI Enterprise Target administration (for ietd on Linux LIO)
                         change the target's default session/target parameters
   --op update --tid=[id] --redirect=ip[:port]
                         redirect logins to another portal (empty clears)
-  --op delete --tid=[id] --sid=[sid] --cid=[cid]
-                        close a connection
+  --op delete --tid=[id] --sid=[sid] [--cid=[cid]]
+                        close a connection (LIO: the initiator's sessions on the
+                        target end; it may log in again)
   --op new --tid=[id] --lun=[lun] --params Path=[path],Type=[type],...
                         add a logical unit (Type fileio|blockio|nullio, IOMode wt|wb|ro,
                         BlockSize or Sector 512|1024|2048|4096, ScsiId, ScsiSN)

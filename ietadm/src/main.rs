@@ -317,13 +317,12 @@ fn connection(op: OpKind, o: &Opts, c: &Client) -> Result<Option<String>, Action
 fn session(op: OpKind, o: &Opts, c: &Client) -> Result<Option<String>, Action> {
     match op {
         OpKind::New | OpKind::Update => return Err(einval("Unsupported.").into()),
+        // IET refused this (EINVAL); here it ends the session, as closing its last
+        // connection did in IET.
         OpKind::Delete => {
-            need_tid(o, "--sid")?;
-            return Err(einval(
-                "deleting a whole session is not supported (as in IET); \
-                 delete its connections with --cid",
-            )
-            .into());
+            let tid = need_tid(o, "--sid")?;
+            c.call(&Request::SessionDelete { tid, sid: o.sid })?;
+            return Ok(None);
         }
         OpKind::Show => {}
     }

@@ -293,13 +293,8 @@ impl Provisioner for KernelProvisioner {
     fn sessions(&self, target: &Target) -> Result<Vec<Session>, ProvisionError> {
         self.inner.sessions(target)
     }
-    fn delete_connection(
-        &mut self,
-        target: &Target,
-        sid: u64,
-        cid: u32,
-    ) -> Result<(), ProvisionError> {
-        self.inner.delete_connection(target, sid, cid)
+    fn close_sessions(&mut self, target: &Target, initiator: &str) -> Result<(), ProvisionError> {
+        self.inner.close_sessions(target, initiator)
     }
     fn set_access_rules(&mut self, access: &AccessRules) -> Result<(), ProvisionError> {
         self.inner.set_access_rules(access)

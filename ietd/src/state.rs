@@ -482,20 +482,14 @@ impl State {
             .ok_or(StateError::NoSession { tid, sid })
     }
 
-    /// Closes every connection of a session, which ends it.
+    /// `ietadm --op delete --tid=N --sid=S` (IET refused it with EINVAL): ends the
+    /// session. LIO ends sessions per initiator node, so any other session the same
+    /// initiator has on this target ends too; the initiator keeps its access.
     pub fn session_delete(&mut self, tid: u32, sid: u64) -> Result<(), StateError> {
         let t = self.target(tid)?;
         let s = self.find_session(t, sid)?;
-        for c in &s.connections {
-            let t = self.targets.get(&tid).ok_or(StateError::NoTarget { tid })?;
-            self.prov
-                .delete_connection(t, sid, c.cid)
-                .map_err(prov_err(format!(
-                    "closing connection {} of session {sid}",
-                    c.cid
-                )))?;
-        }
-        info!(self.log, "session closed"; "tid" => tid, "sid" => sid);
+        self.close_sessions(tid, &s.initiator)?;
+        info!(self.log, "session closed"; "tid" => tid, "sid" => sid, "initiator" => &s.initiator);
         Ok(())
     }
 
@@ -509,17 +503,28 @@ impl State {
             .ok_or(StateError::NoConnection { tid, sid, cid })
     }
 
-    /// `ietadm --op delete --tid=N --sid=S --cid=C`.
+    /// `ietadm --op delete --tid=N --sid=S --cid=C`. LIO cannot drop one connection of a
+    /// session: the whole session ends (the same thing with MaxConnections=1, IET's
+    /// default), as in [`State::session_delete`].
     pub fn connection_delete(&mut self, tid: u32, sid: u64, cid: u32) -> Result<(), StateError> {
-        self.connection_show(tid, sid, cid)?;
+        let t = self.target(tid)?;
+        let s = self.find_session(t, sid)?;
+        if !s.connections.iter().any(|c| c.cid == cid) {
+            return Err(StateError::NoConnection { tid, sid, cid });
+        }
+        self.close_sessions(tid, &s.initiator)?;
+        info!(self.log, "connection closed"; "tid" => tid, "sid" => sid, "cid" => cid,
+              "initiator" => &s.initiator, "connections_closed" => s.connections.len());
+        Ok(())
+    }
+
+    fn close_sessions(&mut self, tid: u32, initiator: &str) -> Result<(), StateError> {
         let t = self.targets.get(&tid).ok_or(StateError::NoTarget { tid })?;
         self.prov
-            .delete_connection(t, sid, cid)
+            .close_sessions(t, initiator)
             .map_err(prov_err(format!(
-                "closing connection {cid} of session {sid}"
-            )))?;
-        info!(self.log, "connection closed"; "tid" => tid, "sid" => sid, "cid" => cid);
-        Ok(())
+                "closing the sessions of {initiator} on target {tid}"
+            )))
     }
 
     /// Adds an already parsed LUN to a live target.
@@ -1048,13 +1053,8 @@ mod tests {
         fn sessions(&self, _t: &Target) -> Result<Vec<Session>, ProvisionError> {
             Ok(self.0.lock().unwrap().sessions.clone())
         }
-        fn delete_connection(
-            &mut self,
-            t: &Target,
-            sid: u64,
-            cid: u32,
-        ) -> Result<(), ProvisionError> {
-            self.step(format!("delete_conn {} {sid} {cid}", t.tid))
+        fn close_sessions(&mut self, t: &Target, initiator: &str) -> Result<(), ProvisionError> {
+            self.step(format!("close {} {initiator}", t.tid))
         }
     }
 
@@ -1178,6 +1178,12 @@ mod tests {
         );
         s.connection_delete(1, 9, 1).unwrap();
         s.session_delete(1, 9).unwrap();
+        assert_eq!(s.session_delete(1, 8).unwrap_err().errno(), libc::ENOENT);
+        // Both close the initiator's sessions (LIO's granularity).
+        assert_eq!(
+            j.lock().unwrap().calls[1..],
+            ["close 1 iqn.i", "close 1 iqn.i"]
+        );
         // Teardown ignores sessions.
         assert!(s.teardown().is_empty());
         assert_eq!(s.target_count(), 0);

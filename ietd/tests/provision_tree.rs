@@ -6,9 +6,7 @@ mod provision_common;
 use std::sync::Arc;
 
 use ietd::conf::model::{Account, Secret};
-use ietd::provision::{
-    plan, plan_config, ConfigFs, ConfigfsProvisioner, FsKind, Op, ProvisionError, Provisioner,
-};
+use ietd::provision::{plan, plan_config, ConfigFs, ConfigfsProvisioner, FsKind, Op, Provisioner};
 use provision_common::*;
 
 fn discard() -> slog::Logger {
@@ -606,7 +604,7 @@ fn logs_never_contain_secrets() {
 }
 
 #[test]
-fn sessions_and_connection_delete_in_temp_dir() {
+fn sessions_and_close_in_temp_dir() {
     let fx = Fixture::new();
     let config = fx.config();
     let events: Events = Arc::default();
@@ -614,9 +612,13 @@ fn sessions_and_connection_delete_in_temp_dir() {
     create_all(&mut p, &config);
     let t1 = target(&config, T1);
     assert_eq!(p.sessions(t1).expect("sessions"), vec![]);
-    let e = p.delete_connection(t1, 1, 0).unwrap_err();
-    assert!(matches!(e, ProvisionError::Unsupported(_)), "{e}");
-    assert_eq!(e.errno(), libc::EOPNOTSUPP);
+    // Nobody logged in: nothing to close.
+    let e = p
+        .close_sessions(t1, "iqn.1993-08.org.debian:01:x")
+        .unwrap_err();
+    assert_eq!(e.errno(), libc::ENOENT, "{e}");
+    let e = p.close_sessions(t1, "../x").unwrap_err();
+    assert_eq!(e.errno(), libc::EINVAL, "{e}");
 }
 
 #[test]

@@ -96,10 +96,12 @@ fn views_match_iet_format_and_follow_changes() {
         inode.ino()
     );
     let session = fs::read_to_string(run.join(SESSION_FILE)).expect("session");
+    // A demo-mode session: its sid is derived from the initiator name.
+    let sid = ietd::provision::session::demo_sid("iqn.1993-08.org.debian:01:abc");
     assert_eq!(
         session,
         format!(
-            "tid:2 name:{T2}\n\tsid:0 initiator:iqn.1993-08.org.debian:01:abc\ntid:1 name:{T1}\n"
+            "tid:2 name:{T2}\n\tsid:{sid} initiator:iqn.1993-08.org.debian:01:abc\ntid:1 name:{T1}\n"
         )
     );
 }

@@ -124,6 +124,15 @@ impl Daemon {
         panic!("ietd did not open its socket: {}", self.log());
     }
 
+    /// Sends one raw protocol line and returns the answer line.
+    pub fn request(&self, line: &str) -> String {
+        use std::io::Write;
+        let mut s = std::os::unix::net::UnixStream::connect(&self.socket).expect("connect");
+        s.write_all(line.as_bytes()).unwrap();
+        s.write_all(b"\n").unwrap();
+        read_some(&mut s, Duration::from_secs(10))
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.stderr).unwrap_or_default()
     }

@@ -1209,16 +1209,63 @@ impl Provisioner for ConfigfsProvisioner {
         session::read_sessions(&self.fs, &tpg_path(&target.name))
     }
 
-    fn delete_connection(
-        &mut self,
-        target: &Target,
-        sid: u64,
-        cid: u32,
-    ) -> Result<(), ProvisionError> {
-        Err(ProvisionError::Unsupported(format!(
-            "target {} sid {sid} cid {cid}: LIO's configfs has no per-connection or per-session \
-             logout; remove the initiator's access (initiators.allow) or delete the target instead",
-            target.name
-        )))
+    /// LIO ends an initiator's sessions on a TPG when the queue depth of its node ACL
+    /// changes and when its node ACL is removed (`core_tpg_set_initiator_node_queue_depth`
+    /// and `core_tpg_del_initiator_node_acl`, kernel 6.1); either write returns once the
+    /// sessions are stopped. A node ACL is kept: its `cmdsn_depth` is moved off its value
+    /// and back, so CHAP, mapped LUNs and attributes stay exactly as they were. A
+    /// demo-mode initiator has only a dynamic ACL, without a directory: making the
+    /// directory turns it into an explicit ACL, removing it ends the sessions and frees
+    /// it, and the next login gets a fresh dynamic ACL with every LUN.
+    fn close_sessions(&mut self, target: &Target, initiator: &str) -> Result<(), ProvisionError> {
+        self.live(target)?;
+        if initiator.is_empty() || initiator.contains('/') || initiator.starts_with('.') {
+            return Err(ProvisionError::Invalid(format!(
+                "initiator name {initiator:?}"
+            )));
+        }
+        let tpg = tpg_path(&target.name);
+        let dir = format!("{tpg}/acls/{initiator}");
+        if self.fs.exists(&dir) {
+            let path = format!("{dir}/cmdsn_depth");
+            let text = self.fs.read(&path)?;
+            let depth: u32 = text.trim().parse().map_err(|_| {
+                ProvisionError::Invalid(format!("{path}: {:?} is not a number", text.trim()))
+            })?;
+            let other = if depth > 1 { depth - 1 } else { 2 };
+            let write = |value: u32| Op::Write {
+                path: path.clone(),
+                value: value.to_string(),
+                secret: false,
+            };
+            self.apply_op(&write(other))?;
+            if let Err(e) = self.apply_op(&write(depth)) {
+                error!(self.log, "sessions closed but the ACL's queue depth is not restored";
+                       "target" => &target.name, "initiator" => initiator,
+                       "cmdsn_depth" => other, "wanted" => depth, "error" => %e);
+                return Err(e);
+            }
+        } else {
+            let dynamic = self
+                .fs
+                .read(&format!("{tpg}/dynamic_sessions"))
+                .unwrap_or_default();
+            if !dynamic.lines().any(|l| l.trim() == initiator) {
+                return Err(ProvisionError::NotFound(format!(
+                    "session of {initiator} on {}",
+                    target.name
+                )));
+            }
+            self.apply_op(&Op::Mkdir { path: dir.clone() })?;
+            if let Err(e) = self.apply_op(&Op::Rmdir { path: dir.clone() }) {
+                // Left in place, the explicit ACL (without LUNs) would be what this
+                // initiator gets at its next login.
+                error!(self.log, "demo-mode initiator left with an explicit ACL";
+                       "target" => &target.name, "acl" => &dir, "error" => %e);
+                return Err(e);
+            }
+        }
+        debug!(self.log, "sessions closed"; "target" => &target.name, "initiator" => initiator);
+        Ok(())
     }
 }

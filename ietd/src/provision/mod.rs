@@ -78,13 +78,10 @@ pub trait Provisioner: Send {
     fn update_discovery(&mut self, discovery: &Accounts) -> Result<(), ProvisionError>;
     /// Sessions currently logged in to the target.
     fn sessions(&self, target: &Target) -> Result<Vec<Session>, ProvisionError>;
-    /// Drops one connection (and the session, if it was the last).
-    fn delete_connection(
-        &mut self,
-        target: &Target,
-        sid: u64,
-        cid: u32,
-    ) -> Result<(), ProvisionError>;
+    /// Ends every session `initiator` has on the target (LIO closes sessions per
+    /// initiator node, not per connection). The initiator keeps its access: its ACL,
+    /// CHAP account and mapped LUNs are as before, so it may log in again.
+    fn close_sessions(&mut self, target: &Target, initiator: &str) -> Result<(), ProvisionError>;
     /// Ends the adoption of a previous ietd's objects (if one was begun): removes those
     /// no live target claimed.
     fn finish_adoption(&mut self) -> AdoptionReport {

@@ -3,7 +3,8 @@
 //!
 //! Sources (kernel 6.1): `acls/<initiator>/info` for node ACLs (ISID, TSIH, connections
 //! with CID, state and address) with `acls/<initiator>/param/*` for the negotiated keys,
-//! and `dynamic_sessions` for demo-mode sessions, which LIO lists by initiator name only.
+//! and `dynamic_sessions` for demo-mode sessions, which LIO lists by initiator name only
+//! (their sid is derived from the name: [`demo_sid`]).
 
 use std::net::IpAddr;
 
@@ -18,6 +19,22 @@ pub fn iet_sid(isid: [u8; 6], tsih: u16) -> u64 {
     u64::from_le_bytes([
         isid[0], isid[1], isid[2], isid[3], isid[4], isid[5], t[0], t[1],
     ])
+}
+
+/// The sid shown for a demo-mode session, whose ISID and TSIH LIO does not show: the
+/// ISID bytes are a hash (FNV-1a) of the initiator name and the TSIH is 0, which no
+/// logged-in session has, so it never equals a real session's sid. Stable across reads,
+/// so `ietadm --op delete --sid` can name the session.
+pub fn demo_sid(initiator: &str) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in initiator.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    match h & 0x0000_ffff_ffff_ffff {
+        0 => 1,
+        sid => sid,
+    }
 }
 
 /// One session parsed from an ACL's `info` file.
@@ -146,15 +163,15 @@ pub fn read_sessions(fs: &ConfigFs, tpg: &str) -> Result<Vec<Session>, Provision
                 .collect(),
         });
     }
-    // Demo-mode sessions: LIO shows only the initiator name, so no sid (0) and no
-    // connection detail can be given.
+    // Demo-mode sessions: LIO shows only the initiator name, so the sid is derived from
+    // it and no connection detail can be given.
     if let Ok(text) = fs.read(&format!("{tpg}/dynamic_sessions")) {
         for name in text.lines().map(str::trim).filter(|l| !l.is_empty()) {
             if out.iter().any(|s| s.initiator == name) {
                 continue;
             }
             out.push(Session {
-                sid: 0,
+                sid: demo_sid(name),
                 initiator: name.to_string(),
                 params: Vec::new(),
                 connections: Vec::new(),
@@ -208,6 +225,18 @@ CID: 1  Connection State: TARG_CONN_STATE_IN_LOGOUT\n\
         );
         assert_eq!(parse_info(""), None);
         assert_eq!(parse_info("ISID: 0xzz TSIH: q\nInitiatorName: a"), None);
+    }
+
+    #[test]
+    fn demo_sid_never_looks_like_a_logged_in_session() {
+        for name in ["iqn.1993-08.org.debian:01:abc", "", "a"] {
+            let sid = demo_sid(name);
+            assert_ne!(sid, 0, "{name}: sid 0 means the target's defaults");
+            // The TSIH (top 16 bits) of a logged-in session is never 0.
+            assert_eq!(sid >> 48, 0, "{name}");
+            assert_eq!(sid, demo_sid(name), "stable");
+        }
+        assert_ne!(demo_sid("iqn.a"), demo_sid("iqn.b"));
     }
 
     #[test]
