@@ -70,6 +70,10 @@ const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// How often the devices the datapath serves are compared with those it should.
 pub const HEALTH_PERIOD: Duration = Duration::from_secs(2);
+/// Re-attaches in a row, each given up again before the next check, after which a device
+/// is reported failed (one drop is an accident; a device dropped after every attach is
+/// dead however often it is handed over).
+const FLAPPING: u32 = 2;
 /// How long a stopping datapath gets to finish in-flight commands before SIGKILL.
 const STOP_GRACE: Duration = Duration::from_secs(10);
 
@@ -218,6 +222,9 @@ pub struct Supervisor {
     limit_logged: bool,
     /// Devices handed over (kept or adopted) that the datapath does not serve, with why.
     failed: BTreeMap<String, String>,
+    /// Re-attaches by the health check since the device was last seen served: a device
+    /// the datapath gives up again after each one is failed, not "re-attached" forever.
+    reattached: BTreeMap<String, u32>,
     /// When the health check last ran.
     last_health: Option<Instant>,
     log: Logger,
@@ -244,6 +251,7 @@ impl Supervisor {
             down_since: None,
             limit_logged: false,
             failed: BTreeMap::new(),
+            reattached: BTreeMap::new(),
             last_health: None,
             log,
         }
@@ -556,6 +564,7 @@ impl Supervisor {
     /// it returns None as there is nothing of ours to close.
     pub fn detach(&mut self, uio: &str) -> Option<Device> {
         self.failed.remove(uio);
+        self.reattached.remove(uio);
         if self.adopted.remove(uio).is_some() {
             self.detach_uio(uio);
             return None;
@@ -710,6 +719,7 @@ impl Supervisor {
         for uio in wanted {
             let (served, closing) = state(&uio);
             if served {
+                self.reattached.remove(&uio);
                 self.mark_served(&uio);
             } else if closing {
                 // Its commands still at the workers would complete into the ring a new
@@ -719,7 +729,13 @@ impl Supervisor {
                     "the datapath is releasing it; waiting for its commands in progress".into(),
                 );
             } else {
-                if !self.failed.contains_key(&uio) {
+                if self.reattached.get(&uio).is_some_and(|&n| n >= FLAPPING) {
+                    self.mark_failed(
+                        &uio,
+                        "the datapath gives it up again after every re-attach (its log says why)"
+                            .into(),
+                    );
+                } else if !self.failed.contains_key(&uio) {
                     warn!(self.log, "the datapath no longer serves a device; handing it over again";
                           "uio" => &uio);
                 }
@@ -758,8 +774,13 @@ impl Supervisor {
         let borrowed: Vec<BorrowedFd<'_>> = fds.iter().map(AsFd::as_fd).collect();
         match self.call(&req, &borrowed) {
             Ok(Reply::Ok) => {
-                info!(self.log, "device re-attached"; "uio" => uio);
-                self.mark_served(uio);
+                let n = self.reattached.entry(uio.to_string()).or_default();
+                *n += 1;
+                if *n <= FLAPPING {
+                    info!(self.log, "device re-attached"; "uio" => uio);
+                    self.mark_served(uio);
+                }
+                // Past that, it counts as served once a later check finds it listed.
             }
             Ok(Reply::Error { message }) => {
                 self.mark_failed(uio, format!("the datapath refused it: {message}"))

@@ -24,8 +24,8 @@ const ADOPTED: &str = "tcm-user/2/ietd_t1_l1/ietd/nullio";
 /// Not a test: the stand-in datapath's body, run in a child process (see `spawn`). It
 /// serves `$STANDIN_DIR/datapath.sock`; before each answer it drops the devices listed
 /// in `drop` (then deletes the file) and refuses attaches of those listed in `refuse`;
-/// it reports those listed in `closing` as still being released. Every attach is
-/// appended to `attaches`.
+/// it reports those listed in `closing` as still being released, and accepts but at once
+/// gives up again those listed in `flap`. Every attach is appended to `attaches`.
 #[test]
 #[ignore = "helper process for the other tests"]
 fn standin_datapath() {
@@ -80,6 +80,8 @@ fn standin_datapath() {
                         Reply::Error {
                             message: "backing store: No such file or directory".into(),
                         }
+                    } else if listed("flap").contains(&a.uio) {
+                        Reply::Ok
                     } else {
                         served.insert(a.uio);
                         Reply::Ok
@@ -197,6 +199,8 @@ fn a_dropped_device_is_handed_over_again_or_reported_failed() {
     sup.check_health();
     assert_eq!(attaches(dir.path()), 2);
     assert_eq!(sup.failed(), vec![]);
+    sup.check_health();
+    assert_eq!(attaches(dir.path()), 2, "it stayed");
 
     // Dropped, but still being released (commands at its workers): not attached again
     // before it is gone, which would let those commands run twice; reported meanwhile.
@@ -211,6 +215,7 @@ fn a_dropped_device_is_handed_over_again_or_reported_failed() {
     sup.check_health();
     assert_eq!(attaches(dir.path()), 3);
     assert_eq!(sup.failed(), vec![]);
+    sup.check_health();
 
     // Dropped again, and now the re-attach is refused: reported, with the reason.
     fs::write(dir.path().join("refuse"), UIO).unwrap();
@@ -296,4 +301,43 @@ fn every_device_is_reported_while_the_datapath_is_down() {
     assert_eq!((failed[0].0, failed[0].1), (1, 0));
     assert!(failed[0].2.contains("not running"), "{}", failed[0].2);
     sup.stop();
+}
+
+/// A device the datapath gives up again right after every attach is dead, not "re-attached"
+/// every two seconds: after a second such re-attach it is reported failed, and it counts
+/// as served again only once the datapath lists it.
+#[test]
+fn a_device_dropped_after_every_attach_is_reported_failed() {
+    let dir = tempfile::tempdir().unwrap();
+    let child = spawn(dir.path(), &[]);
+    let mut sup = adopt(dir.path());
+    sup.attach(device(UIO, 0)).expect("attach");
+    fs::write(dir.path().join("flap"), UIO).unwrap();
+    fs::write(dir.path().join("drop"), UIO).unwrap();
+    // One drop, two: handed over again, still counted as accidents.
+    sup.check_health();
+    sup.check_health();
+    assert_eq!(sup.failed(), vec![]);
+    sup.check_health();
+    let failed = sup.failed();
+    assert_eq!(failed.len(), 1, "{failed:?}");
+    assert!(
+        failed[0].2.contains("after every re-attach"),
+        "{}",
+        failed[0].2
+    );
+    sup.check_health();
+    assert_eq!(
+        sup.failed().len(),
+        1,
+        "an accepted attach alone does not clear it"
+    );
+    assert_eq!(attaches(dir.path()), 5, "still handed over each period");
+    // The cause goes away: the next attach sticks and the check after it sees it served.
+    fs::remove_file(dir.path().join("flap")).unwrap();
+    sup.check_health();
+    assert_eq!(sup.failed().len(), 1);
+    sup.check_health();
+    assert_eq!(sup.failed(), vec![]);
+    stop(sup, child);
 }

@@ -5,8 +5,9 @@
 # seconds; once the file is back the health check hands it over again and the LUN serves
 # I/O over iSCSI.
 # vm: --mem 1G --timeout 120
-# (measured: 25 s passing, 39 s with a failing login that waits out its timeouts; 120 s
-# leaves three times that for a loaded TCG host)
+# (measured: 22-25 s passing on a quiet host, 48 s with five helpers' builds and VMs
+# competing, 39 s with a failing login that waits out its timeouts; 120 s leaves 2.5
+# times the worst)
 . "$(dirname "$0")/lib.sh"
 
 mkdir -p /tmp/bin
