@@ -40,6 +40,17 @@ const DEV_BASE: usize = 1 << 30;
 /// it would take the whole datapath for hung.
 const DETACH_DRAIN_MAX: std::time::Duration = std::time::Duration::from_secs(20);
 
+/// Longest an attach waits for its open (the same bound, for the same reason): then it
+/// is refused, and the device is closed whenever the open returns.
+const OPEN_WAIT_MAX: std::time::Duration = DETACH_DRAIN_MAX;
+
+/// An attach being opened on its own thread.
+struct PendingOpen {
+    conn: usize,
+    uio: String,
+    since: Instant,
+}
+
 /// Latency histogram buckets (powers of two of microseconds; the last is open-ended).
 const HIST_BUCKETS: usize = 24;
 
@@ -134,6 +145,7 @@ pub type DeviceOpener = Arc<
 
 /// An attach whose open finished, back to the loop.
 struct Opened {
+    id: u64,
     conn: usize,
     uio: String,
     result: Result<OpenedDevice, String>,
@@ -173,6 +185,9 @@ pub struct EventLoop {
     opener: DeviceOpener,
     opened_tx: Sender<Opened>,
     opened_rx: Receiver<Opened>,
+    opens: HashMap<u64, PendingOpen>,
+    next_open: u64,
+    open_wait_max: std::time::Duration,
     /// Control connections with an attach being opened: what they sent meanwhile waits
     /// here, so replies keep the order of the requests.
     busy_conns: HashMap<usize, VecDeque<Incoming>>,
@@ -214,6 +229,9 @@ impl EventLoop {
             }),
             opened_tx,
             opened_rx,
+            opens: HashMap::new(),
+            next_open: 0,
+            open_wait_max: OPEN_WAIT_MAX,
             busy_conns: HashMap::new(),
             log,
         })
@@ -222,6 +240,11 @@ impl EventLoop {
     /// Replaces how attach requests are opened (tests: an open that hangs).
     pub fn set_opener(&mut self, opener: DeviceOpener) {
         self.opener = opener;
+    }
+
+    /// How long an attach waits for its open before it is refused (tests).
+    pub fn set_open_wait_max(&mut self, max: std::time::Duration) {
+        self.open_wait_max = max;
     }
 
     /// Serves control connections accepted on `listener`.
@@ -370,11 +393,14 @@ impl EventLoop {
                 return Ok(());
             }
             // A detach waiting for its device to drain needs a clock.
-            let tick = self
-                .devices
-                .values()
-                .any(|d| !d.detach_waiters.is_empty())
-                .then_some(std::time::Duration::from_secs(1));
+            let tick = (!self.opens.is_empty()
+                || self.devices.values().any(|d| !d.detach_waiters.is_empty()))
+            .then(|| {
+                (self.open_wait_max / 4).clamp(
+                    std::time::Duration::from_millis(10),
+                    std::time::Duration::from_secs(1),
+                )
+            });
             match self.poll.poll(&mut events, tick) {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -403,6 +429,7 @@ impl EventLoop {
             }
             self.collect_done();
             self.collect_opened();
+            self.give_up_opens();
             self.reap_closed();
             self.flush_notifies();
         }
@@ -749,7 +776,17 @@ impl EventLoop {
         let opener = Arc::clone(&self.opener);
         let tx = self.opened_tx.clone();
         let waker = Arc::clone(&self.waker);
-        std::thread::Builder::new()
+        let id = self.next_open;
+        self.next_open += 1;
+        self.opens.insert(
+            id,
+            PendingOpen {
+                conn,
+                uio: a.uio.clone(),
+                since: Instant::now(),
+            },
+        );
+        let started = std::thread::Builder::new()
             .name("open".into())
             .spawn(move || {
                 let mut fds = fds.into_iter();
@@ -759,6 +796,7 @@ impl EventLoop {
                 // The loop may be gone (stopped meanwhile): the device is then dropped.
                 if tx
                     .send(Opened {
+                        id,
                         conn,
                         uio: a.uio,
                         result,
@@ -769,13 +807,59 @@ impl EventLoop {
                 }
             })
             .map(|_| ())
-            .map_err(|e| format!("cannot start a thread to open the device: {e}"))
+            .map_err(|e| format!("cannot start a thread to open the device: {e}"));
+        if started.is_err() {
+            self.opens.remove(&id);
+        }
+        started
+    }
+
+    /// Refuses the attaches whose open has not returned in time (a hung path), so ietd
+    /// gets an answer for that LUN instead of taking the datapath for hung.
+    fn give_up_opens(&mut self) {
+        let max = self.open_wait_max;
+        let overdue: Vec<u64> = self
+            .opens
+            .iter()
+            .filter(|(_, p)| p.since.elapsed() >= max)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in overdue {
+            let Some(p) = self.opens.remove(&id) else {
+                continue;
+            };
+            let message = format!(
+                "opening {} did not finish within {} s (a hung path?): attach refused",
+                p.uio,
+                max.as_secs_f32()
+            );
+            warn!(self.log, "attach given up"; "uio" => &p.uio, "error" => &message);
+            self.answer_open(p.conn, proto::Reply::Error { message });
+        }
+    }
+
+    fn answer_open(&mut self, conn: usize, reply: proto::Reply) {
+        let queue = self.busy_conns.remove(&conn).unwrap_or_default();
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return;
+        };
+        if c.reply(&reply).is_err() {
+            self.drop_conn(conn);
+            return;
+        }
+        self.serve_conn(conn, queue);
     }
 
     /// Attaches what the open threads finished, answers their connections, and goes on
     /// with what those connections sent meanwhile.
     fn collect_opened(&mut self) {
         while let Ok(o) = self.opened_rx.try_recv() {
+            if self.opens.remove(&o.id).is_none() {
+                // Given up meanwhile (`give_up_opens`): close what the open produced.
+                warn!(self.log, "open finished after its attach was given up; closed";
+                      "uio" => &o.uio, "ok" => o.result.is_ok());
+                continue;
+            }
             let reply = match o.result {
                 Ok(_) if self.stopping => proto::Reply::Error {
                     message: "the datapath is stopping".into(),
@@ -796,15 +880,7 @@ impl EventLoop {
                     proto::Reply::Error { message }
                 }
             };
-            let queue = self.busy_conns.remove(&o.conn).unwrap_or_default();
-            let Some(conn) = self.conns.get_mut(&o.conn) else {
-                continue;
-            };
-            if conn.reply(&reply).is_err() {
-                self.drop_conn(o.conn);
-                continue;
-            }
-            self.serve_conn(o.conn, queue);
+            self.answer_open(o.conn, reply);
         }
     }
 

@@ -721,6 +721,64 @@ fn a_hung_open_affects_only_its_own_lun() {
 
 /// A detach is answered only once the device is released: its in-flight commands are
 /// back (a reload's delete + add of a changed LUN must not race the old device).
+/// An open that does not return in time is given up: its attach is refused (so ietd is
+/// answered instead of taking the datapath for hung), and the device the open produces
+/// later is closed, not served.
+#[test]
+fn a_hung_open_is_given_up_in_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ctl.sock");
+    let mut ev = new_loop(1);
+    ev.listen(std::os::unix::net::UnixListener::bind(&path).unwrap())
+        .unwrap();
+    let mut sim = SimRing::new(SimConfig::default()).unwrap();
+    let ring = Arc::new(Mutex::new(Some(sim.attach().unwrap().into_ring().unwrap())));
+    let gate = GatedStore::new(false);
+    let opener_gate = gate.clone();
+    ev.set_opener(Arc::new(move |a, _, _| {
+        let mut open = opener_gate.open.lock().unwrap();
+        while !*open {
+            open = opener_gate.cv.wait(open).unwrap();
+        }
+        let ring = ring.lock().unwrap().take().ok_or("opened twice")?;
+        Ok(device(&a.uio, ring, mem_lun(0)))
+    }));
+    ev.set_open_wait_max(Duration::from_millis(300));
+    let running = start(ev);
+    let mut c = Client::connect(&path).unwrap();
+    let t = Instant::now();
+    let reply = c
+        .call(
+            &Request::Attach(Attach {
+                uio: "uio-hung".into(),
+                params: "Type=nullio".into(),
+                target: "iqn.2024-01.test:x".into(),
+                lun: 0,
+                map_len: None,
+                max_transfer_blocks: None,
+                cmd_time_out: None,
+                uio_fd: false,
+                backing_fd: false,
+            }),
+            &[],
+        )
+        .unwrap();
+    match reply {
+        Reply::Error { message } => assert!(message.contains("did not finish"), "{message}"),
+        other => panic!("{other:?}"),
+    }
+    assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
+    // The connection goes on; the late open's device is closed, never attached.
+    assert_eq!(c.call(&Request::Ping, &[]).unwrap(), Reply::Pong);
+    gate.release();
+    thread::sleep(Duration::from_millis(200));
+    match c.call(&Request::Stats, &[]).unwrap() {
+        Reply::Stats { luns } => assert!(luns.is_empty(), "{luns:?}"),
+        other => panic!("{other:?}"),
+    }
+    running.stop();
+}
+
 #[test]
 fn detach_is_answered_once_the_device_has_drained() {
     let dir = tempfile::tempdir().unwrap();
