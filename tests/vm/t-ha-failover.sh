@@ -79,6 +79,16 @@ check_fails "the target agent refuses allowed_initiators (access comes from init
     ra "${TGT[0]}" validate-all "${TGT[@]:1}" "allowed_initiators=iqn.x"
 check "the target agent stops the target" ra_target stop
 
+# The README's migration note: heartbeat's own agent, with our ietadm on PATH, picks
+# implementation=iet and fails for want of /proc/net/iet.
+rc=0
+(
+    export OCF_RESOURCE_INSTANCE=p_old __OCF_ACTION=start OCF_RESKEY_iqn=iqn.2024-01.org.ietd.vm:old
+    "$OCF_ROOT/resource.d/heartbeat/iSCSITarget" start
+) > /tmp/heartbeat.txt 2>&1 || rc=$?
+sed 's/^/# /' /tmp/heartbeat.txt
+check_eq "ocf:heartbeat:iSCSITarget fails on an ietd node (OCF_ERR_INSTALLED)" 5 "$rc"
+
 # ---- failover under fio --verify
 check "start: target" ra_target start
 check "start: LUN (blockio on the shared disk)" ra_lun start

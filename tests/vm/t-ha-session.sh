@@ -4,7 +4,7 @@
 # and for a demo-mode target (no ACL directory: LIO's dynamic ACL); the initiator logs in
 # again by itself and does I/O; `--op delete --tid` stays refused while a session exists.
 # vm: --mem 1G --timeout 200
-# (measured 95 s under TCG; the timeout leaves twice that)
+# (measured 70-95 s under TCG; the timeout leaves twice the longest)
 . "$(dirname "$0")/lib.sh"
 
 # Private copies: a host-side rebuild during the run must not swap binaries under us.
