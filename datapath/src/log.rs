@@ -262,10 +262,7 @@ mod tests {
     #[test]
     fn journal_line_has_priority_and_no_time() {
         let buf = Buf::default();
-        let log = Logger::root(
-            LineDrain::new(buf.clone(), "ietd", true).fuse(),
-            slog::o!(),
-        );
+        let log = Logger::root(LineDrain::new(buf.clone(), "ietd", true).fuse(), slog::o!());
         slog::error!(log, "two\nlines"; "tid" => 1);
         slog::info!(log, "target created"; "tid" => 1);
         let pid = std::process::id();
