@@ -113,11 +113,7 @@ fn ietd_conf_5_keywords_are_the_parsers() {
         std::fs::write(&conf, text).unwrap();
         let loaded = ietd::conf::load(&conf, &[dir.path().to_path_buf()]);
         for d in &loaded.diagnostics {
-            assert!(
-                !d.message.contains("unknown keyword"),
-                "{w}: {}",
-                d.message
-            );
+            assert!(!d.message.contains("unknown keyword"), "{w}: {}", d.message);
         }
     }
 }
@@ -146,7 +142,9 @@ fn ietd_conf_5_lun_parameters_are_the_parsers() {
         "man/ietd.conf.5 LUN PARAMETERS (left) and the Lun parser's keys (right) differ"
     );
     for k in &parser {
-        let e = LunParams::parse(&format!("{k}=x")).err().map(|e| e.to_string());
+        let e = LunParams::parse(&format!("{k}=x"))
+            .err()
+            .map(|e| e.to_string());
         assert!(
             !e.as_deref().unwrap_or("").contains("unknown Lun parameter"),
             "{k}: {e:?}"
