@@ -17,6 +17,7 @@ if [ -z "$DEB" ]; then
 fi
 [ -n "$DEB" ] && [ -f "$DEB" ] || die "no ietd_*.deb next to $IETD_BIN (run tests/vm/build-deb on the host)"
 note "package: $DEB"
+note "boot: $(systemd-analyze 2>&1 | head -n 1); slowest: $(systemd-analyze blame --no-pager 2>/dev/null | head -n 3 | tr -s ' ' | paste -sd ',')"
 [ "$(ps -p 1 -o comm=)" = systemd ] || die "PID 1 is not systemd (run with --init systemd)"
 
 T=iqn.2001-04.com.example:migrated.disk1
@@ -24,6 +25,13 @@ P=127.0.0.1:3260
 USER=migrated
 SECRET=mig-chap-secret-1234
 CONF=/etc/iet/ietd.conf
+
+# phase NAME: note how long the previous phase took (the VM budget is watched)
+PHASE=setup PHASE_T0=$(now_ms)
+phase() {
+    note "phase $PHASE: $(($(now_ms) - PHASE_T0)) ms"
+    PHASE=$1 PHASE_T0=$(now_ms)
+}
 
 # ---------------------------------------------------------------- an IET host
 # What an IET 1.4.20 host had: its ietd.conf, with a target CHAP account and a file LUN.
@@ -48,10 +56,9 @@ rm -f /usr/sbin/policy-rc.d
 rm -f /var/lib/man-db/auto-update
 lio_modules
 at_exit lio_teardown
-t0=$(now_ms)
+phase install
 out=$(dpkg -i --force-confold "$DEB" 2>&1)
 rc=$?
-note "dpkg -i: $(($(now_ms) - t0)) ms"
 check_eq "dpkg -i installs the package" 0 "$rc" || printf '%s\n' "$out" | tail -n 20 | sed 's/^/       | /'
 at_exit sh -c 'systemctl stop ietd; dpkg --purge ietd'
 check_eq "IET's ietd.conf is kept as it was" "$conf_md5" "$(md5sum < "$CONF")"
@@ -65,6 +72,7 @@ done
 check "the unit is installed and enabled" systemctl is-enabled ietd
 
 # ---------------------------------------------------------------- start (by postinst)
+phase start
 export IETD_SOCKET=/run/ietd/ietadm.sock
 ietd_answers() { /usr/sbin/ietadm --op show > /dev/null 2>&1; }
 wait_until 60 ietd_answers
@@ -87,6 +95,7 @@ disk=$(iscsi_wait_disk "$T" 0) || fail "no disk for LUN 0"
 check_grep "LUN 0 serves the file's data" '^migrated-data-1$' "$(dd if="$disk" bs=4096 count=1 iflag=direct status=none | head -n 1)"
 
 # ---------------------------------------------------------------- reload
+phase reload
 journal() { journalctl -u ietd -o cat --no-pager; }
 echo "	Lun 1 Path=/var/tmp/mig1.img,Type=fileio,IOMode=wb" >> "$CONF"
 check "systemctl reload ietd" systemctl reload ietd
@@ -97,6 +106,7 @@ check_grep "the journal says the configuration was reloaded" 'configuration relo
 check_eq "the reload did not restart ietd" "$main_pid" "$(systemctl show -p MainPID --value ietd)"
 
 # ---------------------------------------------------------------- crash and restart
+phase crash
 kill -KILL "$main_pid"
 restarted() {
     local p
@@ -113,12 +123,14 @@ check_grep "ietadm shows both LUNs after the restart" 'lun:1 ' "$(/usr/sbin/ieta
 iscsi_logout "$T" "$P" > /dev/null
 
 # ---------------------------------------------------------------- stop
+phase stop
 check "systemctl stop ietd" systemctl stop ietd
 check_eq "the stopped service is inactive" inactive "$(systemctl is-active ietd)"
 check_eq "stop leaves LIO clean" "" "$(lio_objects)"
 check_eq "stop ends the datapath" "" "$(pgrep -x ietd-datapath)"
 
 # ---------------------------------------------------------------- the journal
+phase journal
 j=$(journal)
 count() { printf '%s\n' "$j" | grep -c -- "$1"; }
 # Two starts: the first creates the target, the restart adopts it (the state model logs
@@ -145,6 +157,7 @@ note "journal of the run (journalctl -u ietd -o cat):"
 printf '%s\n' "$j" | sed 's/^/#   /'
 
 # ---------------------------------------------------------------- the unit, the pages
+phase unit-and-pages
 v=$(systemd-analyze verify /lib/systemd/system/ietd.service 2>&1)
 check_eq "systemd-analyze verify finds nothing" "" "$v"
 sec=$(systemd-analyze security --no-pager ietd.service 2>&1)
@@ -158,6 +171,7 @@ done
 check "man ietd finds the installed page" sh -c 'MANWIDTH=80 man ietd 2>/dev/null | grep -q "IET-compatible iSCSI target daemon"'
 
 # ---------------------------------------------------------------- removal
+phase removal
 check "systemctl start ietd (again)" systemctl start ietd
 wait_until 60 ietd_answers
 check "ietd serves again before the removal" sh -c "/usr/sbin/ietadm --op show | grep -q 'name:$T'"
@@ -166,3 +180,4 @@ check_eq "removal stops the service" "" "$(pgrep -x ietd; pgrep -x ietd-datapath
 check_eq "removal leaves LIO clean" "" "$(lio_objects)"
 check "the binaries are gone" sh -c '! test -e /usr/sbin/ietd && ! test -e /usr/sbin/ietadm'
 check_eq "the administrator's ietd.conf stays (remove, not purge)" "$conf_md5" "$(md5sum < "$CONF")"
+phase end
