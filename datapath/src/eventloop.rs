@@ -297,7 +297,7 @@ impl EventLoop {
         self.next_dev += 1;
         let log = self
             .log
-            .new(o!("uio" => dev.uio.clone(), "lun" => dev.lun_id));
+            .new(o!("uio" => dev.uio.clone(), "target" => dev.target.clone(), "lun" => dev.lun_id));
         let mut ring = dev.ring;
         ring.set_logger(log.clone());
         self.poll
@@ -308,7 +308,7 @@ impl EventLoop {
                 Interest::READABLE,
             )
             .map_err(io_err("register device"))?;
-        info!(log, "attached"; "target" => &dev.target, "flags" => ring.flags().0);
+        info!(log, "attached"; "flags" => ring.flags().0);
         self.devices.insert(
             key,
             Device {

@@ -9,7 +9,8 @@ use std::process::ExitCode;
 use clap::Parser;
 use datapath::control::{open_device, proto::Attach, Opener};
 use datapath::eventloop::{EventLoop, LoopConfig};
-use slog::{error, info, o, warn, Drain, Logger};
+use datapath::log::{stderr_logger, syslog_logger};
+use slog::{error, info, warn, Logger};
 
 #[derive(Debug, Parser)]
 #[command(name = "ietd-datapath", about = "Serves TCMU command rings for ietd")]
@@ -46,23 +47,30 @@ struct Args {
     /// Log debug messages too.
     #[arg(long, short)]
     verbose: bool,
+    /// Log to syslog instead of stderr (ietd passes it when it runs as a daemon).
+    #[arg(long)]
+    syslog: bool,
 }
 
-fn logger(verbose: bool) -> Logger {
-    let decorator = slog_term::PlainSyncDecorator::new(std::io::stderr());
-    let drain = slog_term::FullFormat::new(decorator).build().fuse();
-    let level = if verbose {
+/// The program name in every log line (the format is ietd's, see `datapath::log`).
+const PROG: &str = "ietd-datapath";
+
+fn logger(args: &Args) -> Logger {
+    let level = if args.verbose {
         slog::Level::Debug
     } else {
         slog::Level::Info
     };
-    let drain = drain.filter_level(level).fuse();
-    Logger::root(drain, o!())
+    if args.syslog {
+        syslog_logger(PROG, level)
+    } else {
+        stderr_logger(PROG, level)
+    }
 }
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    let log = logger(args.verbose);
+    let log = logger(&args);
     match run(&args, &log) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -573,6 +573,10 @@ fn start_kernel(
     if cli.debug > 0 {
         cfg.args.push("--verbose".into());
     }
+    // The datapath logs where ietd does, in the same format.
+    if !cli.foreground {
+        cfg.args.push("--syslog".into());
+    }
     // A datapath left by an ietd that died still serves its rings: adopt it.
     let sup = Supervisor::start_or_adopt(cfg, log.clone()).map_err(|e| e.to_string())?;
     Ok((Handle::new(sup), nl))

@@ -143,9 +143,10 @@ ietd_start "$CONF" --allow-dir "$ALLOW_DIR" || die "ietd did not start (its log 
 ok "ietd is up (pid $IETD_PID) and answers ietadm"
 dp=$(pgrep -x ietd-datapath | head -n 1)
 if [ -n "$dp" ]; then ok "ietd started its datapath (pid $dp)"; else fail "no ietd-datapath process"; fi
-if [ "$SHOW" = 1 ] && grep -q '^WARN' /tmp/ietd.log; then
+if [ "$SHOW" = 1 ] && grep -q '^[^ ]* ietd\[[0-9]*\] WARN ' /tmp/ietd.log; then
     echo "  what ietd says about the sample (differences from IET are warned, never silent):"
-    grep '^WARN' /tmp/ietd.log | sed 's/^WARN */  - /; s/ configfs=[^ ]*$//' | display
+    grep '^[^ ]* ietd\[[0-9]*\] WARN ' /tmp/ietd.log |
+        sed 's/^[^ ]* ietd\[[0-9]*\] WARN */  - /; s/ configfs=[^ ]*$//' | display
 fi
 
 # ---------------------------------------------------------------- 3. ietadm
