@@ -13,11 +13,7 @@
 
 # The binaries and the agents as installed on a node: ietadm on PATH, the agents under
 # the OCF root as provider "ietd".
-mkdir -p /tmp/bin
-for b in ietd ietd-datapath ietadm; do
-    cp "$(need_bin $b)" /tmp/bin/ || die "binary $b"
-done
-IETD_BIN=/tmp/bin
+private_bins
 export PATH=/tmp/bin:$PATH
 export OCF_ROOT=/usr/lib/ocf
 RA=$OCF_ROOT/resource.d/ietd

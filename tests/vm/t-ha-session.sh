@@ -8,11 +8,7 @@
 . "$(dirname "$0")/lib.sh"
 
 # Private copies: a host-side rebuild during the run must not swap binaries under us.
-mkdir -p /tmp/bin
-for b in ietd ietd-datapath ietadm; do
-    cp "$(need_bin $b)" /tmp/bin/ || die "binary $b"
-done
-IETD_BIN=/tmp/bin
+private_bins
 
 TD=iqn.2024-01.org.ietd.vm:demo
 TA=iqn.2024-01.org.ietd.vm:acl

@@ -10,11 +10,7 @@
 # times the worst)
 . "$(dirname "$0")/lib.sh"
 
-mkdir -p /tmp/bin
-for b in ietd ietd-datapath ietadm; do
-    cp "$(need_bin $b)" /tmp/bin/ || die "binary $b"
-done
-IETD_BIN=/tmp/bin
+private_bins
 
 T=iqn.2024-01.org.ietd.vm:health
 P=127.0.0.1:3260

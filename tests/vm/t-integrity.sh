@@ -12,11 +12,7 @@
 # vm: --mem 2G --disk 64M --timeout 180
 . "$(dirname "$0")/lib.sh"
 
-mkdir -p /tmp/bin
-for b in ietd ietd-datapath ietadm; do
-    cp "$(need_bin $b)" /tmp/bin/ || die "binary $b"
-done
-IETD_BIN=/tmp/bin
+private_bins
 command -v dmsetup > /dev/null || die "dmsetup (package dmsetup) is not installed"
 command -v sg_sync > /dev/null || die "sg_sync (package sg3-utils) is not installed"
 
