@@ -7,8 +7,8 @@
 # the same parameters (as the surviving node would), the address comes back: fio ends
 # with no error and the disk keeps its device, serial (VPD 0x80) and identifiers (0x83).
 # vm: --mem 2G --disk 256M --timeout 400
-# (measured 110-115 s under TCG; the timeout leaves more than three times that, since fio's
-# pace and the relogin depend on the host's load)
+# (measured 110-157 s under TCG, the longest on a loaded host; the timeout leaves 2.5
+# times the longest, since fio's pace and the relogin depend on the host's load)
 . "$(dirname "$0")/lib.sh"
 
 # The binaries and the agents as installed on a node: ietadm on PATH, the agents under
