@@ -690,3 +690,34 @@ proptest! {
         }
     }
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(300))]
+    /// Whatever bytes another party leaves in an entry (or in the head pointer), the ring
+    /// answers with a command whose data lies inside the map, or with an error: it never
+    /// panics, and a command it hands out can be completed.
+    #[test]
+    fn arbitrary_entry_bytes_are_an_error_or_a_sound_command(
+        offset in 0usize..96,
+        bytes in proptest::collection::vec(any::<u8>(), 1..48),
+        head in proptest::option::of(any::<u32>()),
+    ) {
+        let (mut sim, mut ring) = setup(SimConfig::default());
+        let id = sim.submit(&write_cdb(), &[7u8; 4096], 0).unwrap();
+        sim.poke_entry(id, offset, &bytes);
+        if let Some(h) = head {
+            sim.set_head_unchecked(h);
+        }
+        for _ in 0..4 {
+            match ring.next_command() {
+                Ok(Some(mut cmd)) => {
+                    let len = cmd.data_len();
+                    let (_, data) = cmd.parts();
+                    prop_assert_eq!(data.slices().iter().map(|s| s.len()).sum::<usize>(), len);
+                    prop_assert!(ring.complete(cmd, &Response::good()).is_ok());
+                }
+                Ok(None) | Err(_) => break,
+            }
+        }
+    }
+}

@@ -513,8 +513,6 @@ impl SimRing {
         }
     }
 
-    /// Queues a TMR notification listing `ids` (the kernel only does this with CAP_TMR
-    /// and `tmr_notification=1`).
     /// Writes `bytes` at `offset` into the ring entry the kernel queued for command
     /// `id`, as another process could have left it (e.g. one killed half-way through
     /// writing a completion). Returns false if `id` has no slot or the write does not
@@ -534,6 +532,8 @@ impl SimRing {
         self.map.write_bytes(start, bytes).is_some()
     }
 
+    /// Queues a TMR notification listing `ids` (the kernel only does this with CAP_TMR
+    /// and `tmr_notification=1`).
     pub fn submit_tmr(&mut self, tmr_type: u8, ids: &[u16]) -> Result<(), SimError> {
         let size = l::tmr_entry_size(ids.len());
         let pos = self.reserve(size as u32)?;
