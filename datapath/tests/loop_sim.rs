@@ -97,6 +97,14 @@ fn new_loop(workers: usize) -> EventLoop {
     .unwrap()
 }
 
+/// A simulated kernel ring, attached to `ev` as device `uio` serving `lun`.
+fn attach_sim(ev: &mut EventLoop, cfg: SimConfig, uio: &str, lun: Arc<Lun>) -> SimRing {
+    let mut sim = SimRing::new(cfg).unwrap();
+    ev.attach(device(uio, sim.attach().unwrap().into_ring().unwrap(), lun))
+        .unwrap();
+    sim
+}
+
 /// Reaps until `n` completions arrived (or a generous timeout).
 fn wait_for(sim: &mut SimRing, n: usize) -> Vec<Completed> {
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -129,18 +137,16 @@ fn write10(lba: u32, blocks: u16) -> [u8; 10] {
 
 #[test]
 fn serves_scsi_over_the_ring() {
-    let mut sim = SimRing::new(SimConfig {
-        stale_fill: Some(0xa5),
-        ..SimConfig::default()
-    })
-    .unwrap();
     let mut ev = new_loop(2);
-    ev.attach(device(
+    let mut sim = attach_sim(
+        &mut ev,
+        SimConfig {
+            stale_fill: Some(0xa5),
+            ..SimConfig::default()
+        },
         "uio-a",
-        sim.attach().unwrap().into_ring().unwrap(),
         mem_lun(0),
-    ))
-    .unwrap();
+    );
     let running = start(ev);
 
     let payload: Vec<u8> = (0..8 * BS as usize).map(|i| (i % 253) as u8).collect();
@@ -517,18 +523,16 @@ fn compare_and_write_replayed_after_a_crash_answers_good() {
 /// data block; a failed read sends no data.
 #[test]
 fn no_stale_ring_bytes_reach_the_initiator() {
-    let mut sim = SimRing::new(SimConfig {
-        stale_fill: Some(0xa5),
-        ..SimConfig::default()
-    })
-    .unwrap();
     let mut ev = new_loop(2);
-    ev.attach(device(
+    let mut sim = attach_sim(
+        &mut ev,
+        SimConfig {
+            stale_fill: Some(0xa5),
+            ..SimConfig::default()
+        },
         "uio-z",
-        sim.attach().unwrap().into_ring().unwrap(),
         mem_lun(0),
-    ))
-    .unwrap();
+    );
     let running = start(ev);
     let cdbs: [&[u8]; 4] = [
         &[0x00, 0, 0, 0, 0, 0],             // TEST UNIT READY
@@ -787,13 +791,12 @@ fn detach_is_answered_once_the_device_has_drained() {
     ev.listen(std::os::unix::net::UnixListener::bind(&path).unwrap())
         .unwrap();
     let gated = GatedStore::new(false);
-    let mut sim = SimRing::new(SimConfig::default()).unwrap();
-    ev.attach(device(
+    let mut sim = attach_sim(
+        &mut ev,
+        SimConfig::default(),
         "uio-d",
-        sim.attach().unwrap().into_ring().unwrap(),
         lun_over(gated.clone(), 0),
-    ))
-    .unwrap();
+    );
     let running = start(ev);
     sim.submit(&read10(0, 1), &[], BS as usize).unwrap(); // hangs at a worker
     thread::sleep(Duration::from_millis(50));
@@ -858,14 +861,13 @@ fn a_removed_device_is_dropped_and_others_keep_going() {
 #[test]
 fn stop_finishes_in_flight_and_leaves_the_rest() {
     let gated = GatedStore::new(false);
-    let mut sim = SimRing::new(SimConfig::default()).unwrap();
     let mut ev = new_loop(2);
-    ev.attach(device(
+    let mut sim = attach_sim(
+        &mut ev,
+        SimConfig::default(),
         "g",
-        sim.attach().unwrap().into_ring().unwrap(),
         lun_over(gated.clone(), 0),
-    ))
-    .unwrap();
+    );
     let running = start(ev);
     sim.submit(&read10(0, 1), &[], BS as usize).unwrap();
     thread::sleep(Duration::from_millis(50));
@@ -894,13 +896,7 @@ fn control_channel_answers() {
     let mut ev = new_loop(1);
     ev.listen(std::os::unix::net::UnixListener::bind(&path).unwrap())
         .unwrap();
-    let mut sim = SimRing::new(SimConfig::default()).unwrap();
-    ev.attach(device(
-        "uio-c",
-        sim.attach().unwrap().into_ring().unwrap(),
-        mem_lun(0),
-    ))
-    .unwrap();
+    let mut sim = attach_sim(&mut ev, SimConfig::default(), "uio-c", mem_lun(0));
     let running = start(ev);
     let mut c = Client::connect(&path).unwrap();
     assert_eq!(c.call(&Request::Ping, &[]).unwrap(), Reply::Pong);
