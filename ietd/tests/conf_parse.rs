@@ -3,10 +3,10 @@
 
 use std::path::{Path, PathBuf};
 
-use datapath::params::LunParams;
 use ietd::conf::params::{Key, DIGEST_CRC32C, DIGEST_NONE, SESSION_PARAMS, TARGET_PARAMS};
 use ietd::conf::{self, parse_ietd_conf, Diagnostic, IetdConf, Severity};
 use iomodes::{IoMode, IoType};
+use lunspec::LunParams;
 
 fn parse(text: &str) -> (IetdConf, Vec<Diagnostic>) {
     parse_ietd_conf(text, Path::new("ietd.conf"))
