@@ -1140,6 +1140,13 @@ mod tests {
             s.lun_new(1, 0, "Type=fileio").unwrap_err().errno(),
             libc::EINVAL
         );
+        // ietadm's reply names the LUN, the field and the type, as --check does.
+        let e = s.lun_new(1, 0, "Type=nullio,IOMode=ro").unwrap_err();
+        assert_eq!(e.errno(), libc::EINVAL);
+        assert_eq!(
+            e.to_string(),
+            "LUN 0: Lun parameter IOMode is not valid for Type=nullio"
+        );
         s.lun_new(1, 0, "Type=nullio,Blocks=100").unwrap();
         assert_eq!(
             s.lun_new(1, 0, "Type=nullio").unwrap_err().errno(),
