@@ -273,33 +273,54 @@ mod tests {
         fn wake(&self) {}
     }
 
-    fn lun(store: Arc<MemStore>) -> Arc<Lun> {
-        let identity = Identity {
-            target: "iqn.2024-01.test:worker".into(),
-            lun: 0,
-            scsi_id: [0; 16],
-            scsi_sn: "sn".into(),
-        };
-        Arc::new(Lun::new(store, identity))
+    /// A LUN over a memory store, and a simulated ring its commands come from.
+    struct Fixture {
+        sim: SimRing,
+        ring: crate::ring::Ring,
+        store: Arc<MemStore>,
+        lun: Arc<Lun>,
     }
 
-    /// A WRITE(10) of one block as the event loop hands it over: taken off a simulated
-    /// ring and parsed by `try_execute` (a write-through write always waits).
-    fn parsed_write(sim: &mut SimRing, ring: &mut crate::ring::Ring, lun: &Arc<Lun>) -> Job {
-        sim.submit(&cdb10(0x2A, 0, 3, 1), &[0x5A; 512], 0).unwrap();
-        let mut cmd = ring.next_command().unwrap().expect("a command");
-        let (cdb, mut data) = cmd.parts();
-        let Attempt::Worker(parsed) = lun.try_execute(cdb, &mut data) else {
-            panic!("a write-through WRITE is not answered inline")
-        };
-        drop(data);
-        Job {
-            dev: 7,
-            lun: Arc::clone(lun),
-            cmd,
-            parsed,
-            started: Instant::now(),
-            execute_before: None,
+    impl Fixture {
+        fn new() -> Fixture {
+            let mut sim = SimRing::new(SimConfig::default()).unwrap();
+            let ring = sim.attach().unwrap().into_ring().unwrap();
+            let store = Arc::new(MemStore::new(512, 8, MemStore::caps(false, false)));
+            let identity = Identity {
+                target: "iqn.2024-01.test:worker".into(),
+                lun: 0,
+                scsi_id: [0; 16],
+                scsi_sn: "sn".into(),
+            };
+            let lun = Arc::new(Lun::new(Arc::clone(&store) as _, identity));
+            Fixture {
+                sim,
+                ring,
+                store,
+                lun,
+            }
+        }
+
+        /// A WRITE(10) of one block as the event loop hands it over: taken off the ring
+        /// and parsed by `try_execute` (a write-through write always waits).
+        fn parsed_write(&mut self) -> Job {
+            self.sim
+                .submit(&cdb10(0x2A, 0, 3, 1), &[0x5A; 512], 0)
+                .unwrap();
+            let mut cmd = self.ring.next_command().unwrap().expect("a command");
+            let (cdb, mut data) = cmd.parts();
+            let Attempt::Worker(parsed) = self.lun.try_execute(cdb, &mut data) else {
+                panic!("a write-through WRITE is not answered inline")
+            };
+            drop(data);
+            Job {
+                dev: 7,
+                lun: Arc::clone(&self.lun),
+                cmd,
+                parsed,
+                started: Instant::now(),
+                execute_before: None,
+            }
         }
     }
 
@@ -312,29 +333,22 @@ mod tests {
 
     #[test]
     fn a_job_runs_the_command_parsed_on_the_loop() {
-        let mut sim = SimRing::new(SimConfig::default()).unwrap();
-        let mut ring = sim.attach().unwrap().into_ring().unwrap();
-        let store = Arc::new(MemStore::new(512, 8, MemStore::caps(false, false)));
-        let lun = lun(Arc::clone(&store));
-        let job = parsed_write(&mut sim, &mut ring, &lun);
-        let done = run_one(job);
+        let mut f = Fixture::new();
+        let done = run_one(f.parsed_write());
         assert_eq!((done.dev, done.resp.status), (7, status::GOOD));
-        assert_eq!(store.calls().writes, 1);
-        assert_eq!(store.contents()[3 * 512..4 * 512], [0x5A; 512]);
-        assert_eq!(lun.stats().writes, 1);
+        assert_eq!(f.store.calls().writes, 1);
+        assert_eq!(f.store.contents()[3 * 512..4 * 512], [0x5A; 512]);
+        assert_eq!(f.lun.stats().writes, 1);
     }
 
     #[test]
     fn an_expired_job_is_busy_and_never_runs() {
-        let mut sim = SimRing::new(SimConfig::default()).unwrap();
-        let mut ring = sim.attach().unwrap().into_ring().unwrap();
-        let store = Arc::new(MemStore::new(512, 8, MemStore::caps(false, false)));
-        let lun = lun(Arc::clone(&store));
-        let mut job = parsed_write(&mut sim, &mut ring, &lun);
+        let mut f = Fixture::new();
+        let mut job = f.parsed_write();
         job.execute_before = Some(Instant::now());
         let done = run_one(job);
         assert_eq!(done.resp.status, status::BUSY);
-        assert_eq!(store.calls().writes, 0);
-        assert_eq!(lun.stats().commands, 0);
+        assert_eq!(f.store.calls().writes, 0);
+        assert_eq!(f.lun.stats().commands, 0);
     }
 }
