@@ -15,12 +15,12 @@ use std::sync::Arc;
 
 use nix::sys::socket::{recvmsg, sendmsg, ControlMessage, ControlMessageOwned, MsgFlags};
 
-use crate::params::LunParams;
 use crate::ring::{Ring, UioDevice};
 use crate::scsi::{Identity, Limits, Lun};
 
 /// Control-channel messages.
 pub mod proto {
+    use lunspec::LunParams;
     use serde::{Deserialize, Serialize};
 
     /// A request from ietd. One JSON object per line, tagged by `op`.
@@ -38,8 +38,8 @@ pub mod proto {
     pub struct Attach {
         /// The uio name (`tcm-user/<hba>/<dev>/<cfg>`) or `uioN`; the device's key.
         pub uio: String,
-        /// The Lun parameter string (`Path=…,Type=…,IOMode=…,BlockSize=…,ScsiId=…`).
-        pub params: String,
+        /// The Lun parameters as `lunspec` parsed and validated them: taken as they are.
+        pub params: LunParams,
         pub target: String,
         pub lun: u32,
         /// Exact map length (`maps/map0/size`); read from sysfs when absent.
@@ -363,9 +363,8 @@ pub fn open_device(
     backing_fd: Option<OwnedFd>,
     opener: Opener,
 ) -> Result<OpenedDevice, String> {
-    let parsed = LunParams::parse(&req.params).map_err(|e| format!("Lun parameters: {e}"))?;
-    let mut warnings = parsed.warnings;
-    let params = parsed.params;
+    let params = &req.params;
+    let mut warnings = Vec::new();
     if opener == Opener::Caller {
         if uio_fd.is_none() {
             return Err(format!(
@@ -445,17 +444,31 @@ pub fn open_device(
 mod tests {
     use super::proto::*;
 
+    /// The typed Lun parameters as they travel, every field spelled out.
+    const NULLIO: &str = r#"{"path":null,"io_type":"nullio","io_mode":"wt","block_size":null,"blocks":null,"scsi_id":null,"scsi_sn":null}"#;
+
     #[test]
     fn requests_are_tagged_json_lines() {
-        let r: Request = serde_json::from_str(
-            r#"{"op":"attach","uio":"uio0","params":"Type=nullio","target":"iqn.x","lun":3,"uio_fd":true}"#,
-        )
+        let r: Request = serde_json::from_str(&format!(
+            r#"{{"op":"attach","uio":"uio0","params":{NULLIO},"target":"iqn.x","lun":3,"uio_fd":true}}"#
+        ))
         .unwrap();
         let Request::Attach(a) = &r else {
             panic!("not an attach: {r:?}")
         };
         assert_eq!(a.fd_count(), 1);
         assert_eq!(a.map_len, None);
+        assert_eq!(
+            a.params,
+            lunspec::LunParams::parse("Type=nullio").unwrap().params
+        );
+        // A value no Lun line can have does not get through.
+        let bogus = NULLIO.replace("nullio", "bogus");
+        let e = serde_json::from_str::<Request>(&format!(
+            r#"{{"op":"attach","uio":"u","params":{bogus},"target":"t","lun":0}}"#
+        ))
+        .unwrap_err();
+        assert!(e.to_string().contains("bogus"), "{e}");
         assert_eq!(
             serde_json::to_string(&Request::Detach { uio: "uio0".into() }).unwrap(),
             r#"{"op":"detach","uio":"uio0"}"#

@@ -26,7 +26,7 @@ use slog::{error, info, o, warn, Logger};
 
 use crate::control::{self, proto, Conn, Incoming, OpenedDevice};
 use crate::ring::{status, Command, Response, Ring, RingError};
-use crate::scsi::Lun;
+use crate::scsi::{Attempt, Lun};
 use crate::worker::{Done, Job, WorkerPool};
 
 const WAKER: Token = Token(0);
@@ -500,13 +500,14 @@ impl EventLoop {
             let inline = d.lun.try_execute(cdb, &mut data);
             drop(data);
             match inline {
-                Some(resp) => self.finish(key, cmd, resp, started),
-                None => {
+                Attempt::Done(resp) => self.finish(key, cmd, resp, started),
+                Attempt::Worker(parsed) => {
                     d.at_workers += 1;
                     self.pool.submit(Job {
                         dev: key,
                         lun: Arc::clone(&d.lun),
                         cmd,
+                        parsed,
                         started,
                         execute_before: d.execute_within.map(|w| started + w),
                     });

@@ -4,7 +4,6 @@
 pub mod control;
 pub mod eventloop;
 pub mod log;
-pub mod params;
 pub mod ring;
 pub mod scsi;
 pub mod worker;

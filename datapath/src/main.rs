@@ -99,9 +99,14 @@ fn run(args: &Args, log: &Logger) -> Result<(), String> {
         info!(log, "listening"; "control" => %path.display());
     }
     if let Some(uio) = &args.attach {
+        let parsed = lunspec::LunParams::parse(args.params.as_deref().unwrap_or_default())
+            .map_err(|e| format!("Lun parameters: {e}"))?;
+        for w in &parsed.warnings {
+            warn!(log, "{w}");
+        }
         let req = Attach {
             uio: uio.clone(),
-            params: args.params.clone().unwrap_or_default(),
+            params: parsed.params,
             target: args.target.clone(),
             lun: args.lun,
             map_len: None,

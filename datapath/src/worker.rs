@@ -4,8 +4,7 @@
 //! starve another LUN's queue nor occupy every thread. Finished commands go back to the
 //! event loop over a channel, waking it at most once per batch.
 //!
-//! Not for: commands answered from memory (the event loop runs those inline), or
-//! completing to the ring (only the event loop owns rings).
+//! Not for: commands the event loop answers inline, or completing to the ring.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -15,7 +14,7 @@ use std::thread::JoinHandle;
 use std::time::Instant;
 
 use crate::ring::{Command, Response};
-use crate::scsi::Lun;
+use crate::scsi::{cdb, Lun};
 
 /// Most jobs a worker takes from a LUN's queue at once. A worker takes its share of the
 /// queue (queued / per-LUN cap) under one lock instead of locking twice per command: at
@@ -28,7 +27,10 @@ pub struct Job {
     /// The device the command came from (the event loop's key).
     pub dev: usize,
     pub lun: Arc<Lun>,
+    /// The ring entry: the command's data buffers, and where its answer goes.
     pub cmd: Command,
+    /// The CDB as [`Lun::try_execute`] parsed and checked it on the event loop.
+    pub parsed: cdb::Command,
     pub started: Instant,
     /// Past this instant the kernel may have failed the command towards the initiator
     /// (its `cmd_time_out`): it is then answered BUSY without being executed, so a late
@@ -212,14 +214,15 @@ fn worker(shared: &Shared, done: &Sender<Done>, wake: &dyn Wake, pending: &Atomi
                 dev,
                 lun,
                 mut cmd,
+                parsed,
                 started,
                 execute_before,
             } = job;
             let resp = if execute_before.is_some_and(|t| Instant::now() >= t) {
                 Response::busy()
             } else {
-                let (cdb, mut data) = cmd.parts();
-                lun.execute(cdb, &mut data)
+                let (_, mut data) = cmd.parts();
+                lun.execute_parsed(&parsed, &mut data)
             };
             // The loop may be gone at shutdown; the command is then simply dropped.
             let _ = done.send(Done {
@@ -252,5 +255,100 @@ fn worker(shared: &Shared, done: &Sender<Done>, wake: &dyn Wake, pending: &Atomi
         if s.eligible(dev, cap) {
             shared.make_ready(&mut s, dev);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ring::sim::{SimConfig, SimRing};
+    use crate::ring::status;
+    use crate::scsi::testing::{cdb10, MemStore};
+    use crate::scsi::{Attempt, Identity};
+    use std::sync::mpsc::channel;
+    use std::time::Duration;
+
+    struct NoWake;
+    impl Wake for NoWake {
+        fn wake(&self) {}
+    }
+
+    /// A LUN over a memory store, and a simulated ring its commands come from.
+    struct Fixture {
+        sim: SimRing,
+        ring: crate::ring::Ring,
+        store: Arc<MemStore>,
+        lun: Arc<Lun>,
+    }
+
+    impl Fixture {
+        fn new() -> Fixture {
+            let mut sim = SimRing::new(SimConfig::default()).unwrap();
+            let ring = sim.attach().unwrap().into_ring().unwrap();
+            let store = Arc::new(MemStore::new(512, 8, MemStore::caps(false, false)));
+            let identity = Identity {
+                target: "iqn.2024-01.test:worker".into(),
+                lun: 0,
+                scsi_id: [0; 16],
+                scsi_sn: "sn".into(),
+            };
+            let lun = Arc::new(Lun::new(Arc::clone(&store) as _, identity));
+            Fixture {
+                sim,
+                ring,
+                store,
+                lun,
+            }
+        }
+
+        /// A WRITE(10) of one block as the event loop hands it over: taken off the ring
+        /// and parsed by `try_execute` (a write-through write always waits).
+        fn parsed_write(&mut self) -> Job {
+            self.sim
+                .submit(&cdb10(0x2A, 0, 3, 1), &[0x5A; 512], 0)
+                .unwrap();
+            let mut cmd = self.ring.next_command().unwrap().expect("a command");
+            let (cdb, mut data) = cmd.parts();
+            let Attempt::Worker(parsed) = self.lun.try_execute(cdb, &mut data) else {
+                panic!("a write-through WRITE is not answered inline")
+            };
+            drop(data);
+            Job {
+                dev: 7,
+                lun: Arc::clone(&self.lun),
+                cmd,
+                parsed,
+                started: Instant::now(),
+                execute_before: None,
+            }
+        }
+    }
+
+    fn run_one(job: Job) -> Done {
+        let (tx, rx) = channel();
+        let pool = WorkerPool::new(1, 1, tx, Arc::new(NoWake), Arc::default()).unwrap();
+        pool.submit(job);
+        rx.recv_timeout(Duration::from_secs(10)).expect("done")
+    }
+
+    #[test]
+    fn a_job_runs_the_command_parsed_on_the_loop() {
+        let mut f = Fixture::new();
+        let done = run_one(f.parsed_write());
+        assert_eq!((done.dev, done.resp.status), (7, status::GOOD));
+        assert_eq!(f.store.calls().writes, 1);
+        assert_eq!(f.store.contents()[3 * 512..4 * 512], [0x5A; 512]);
+        assert_eq!(f.lun.stats().writes, 1);
+    }
+
+    #[test]
+    fn an_expired_job_is_busy_and_never_runs() {
+        let mut f = Fixture::new();
+        let mut job = f.parsed_write();
+        job.execute_before = Some(Instant::now());
+        let done = run_one(job);
+        assert_eq!(done.resp.status, status::BUSY);
+        assert_eq!(f.store.calls().writes, 0);
+        assert_eq!(f.lun.stats().commands, 0);
     }
 }

@@ -38,7 +38,7 @@ fn drain(conn: &mut Conn) -> Vec<Incoming> {
 fn chunk() -> impl Strategy<Value = (Vec<u8>, usize)> {
     let line = prop_oneof![
         Just(br#"{"op":"ping"}"#.to_vec()),
-        Just(br#"{"op":"attach","uio":"u","params":"Type=nullio","target":"t","lun":0,"uio_fd":true,"backing_fd":true}"#.to_vec()),
+        Just(br#"{"op":"attach","uio":"u","params":{"path":null,"io_type":"nullio","io_mode":"wt","block_size":null,"blocks":null,"scsi_id":null,"scsi_sn":null},"target":"t","lun":0,"uio_fd":true,"backing_fd":true}"#.to_vec()),
         prop::collection::vec(any::<u8>(), 0..300),
     ]
     .prop_map(|mut l| {

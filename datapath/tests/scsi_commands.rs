@@ -3,13 +3,13 @@
 
 use std::sync::Arc;
 
-use datapath::params::LunParams;
 use datapath::ring::status;
 use datapath::scsi::testing::{
     cdb10, cdb12, cdb16, cdb6, exchange, Exchange, Faults, MemStore, GARBAGE,
 };
 use datapath::scsi::{Identity, Lun};
 use iomodes::Capabilities;
+use lunspec::LunParams;
 use md5::{Digest, Md5};
 
 const BS: u32 = 512;

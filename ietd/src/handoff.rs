@@ -163,7 +163,7 @@ fn open_device(
     };
     let attach = Attach {
         uio: uio_name.to_string(),
-        params: lun.params.to_param_string(),
+        params: lun.params.clone(),
         target: target.name.clone(),
         lun: lun.lun,
         map_len: Some(uio.map_len),
@@ -188,7 +188,7 @@ impl DeviceHook for DatapathHook {
         dev: &Backstore,
     ) -> Result<(), ProvisionError> {
         let device = open_device(&dev.uio_name, target, lun, self.attribs(dev))?;
-        debug!(self.log, "attaching"; "uio" => &dev.uio_name, "params" => &device.attach.params);
+        debug!(self.log, "attaching"; "uio" => &dev.uio_name, "params" => device.attach.params.to_param_string());
         self.handle.lock().datapath.attach(device).map_err(|e| {
             ProvisionError::Invalid(format!("handing {} to the datapath: {e}", dev.uio_name))
         })
@@ -210,7 +210,7 @@ impl DeviceHook for DatapathHook {
         let attribs = self.attribs(dev);
         let attach = Attach {
             uio: dev.uio_name.clone(),
-            params: lun.params.to_param_string(),
+            params: lun.params.clone(),
             target: target.name.clone(),
             lun: lun.lun,
             map_len: None,

@@ -7,14 +7,9 @@
 //! errno (and so which ietadm exit status) each failure gets.
 
 use std::collections::BTreeMap;
-use std::fs;
-use std::io::{Seek, SeekFrom};
 use std::net::{Ipv4Addr, Ipv6Addr};
-use std::os::unix::fs::{FileTypeExt, MetadataExt};
-use std::path::Path;
 
-use datapath::params::{LunParams, LunParamsError};
-use iomodes::{IoMode, IoType};
+use lunspec::{backing_identity, IoMode, IoType, LunParams, LunParamsError};
 use slog::{error, info, warn, Logger};
 use thiserror::Error;
 
@@ -920,84 +915,22 @@ pub fn parse_redirect(dest: &str) -> Result<Option<String>, StateError> {
     }
 }
 
-/// IET's default nullio size: 64 GiB.
-const NULLIO_DEFAULT_BYTES: u64 = 1 << 36;
-
 fn lun_view(lun: &Lun) -> LunView {
     let p = &lun.params;
-    let block_size = p.block_size.unwrap_or_else(|| match (p.io_type, &p.path) {
-        (IoType::BlockIo, Some(path)) => device_block_size(path).unwrap_or(512),
-        _ => 512,
-    });
-    let blocks = match p.io_type {
-        IoType::NullIo => Some(
-            p.blocks
-                .unwrap_or(NULLIO_DEFAULT_BYTES / u64::from(block_size)),
-        ),
-        _ => p
-            .path
-            .as_deref()
-            .and_then(backing_size)
-            .map(|bytes| bytes / u64::from(block_size)),
-    };
+    let geometry = p.probe_geometry();
     LunView {
         lun: lun.lun,
         state: LUN_RUNNING,
         problem: String::new(),
         io_type: p.io_type.as_str().into(),
         io_mode: p.io_mode.as_str().into(),
-        blocks,
-        block_size,
+        blocks: geometry.blocks,
+        block_size: geometry.block_size,
         path: match p.io_type {
             IoType::NullIo => None,
             _ => p.path.as_ref().map(|x| x.display().to_string()),
         },
     }
-}
-
-/// What a LUN's backing store is, whatever path names it: (device, inode) of a regular
-/// file, the device number of a block device (kind 1 and 2 keep them apart).
-fn backing_identity(path: &Path) -> Option<(u8, u64, u64)> {
-    let meta = fs::metadata(path).ok()?;
-    if meta.is_file() {
-        Some((1, meta.dev(), meta.ino()))
-    } else if meta.file_type().is_block_device() {
-        Some((2, meta.rdev(), 0))
-    } else {
-        None
-    }
-}
-
-/// Size in bytes of a regular file or block device; `None` if it cannot be read (the
-/// view then omits the count rather than printing a wrong one).
-fn backing_size(path: &Path) -> Option<u64> {
-    let meta = fs::metadata(path).ok()?;
-    if meta.file_type().is_block_device() {
-        // A block device's metadata length is 0; its end offset is its size.
-        fs::File::open(path).ok()?.seek(SeekFrom::End(0)).ok()
-    } else if meta.is_file() {
-        Some(meta.len())
-    } else {
-        None
-    }
-}
-
-/// The logical block size the kernel reports for a block device (the partition's
-/// parent disk holds the `queue/` directory).
-fn device_block_size(path: &Path) -> Option<u32> {
-    let meta = fs::metadata(path).ok()?;
-    if !meta.file_type().is_block_device() {
-        return None;
-    }
-    let rdev = meta.rdev();
-    let (major, minor) = (libc::major(rdev), libc::minor(rdev));
-    let base = format!("/sys/dev/block/{major}:{minor}");
-    [
-        format!("{base}/queue/logical_block_size"),
-        format!("{base}/../queue/logical_block_size"),
-    ]
-    .iter()
-    .find_map(|p| fs::read_to_string(p).ok()?.trim().parse().ok())
 }
 
 #[cfg(test)]
@@ -1206,6 +1139,13 @@ mod tests {
         assert_eq!(
             s.lun_new(1, 0, "Type=fileio").unwrap_err().errno(),
             libc::EINVAL
+        );
+        // ietadm's reply names the LUN, the field and the type, as --check does.
+        let e = s.lun_new(1, 0, "Type=nullio,IOMode=ro").unwrap_err();
+        assert_eq!(e.errno(), libc::EINVAL);
+        assert_eq!(
+            e.to_string(),
+            "LUN 0: Lun parameter IOMode is not valid for Type=nullio"
         );
         s.lun_new(1, 0, "Type=nullio,Blocks=100").unwrap();
         assert_eq!(

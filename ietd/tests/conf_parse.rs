@@ -3,10 +3,10 @@
 
 use std::path::{Path, PathBuf};
 
-use datapath::params::LunParams;
 use ietd::conf::params::{Key, DIGEST_CRC32C, DIGEST_NONE, SESSION_PARAMS, TARGET_PARAMS};
 use ietd::conf::{self, parse_ietd_conf, Diagnostic, IetdConf, Severity};
 use iomodes::{IoMode, IoType};
+use lunspec::LunParams;
 
 fn parse(text: &str) -> (IetdConf, Vec<Diagnostic>) {
     parse_ietd_conf(text, Path::new("ietd.conf"))
@@ -370,11 +370,22 @@ fn lun_16383_is_fine() {
     assert!(c.targets[0].luns.contains_key(&16383));
 }
 
+/// IET 1.4.20's nullio knew no `iomode=` item and refused the LUN; the store cannot
+/// open one either, so `--check` must not pass it.
 #[test]
-fn nullio_iomode_is_a_warning() {
-    let (c, d) = parse("Target iqn.x:a\nLun 0 Type=nullio,IOMode=ro\n");
-    expect_one(&d, Severity::Warning, 2, "Lun 0: IOMode=ro on a nullio LUN");
-    assert_eq!(c.targets[0].luns[&0].params.io_mode, IoMode::Ro);
+fn nullio_iomode_is_refused_as_in_iet() {
+    for mode in ["ro", "wb", "wt"] {
+        let (c, d) = parse(&format!(
+            "Target iqn.x:a\nLun 0 Type=nullio,IOMode={mode}\n"
+        ));
+        expect_one(
+            &d,
+            Severity::Error,
+            2,
+            "Lun 0: Lun parameter IOMode is not valid for Type=nullio",
+        );
+        assert!(c.targets[0].luns.is_empty(), "{mode}");
+    }
 }
 
 #[test]

@@ -319,7 +319,7 @@ fn check_prints_plan_and_diagnostics() {
     let bad = dir.path().join("bad.conf");
     std::fs::write(
         &bad,
-        "Target iqn.x:a\n\tLun 0 Type=nullio\n\tLun 1 Type=fileio\n",
+        "Target iqn.x:a\n\tLun 0 Type=nullio\n\tLun 1 Type=fileio\n\tLun 2 Type=nullio,IOMode=ro\n",
     )
     .unwrap();
     let (code, _, err) = run(&[
@@ -331,6 +331,14 @@ fn check_prints_plan_and_diagnostics() {
     ]);
     assert_eq!(code, 1, "{err}");
     assert!(err.contains(&format!("{}:3:", bad.display())), "{err}");
+    // What the store could not open, --check does not pass (IET refused it too).
+    assert!(
+        err.contains(&format!(
+            "{}:4: error: Lun 2: Lun parameter IOMode is not valid for Type=nullio",
+            bad.display()
+        )),
+        "{err}"
+    );
     // --check touches nothing: no socket, no pid file.
     assert!(!dir.path().join("ietd.pid").exists());
 }

@@ -144,7 +144,7 @@ fn adopt(dir: &Path) -> Supervisor {
 fn attach(uio: &str, lun: u32) -> Attach {
     Attach {
         uio: uio.into(),
-        params: "Type=nullio".into(),
+        params: lunspec::LunParams::parse("Type=nullio").unwrap().params,
         target: "iqn.2024-01.com.example:t1".into(),
         lun,
         map_len: Some(4096),

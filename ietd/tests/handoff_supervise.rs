@@ -117,7 +117,7 @@ fn a_refused_attach_is_not_kept() {
     let dev = Device {
         attach: Attach {
             uio: "tcm-user/99/none/ietd/x".into(),
-            params: "Type=nullio".into(),
+            params: lunspec::LunParams::parse("Type=nullio").unwrap().params,
             target: "iqn.2024-01.org.ietd.test:sup".into(),
             lun: 0,
             map_len: Some(1 << 20),

@@ -73,12 +73,10 @@ fn a_config_with_two_luns_on_one_file_brings_up_the_first_only() {
     let t2 = config.targets.iter_mut().find(|t| t.name == T2).unwrap();
     let mut dup = t2.luns[&0].clone();
     dup.lun = 7;
-    dup.params = datapath::params::LunParams::parse(&format!(
-        "Path={},Type=fileio",
-        fx.path("a.img").display()
-    ))
-    .expect("params")
-    .params;
+    dup.params =
+        lunspec::LunParams::parse(&format!("Path={},Type=fileio", fx.path("a.img").display()))
+            .expect("params")
+            .params;
     t2.luns.insert(7, dup);
     let (st, failures) = state(&fx, config);
     assert_eq!(failures, 1);

@@ -7,8 +7,8 @@ mod man_common;
 use std::collections::{BTreeMap, BTreeSet};
 use std::process::Command;
 
-use datapath::params::LunParams;
 use ietd::conf::params::{SESSION_PARAMS, TARGET_PARAMS};
+use lunspec::LunParams;
 use man_common::{long_options, page, plain, section, short_options, tagged_heads};
 
 /// `--long` -> `-s` (or None) for each option line of a `--help` or an OPTIONS list.

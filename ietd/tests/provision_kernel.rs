@@ -164,7 +164,7 @@ fn kernel_provision_and_remove() {
     let mut t1 = config.targets[0].clone();
     let lun = ietd::conf::model::Lun {
         lun: 7,
-        params: datapath::params::LunParams::parse(&format!(
+        params: lunspec::LunParams::parse(&format!(
             "Path={},Type=fileio,Sector=4096",
             dir.join("b.img").display()
         ))

@@ -405,7 +405,7 @@ fn add_and_delete_lun_on_live_target() {
 
     let params = ietd::conf::model::Lun {
         lun: 5,
-        params: datapath::params::LunParams::parse(&format!(
+        params: lunspec::LunParams::parse(&format!(
             "Path={},Type=fileio,IOMode=wb,Sector=4096",
             fx.path("c.img").display()
         ))

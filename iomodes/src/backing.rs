@@ -7,8 +7,8 @@
 //! Not here: read/write paths (`fileio`, `blockio`) and the IOMode policy (`store`).
 
 use crate::error::{IoError, OpenError};
-use crate::spec::IoMode;
 use crate::sys::{self, DioAlign, DioReport, Failure};
+use lunspec::IoMode;
 use nix::errno::Errno;
 use nix::sys::stat::{fstat, stat, FileStat, SFlag};
 use std::fs::File;

@@ -69,9 +69,7 @@ pub enum OpenError {
         size: u64,
         block_size: u32,
     },
-    /// nullio: `blocks * block_size` does not fit in 64 bits.
-    #[error("{blocks} blocks of {block_size} bytes do not fit in 64 bits")]
-    TooLarge { blocks: u64, block_size: u32 },
+    /// A blockio device whose own logical block size no LUN can have.
     #[error("invalid block size {block_size} (must be 512, 1024, 2048 or 4096)")]
     BadBlockSize { block_size: u32 },
     #[error("{path}: block size {block_size} is smaller than the device's logical block size {device_block_size}")]

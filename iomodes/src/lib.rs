@@ -29,6 +29,8 @@
 //!   [`IoError::ReadFailed`] carrying `ENODATA` and the offset where data ended.
 //! - Block devices are opened `O_EXCL` for fileio as well as blockio (IET opens fileio
 //!   devices shared): exporting a mounted device corrupts it.
+//! - The spec is taken as [`lunspec`] validated it (block size, `Blocks=` only for
+//!   nullio, no IOMode on nullio): the stores do not check the Lun line again.
 //! - blockio refuses a LUN block size below the device's (as IET does) rather than doing
 //!   read-modify-write; see the `blockio` module. blockio honours `wb` (device write cache,
 //!   flushed on SYNCHRONIZE CACHE) where IET silently turns it into `wt`.
@@ -38,12 +40,11 @@ mod blockio;
 mod error;
 mod fileio;
 mod nullio;
-mod spec;
 mod store;
 mod sys;
 
 pub use error::{IoError, OpenError, OpenWarning};
-pub use spec::{IoMode, IoType, StoreSpec};
+pub use lunspec::{IoMode, IoType, StoreSpec};
 
 use std::io::{IoSlice, IoSliceMut};
 
@@ -178,21 +179,13 @@ pub fn open(spec: &StoreSpec) -> Result<Box<dyn BackingStore>, OpenError> {
 /// - `blockio`: the same with `O_DIRECT`; block size `spec.block_size` or the device's
 ///   logical block size, never smaller than it ([`OpenError::BlockSizeBelowDevice`]).
 ///   Fails with [`OpenError::DirectIoUnsupported`] where O_DIRECT does not work (tmpfs).
-/// - `nullio`: no path; `spec.blocks` or 64 GiB worth; only the default `IOMode` (`wt`).
+/// - `nullio`: no path; `spec.blocks` or 64 GiB worth.
 ///
 /// Block devices are opened exclusively (`O_EXCL`, [`OpenError::Busy`] when mounted or
 /// claimed) for both fileio and blockio. A size that is not a whole number of blocks is
 /// rounded down and reported as [`OpenWarning::SizeNotBlockMultiple`].
 pub fn open_with_warnings(spec: &StoreSpec) -> Result<Opened, OpenError> {
-    if let Some(bs) = spec.block_size {
-        check_block_size(bs)?;
-    }
-    if spec.blocks.is_some() && spec.io_type != IoType::NullIo {
-        return Err(OpenError::InvalidForType {
-            what: "Blocks",
-            io_type: spec.io_type.as_str(),
-        });
-    }
+    debug_assert_valid(spec);
     match spec.io_type {
         IoType::NullIo => open_null(spec),
         IoType::FileIo => open_file(spec),
@@ -220,16 +213,10 @@ pub fn open_backing(spec: &StoreSpec) -> Result<std::fs::File, OpenError> {
 /// descriptor's access mode must match `spec.io_mode` ([`OpenError::DescriptorMode`]);
 /// blockio turns `O_DIRECT` on if it is off. For nullio use [`open_with_warnings`].
 pub fn open_with_file(spec: &StoreSpec, file: std::fs::File) -> Result<Opened, OpenError> {
-    if let Some(bs) = spec.block_size {
-        check_block_size(bs)?;
-    }
-    if spec.blocks.is_some() || spec.io_type == IoType::NullIo {
+    debug_assert_valid(spec);
+    if spec.io_type == IoType::NullIo {
         return Err(OpenError::InvalidForType {
-            what: if spec.io_type == IoType::NullIo {
-                "Path"
-            } else {
-                "Blocks"
-            },
+            what: "Path",
             io_type: spec.io_type.as_str(),
         });
     }
@@ -238,37 +225,23 @@ pub fn open_with_file(spec: &StoreSpec, file: std::fs::File) -> Result<Opened, O
     build(spec, backing)
 }
 
-fn check_block_size(block_size: u32) -> Result<(), OpenError> {
-    match block_size {
-        512 | 1024 | 2048 | 4096 => Ok(()),
-        _ => Err(OpenError::BadBlockSize { block_size }),
-    }
+/// The spec's Lun-line rules are [`lunspec`]'s and were checked when the line was parsed;
+/// a spec that breaks them is a bug in the caller.
+fn debug_assert_valid(spec: &StoreSpec) {
+    debug_assert!(
+        spec.block_size
+            .map_or(true, |bs| lunspec::is_block_size(bs.into())),
+        "{spec:?}"
+    );
+    debug_assert!(
+        spec.io_type == IoType::NullIo || spec.blocks.is_none(),
+        "{spec:?}"
+    );
 }
 
-/// IET's nullio default: 64 GiB whatever the block size.
-const NULLIO_DEFAULT_BYTES: u64 = 1 << 36;
-
 fn open_null(spec: &StoreSpec) -> Result<Opened, OpenError> {
-    if spec.io_mode != IoMode::default() {
-        return Err(OpenError::InvalidForType {
-            what: "IOMode",
-            io_type: IoType::NullIo.as_str(),
-        });
-    }
-    let block_size = spec.block_size.unwrap_or(512);
-    let blocks = spec
-        .blocks
-        .unwrap_or(NULLIO_DEFAULT_BYTES / u64::from(block_size));
-    if blocks == 0 {
-        return Err(OpenError::TooSmall {
-            path: spec.path.clone(),
-            size: 0,
-            block_size,
-        });
-    }
-    if blocks.checked_mul(u64::from(block_size)).is_none() {
-        return Err(OpenError::TooLarge { blocks, block_size });
-    }
+    let block_size = spec.block_size.unwrap_or(lunspec::DEFAULT_BLOCK_SIZE);
+    let blocks = lunspec::nullio_blocks(spec.blocks, block_size);
     let geometry = Geometry {
         block_size,
         blocks,
@@ -368,7 +341,8 @@ fn open_direct(spec: &StoreSpec) -> Result<Opened, OpenError> {
 fn build(spec: &StoreSpec, backing: backing::Backing) -> Result<Opened, OpenError> {
     let caps = backed_caps(spec.io_mode, &backing);
     if spec.io_type == IoType::FileIo {
-        let (geometry, warnings) = geometry_of(&backing, spec.block_size.unwrap_or(512))?;
+        let block_size = spec.block_size.unwrap_or(lunspec::DEFAULT_BLOCK_SIZE);
+        let (geometry, warnings) = geometry_of(&backing, block_size)?;
         let engine = fileio::FileIo::new(backing);
         return Ok(Opened {
             store: Box::new(store::Store::new(spec.clone(), geometry, caps, engine)),
@@ -382,7 +356,10 @@ fn build(spec: &StoreSpec, backing: backing::Backing) -> Result<Opened, OpenErro
         })?;
     let device_block_size = align.offset.max(512);
     let block_size = spec.block_size.unwrap_or(device_block_size);
-    check_block_size(block_size)?;
+    // The device's own block size, when no BlockSize= was given, can be one a LUN cannot have.
+    if !lunspec::is_block_size(block_size.into()) {
+        return Err(OpenError::BadBlockSize { block_size });
+    }
     if block_size < device_block_size {
         return Err(OpenError::BlockSizeBelowDevice {
             path: spec.path.clone(),

@@ -5,8 +5,8 @@
 //! `nullio`) below it only move bytes on calls that are already known to be valid.
 
 use crate::error::IoError;
-use crate::spec::{IoMode, StoreSpec};
 use crate::{BackingStore, Capabilities, Geometry, StoreStats};
+use lunspec::{IoMode, StoreSpec};
 use std::io::{IoSlice, IoSliceMut};
 use std::sync::atomic::{AtomicBool, Ordering};
 

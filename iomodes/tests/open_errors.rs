@@ -108,66 +108,24 @@ fn file_smaller_than_one_block_is_too_small() {
     );
 }
 
+/// The Lun-line rules (block sizes, `Blocks=` only for nullio, no IOMode on nullio, a
+/// size that fits in 64 bits) are lunspec's and tested there; the store opens what the
+/// spec says, with IET's nullio default.
 #[test]
-fn bad_block_sizes_are_refused_before_opening() {
-    for bs in [0u32, 256, 513, 8192, 3000] {
-        for t in [IoType::FileIo, IoType::BlockIo, IoType::NullIo] {
-            let e = err(&StoreSpec {
-                path: "/nonexistent".into(),
-                io_type: t,
-                io_mode: IoMode::Wt,
-                block_size: Some(bs),
-                blocks: None,
-            });
-            assert!(
-                matches!(e, OpenError::BadBlockSize { block_size } if block_size == bs),
-                "{e:?}"
-            );
-        }
-    }
-}
-
-#[test]
-fn nullio_rejects_modes_and_bad_counts_and_others_reject_blocks() {
-    let null = |mode, blocks, bs| StoreSpec {
+fn nullio_geometry_is_blocks_or_64_gib() {
+    let null = |blocks, bs| StoreSpec {
         path: Default::default(),
         io_type: IoType::NullIo,
-        io_mode: mode,
+        io_mode: IoMode::Wt,
         block_size: bs,
         blocks,
     };
-    for m in [IoMode::Wb, IoMode::Ro] {
-        let e = err(&null(m, None, None));
-        assert!(
-            matches!(
-                e,
-                OpenError::InvalidForType {
-                    what: "IOMode",
-                    io_type: "nullio"
-                }
-            ),
-            "{e:?}"
-        );
-    }
-    assert!(matches!(
-        err(&null(IoMode::Wt, Some(0), None)),
-        OpenError::TooSmall { .. }
-    ));
-    assert!(matches!(
-        err(&null(IoMode::Wt, Some(u64::MAX / 1000), Some(4096))),
-        OpenError::TooLarge { .. }
-    ));
-    let d = any_dir();
-    let f = backing_file(&d, 4096, |_| 0);
-    let mut s = spec(f.path(), IoType::FileIo, IoMode::Wt, None);
-    s.blocks = Some(8);
-    assert!(matches!(
-        err(&s),
-        OpenError::InvalidForType {
-            what: "Blocks",
-            io_type: "fileio"
-        }
-    ));
+    let g = open(&null(None, None)).expect("nullio").geometry();
+    assert_eq!((g.block_size, g.size_bytes()), (512, 1 << 36));
+    let g = open(&null(None, Some(4096))).expect("nullio").geometry();
+    assert_eq!((g.block_size, g.size_bytes()), (4096, 1 << 36));
+    let g = open(&null(Some(9), Some(2048))).expect("nullio").geometry();
+    assert_eq!((g.block_size, g.blocks), (2048, 9));
 }
 
 #[test]

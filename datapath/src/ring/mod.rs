@@ -51,7 +51,6 @@ use std::sync::Arc;
 
 use slog::{debug, error, o, warn, Logger};
 
-use layout as l;
 use mem::SharedMap;
 
 /// Why the ring cannot be opened or served.
@@ -68,7 +67,7 @@ pub enum RingError {
     },
     #[error(
         "TCMU mailbox version {found} is not supported (need {})",
-        l::MAILBOX_VERSION
+        layout::MAILBOX_VERSION
     )]
     Version { found: u16 },
     #[error("TCMU ring corrupt at ring offset {offset}: {reason}")]
@@ -91,16 +90,16 @@ pub struct RingFlags(pub u16);
 
 impl RingFlags {
     pub fn ooo_completion(self) -> bool {
-        self.0 & l::CAP_OOOC != 0
+        self.0 & layout::CAP_OOOC != 0
     }
     pub fn read_len(self) -> bool {
-        self.0 & l::CAP_READ_LEN != 0
+        self.0 & layout::CAP_READ_LEN != 0
     }
     pub fn tmr(self) -> bool {
-        self.0 & l::CAP_TMR != 0
+        self.0 & layout::CAP_TMR != 0
     }
     pub fn keep_buf(self) -> bool {
-        self.0 & l::CAP_KEEP_BUF != 0
+        self.0 & layout::CAP_KEEP_BUF != 0
     }
 }
 
@@ -277,24 +276,26 @@ impl Ring {
             map_len,
             reason,
         };
-        if map_len < l::MAILBOX_SIZE {
+        if map_len < layout::MAILBOX_SIZE {
             return Err(bad("map size", map_len as u64, "smaller than the mailbox"));
         }
-        let version = map.read_u16(l::MB_VERSION).unwrap_or(0);
-        if version != l::MAILBOX_VERSION {
+        let version = map.read_u16(layout::MB_VERSION).unwrap_or(0);
+        if version != layout::MAILBOX_VERSION {
             return Err(RingError::Version { found: version });
         }
-        let flags = RingFlags(map.read_u16(l::MB_FLAGS).unwrap_or(0));
-        let cmdr_off = map.read_u32(l::MB_CMDR_OFF).unwrap_or(0) as usize;
-        let cmdr_size = map.read_u32(l::MB_CMDR_SIZE).unwrap_or(0);
-        if cmdr_off < l::MAILBOX_SIZE || !cmdr_off.is_multiple_of(8) {
+        let flags = RingFlags(map.read_u16(layout::MB_FLAGS).unwrap_or(0));
+        let cmdr_off = map.read_u32(layout::MB_CMDR_OFF).unwrap_or(0) as usize;
+        let cmdr_size = map.read_u32(layout::MB_CMDR_SIZE).unwrap_or(0);
+        if cmdr_off < layout::MAILBOX_SIZE || !cmdr_off.is_multiple_of(8) {
             return Err(bad(
                 "cmdr_off",
                 cmdr_off as u64,
                 "must be 8-aligned, after the mailbox",
             ));
         }
-        if cmdr_size < 2 * l::CMD_ENTRY_MIN as u32 || !cmdr_size.is_multiple_of(l::ENTRY_ALIGN) {
+        if cmdr_size < 2 * layout::CMD_ENTRY_MIN as u32
+            || !cmdr_size.is_multiple_of(layout::ENTRY_ALIGN)
+        {
             return Err(bad(
                 "cmdr_size",
                 cmdr_size.into(),
@@ -305,8 +306,8 @@ impl Ring {
             .checked_add(cmdr_size as usize)
             .filter(|&d| d <= map_len)
             .ok_or_else(|| bad("cmdr_size", cmdr_size.into(), "ring extends past the map"))?;
-        let tail = map.read_u32(l::MB_CMD_TAIL).unwrap_or(u32::MAX);
-        if tail >= cmdr_size || !tail.is_multiple_of(l::ENTRY_ALIGN) {
+        let tail = map.read_u32(layout::MB_CMD_TAIL).unwrap_or(u32::MAX);
+        if tail >= cmdr_size || !tail.is_multiple_of(layout::ENTRY_ALIGN) {
             return Err(bad(
                 "cmd_tail",
                 tail.into(),
@@ -344,9 +345,9 @@ impl Ring {
     fn load_head(&self) -> Result<u32, RingError> {
         let head = self
             .map
-            .load_u32_acquire(l::MB_CMD_HEAD)
+            .load_u32_acquire(layout::MB_CMD_HEAD)
             .ok_or_else(|| self.corrupt(0, "cmd_head outside the map"))?;
-        if head >= self.cmdr_size || !head.is_multiple_of(l::ENTRY_ALIGN) {
+        if head >= self.cmdr_size || !head.is_multiple_of(layout::ENTRY_ALIGN) {
             return Err(self.corrupt(head, format!("cmd_head {head} is invalid")));
         }
         Ok(head)
@@ -361,30 +362,31 @@ impl Ring {
         let mut pos = self.tail;
         while pos != head {
             let (op, len) = self.entry_header(pos, Some(head))?;
-            if op != l::OP_CMD {
+            if op != layout::OP_CMD {
                 pos = (pos + len) % self.cmdr_size;
                 continue;
             }
             let e = self.ring_off(pos);
             let kflags = self
                 .map
-                .read_u8(e + l::E_KFLAGS)
+                .read_u8(e + layout::E_KFLAGS)
                 .ok_or_else(|| self.corrupt(pos, "entry outside the map"))?;
-            if kflags & l::KFLAG_RSP_WRITING == 0 {
+            if kflags & layout::KFLAG_RSP_WRITING == 0 {
                 break;
             }
-            if kflags & l::KFLAG_RSP_DONE == 0 {
+            if kflags & layout::KFLAG_RSP_DONE == 0 {
                 let m = &self.map;
-                let ok = m.write_u8(e + l::E_UFLAGS, 0).is_some()
-                    && m.write_u8(e + l::RSP_SCSI_STATUS, status::BUSY).is_some()
-                    && m.write_u32(e + l::RSP_READ_LEN, 0).is_some();
+                let ok = m.write_u8(e + layout::E_UFLAGS, 0).is_some()
+                    && m.write_u8(e + layout::RSP_SCSI_STATUS, status::BUSY)
+                        .is_some()
+                    && m.write_u32(e + layout::RSP_READ_LEN, 0).is_some();
                 if !ok {
                     return Err(self.corrupt(pos, "completion slot outside the map"));
                 }
             }
             self.tail = (pos + len) % self.cmdr_size;
             self.cursor = self.tail;
-            self.map.store_u32_release(l::MB_CMD_TAIL, self.tail);
+            self.map.store_u32_release(layout::MB_CMD_TAIL, self.tail);
             self.need_notify = true;
             self.stats.recovered_slots += 1;
             break;
@@ -503,8 +505,8 @@ impl Ring {
             .map
             .read_u32(self.ring_off(pos))
             .ok_or_else(|| self.corrupt(pos, "entry header outside the map"))?;
-        let op = (len_op & l::OP_MASK) as u8;
-        let len = len_op & !l::OP_MASK;
+        let op = (len_op & layout::OP_MASK) as u8;
+        let len = len_op & !layout::OP_MASK;
         if len == 0 || len > self.cmdr_size - pos {
             return Err(self.corrupt(pos, format!("entry length {len} does not fit the ring")));
         }
@@ -538,9 +540,9 @@ impl Ring {
             let entry = self.ring_off(pos);
             self.cursor = (pos + len) % self.cmdr_size;
             match op {
-                l::OP_PAD => self.stats.pad_entries += 1,
-                l::OP_TMR => self.take_tmr(entry, len),
-                l::OP_CMD => {
+                layout::OP_PAD => self.stats.pad_entries += 1,
+                layout::OP_TMR => self.take_tmr(entry, len),
+                layout::OP_CMD => {
                     if let Some(cmd) = self.take_cmd(pos, entry, len)? {
                         return Ok(Some(cmd));
                     }
@@ -549,9 +551,9 @@ impl Ring {
                     self.stats.unknown_entries += 1;
                     warn!(self.log, "unknown TCMU entry type, flagged UNKNOWN_OP";
                         "op" => other, "offset" => pos);
-                    let uflags = self.map.read_u8(entry + l::E_UFLAGS).unwrap_or(0);
+                    let uflags = self.map.read_u8(entry + layout::E_UFLAGS).unwrap_or(0);
                     self.map
-                        .write_u8(entry + l::E_UFLAGS, uflags | l::UFLAG_UNKNOWN_OP)
+                        .write_u8(entry + layout::E_UFLAGS, uflags | layout::UFLAG_UNKNOWN_OP)
                         .ok_or_else(|| self.corrupt(pos, "entry outside the map"))?;
                 }
             }
@@ -561,15 +563,15 @@ impl Ring {
 
     fn take_tmr(&mut self, entry: usize, len: u32) {
         self.stats.tmr_entries += 1;
-        let kind = self.map.read_u8(entry + l::TMR_TYPE).unwrap_or(0);
-        let cnt = self.map.read_u32(entry + l::TMR_CMD_CNT).unwrap_or(0) as usize;
-        if l::TMR_CMD_IDS + 2 * cnt > len as usize {
+        let kind = self.map.read_u8(entry + layout::TMR_TYPE).unwrap_or(0);
+        let cnt = self.map.read_u32(entry + layout::TMR_CMD_CNT).unwrap_or(0) as usize;
+        if layout::TMR_CMD_IDS + 2 * cnt > len as usize {
             warn!(self.log, "TMR entry lists more ids than it holds"; "count" => cnt, "len" => len);
             return;
         }
         let mut ids = Vec::with_capacity(cnt);
         for i in 0..cnt {
-            if let Some(id) = self.map.read_u16(entry + l::TMR_CMD_IDS + 2 * i) {
+            if let Some(id) = self.map.read_u16(entry + layout::TMR_CMD_IDS + 2 * i) {
                 ids.push(id);
             }
         }
@@ -580,8 +582,8 @@ impl Ring {
 
     /// Validates a CMD entry; returns the command, or `None` after completing a bad one.
     fn take_cmd(&mut self, pos: u32, entry: usize, len: u32) -> Result<Option<Command>, RingError> {
-        let id = self.map.read_u16(entry + l::E_CMD_ID).unwrap_or(0);
-        if (len as usize) < l::CMD_ENTRY_MIN {
+        let id = self.map.read_u16(entry + layout::E_CMD_ID).unwrap_or(0);
+        if (len as usize) < layout::CMD_ENTRY_MIN {
             // Too short to hold a response: writing one would clobber the next entry.
             return Err(self.corrupt(pos, format!("CMD entry of {len} bytes")));
         }
@@ -622,28 +624,28 @@ impl Ring {
     ) -> Result<([u8; MAX_CDB], u8, Vec<(*mut u8, usize)>, usize), &'static str> {
         let m = &self.map;
         let rd32 = |off| m.read_u32(entry + off).ok_or("entry outside the map");
-        let iov_cnt = rd32(l::REQ_IOV_CNT)? as usize;
-        let bidi_cnt = rd32(l::REQ_IOV_BIDI_CNT)? as usize;
-        if rd32(l::REQ_IOV_DIF_CNT)? != 0 {
+        let iov_cnt = rd32(layout::REQ_IOV_CNT)? as usize;
+        let bidi_cnt = rd32(layout::REQ_IOV_BIDI_CNT)? as usize;
+        if rd32(layout::REQ_IOV_DIF_CNT)? != 0 {
             return Err("DIF iovecs are not supported");
         }
         let total = iov_cnt + bidi_cnt;
-        if l::REQ_IOV + l::IOV_SIZE * total > len {
+        if layout::REQ_IOV + layout::IOV_SIZE * total > len {
             return Err("iovec count exceeds the entry");
         }
         let cdb_off = m
-            .read_u64(entry + l::REQ_CDB_OFF)
+            .read_u64(entry + layout::REQ_CDB_OFF)
             .ok_or("entry outside the map")?;
         // The kernel puts the CDB inside the entry, after the iovecs; accept nothing
         // else (in particular never the sparse data area, which could SIGBUS).
-        let cdb_min = (entry + l::REQ_IOV + l::IOV_SIZE * total) as u64;
+        let cdb_min = (entry + layout::REQ_IOV + layout::IOV_SIZE * total) as u64;
         let entry_end = (entry + len) as u64;
         if cdb_off < cdb_min || cdb_off >= entry_end {
             return Err("cdb_off outside its entry");
         }
         let cdb_off = cdb_off as usize;
         let opcode = m.read_u8(cdb_off).ok_or("cdb_off outside the map")?;
-        let cdb_len = l::cdb_len(opcode, || {
+        let cdb_len = layout::cdb_len(opcode, || {
             (cdb_off + 8 <= entry_end as usize)
                 .then(|| m.read_u8(cdb_off + 7))
                 .flatten()
@@ -659,7 +661,7 @@ impl Ring {
 
         let mut runs = Vec::with_capacity(total);
         for i in 0..total {
-            let iov = entry + l::REQ_IOV + l::IOV_SIZE * i;
+            let iov = entry + layout::REQ_IOV + layout::IOV_SIZE * i;
             let base = m.read_u64(iov).ok_or("iovec outside the map")?;
             let ilen = m.read_u64(iov + 8).ok_or("iovec outside the map")?;
             let end = base.checked_add(ilen).ok_or("iovec wraps around")?;
@@ -755,7 +757,7 @@ impl Ring {
             }
             let pos = self.tail;
             let (op, len) = self.entry_header(pos, Some(self.cursor))?;
-            if op != l::OP_CMD {
+            if op != layout::OP_CMD {
                 self.tail = (pos + len) % self.cmdr_size;
                 continue;
             }
@@ -763,33 +765,40 @@ impl Ring {
             let m = &self.map;
             // From here on the request in this slot is being destroyed: say so first,
             // for a successor should we die before cmd_tail moves (module docs).
-            let mut ok = m.write_u8(e + l::E_KFLAGS, l::KFLAG_RSP_WRITING).is_some();
+            let mut ok = m
+                .write_u8(e + layout::E_KFLAGS, layout::KFLAG_RSP_WRITING)
+                .is_some();
             std::sync::atomic::fence(Ordering::Release);
-            ok &= m.write_u16(e + l::E_CMD_ID, id).is_some();
+            ok &= m.write_u16(e + layout::E_CMD_ID, id).is_some();
             let uflags = if res.read_len.is_some() {
-                l::UFLAG_READ_LEN
+                layout::UFLAG_READ_LEN
             } else {
                 0
             };
-            ok &= m.write_u8(e + l::E_UFLAGS, uflags).is_some();
-            ok &= m.write_u8(e + l::RSP_SCSI_STATUS, res.status).is_some();
+            ok &= m.write_u8(e + layout::E_UFLAGS, uflags).is_some();
             ok &= m
-                .write_u32(e + l::RSP_READ_LEN, res.read_len.unwrap_or(0))
+                .write_u8(e + layout::RSP_SCSI_STATUS, res.status)
+                .is_some();
+            ok &= m
+                .write_u32(e + layout::RSP_READ_LEN, res.read_len.unwrap_or(0))
                 .is_some();
             if let Some(sense) = res.sense {
-                let mut buf = [0u8; l::RSP_SENSE_LEN];
+                let mut buf = [0u8; layout::RSP_SENSE_LEN];
                 buf[..sense.len()].copy_from_slice(&sense);
-                ok &= m.write_bytes(e + l::RSP_SENSE, &buf).is_some();
+                ok &= m.write_bytes(e + layout::RSP_SENSE, &buf).is_some();
             }
             std::sync::atomic::fence(Ordering::Release);
             ok &= m
-                .write_u8(e + l::E_KFLAGS, l::KFLAG_RSP_WRITING | l::KFLAG_RSP_DONE)
+                .write_u8(
+                    e + layout::E_KFLAGS,
+                    layout::KFLAG_RSP_WRITING | layout::KFLAG_RSP_DONE,
+                )
                 .is_some();
             if !ok {
                 return Err(self.corrupt(pos, "completion slot outside the map"));
             }
             self.tail = (pos + len) % self.cmdr_size;
-            self.map.store_u32_release(l::MB_CMD_TAIL, self.tail);
+            self.map.store_u32_release(layout::MB_CMD_TAIL, self.tail);
             self.ids[usize::from(id)] = ID_FREE;
             self.in_flight -= 1;
             self.stats.completions += 1;

@@ -21,7 +21,7 @@ use std::sync::Arc;
 use nix::errno::Errno;
 use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
 
-use super::layout as l;
+use super::layout;
 use super::mem::SharedMap;
 use super::{Ring, RingError};
 
@@ -47,8 +47,8 @@ pub struct SimConfig {
 impl Default for SimConfig {
     fn default() -> Self {
         SimConfig {
-            flags: l::CAP_OOOC | l::CAP_READ_LEN | l::CAP_TMR | l::CAP_KEEP_BUF,
-            cmdr_size: (1 << 20) - l::MAILBOX_SIZE as u32,
+            flags: layout::CAP_OOOC | layout::CAP_READ_LEN | layout::CAP_TMR | layout::CAP_KEEP_BUF,
+            cmdr_size: (1 << 20) - layout::MAILBOX_SIZE as u32,
             data_blocks: 256,
             block_size: 4096,
             stale_fill: None,
@@ -160,8 +160,8 @@ pub struct SimRing {
 
 impl SimRing {
     pub fn new(cfg: SimConfig) -> Result<SimRing, SimError> {
-        if !cfg.cmdr_size.is_multiple_of(l::ENTRY_ALIGN)
-            || (cfg.cmdr_size as usize) < 2 * l::CMD_ENTRY_MIN
+        if !cfg.cmdr_size.is_multiple_of(layout::ENTRY_ALIGN)
+            || (cfg.cmdr_size as usize) < 2 * layout::CMD_ENTRY_MIN
         {
             return Err(SimError::Config(
                 "cmdr_size must be a multiple of 8 and >= 224",
@@ -170,7 +170,7 @@ impl SimRing {
         if cfg.block_size == 0 || cfg.data_blocks == 0 {
             return Err(SimError::Config("empty data area"));
         }
-        let data_off = l::MAILBOX_SIZE + cfg.cmdr_size as usize;
+        let data_off = layout::MAILBOX_SIZE + cfg.cmdr_size as usize;
         let map_len = data_off + cfg.data_blocks as usize * cfg.block_size as usize;
         let memfd = nix::sys::memfd::memfd_create(
             c"tcmu-sim",
@@ -179,12 +179,12 @@ impl SimRing {
         .map_err(io::Error::from)?;
         nix::unistd::ftruncate(&memfd, map_len as i64).map_err(io::Error::from)?;
         let map = SharedMap::map(memfd.as_fd(), map_len)?;
-        map.write_u16(l::MB_VERSION, l::MAILBOX_VERSION);
-        map.write_u16(l::MB_FLAGS, cfg.flags);
-        map.write_u32(l::MB_CMDR_OFF, l::MAILBOX_SIZE as u32);
-        map.write_u32(l::MB_CMDR_SIZE, cfg.cmdr_size);
-        map.store_u32_release(l::MB_CMD_HEAD, 0);
-        map.store_u32_release(l::MB_CMD_TAIL, 0);
+        map.write_u16(layout::MB_VERSION, layout::MAILBOX_VERSION);
+        map.write_u16(layout::MB_FLAGS, cfg.flags);
+        map.write_u32(layout::MB_CMDR_OFF, layout::MAILBOX_SIZE as u32);
+        map.write_u32(layout::MB_CMDR_SIZE, cfg.cmdr_size);
+        map.store_u32_release(layout::MB_CMD_HEAD, 0);
+        map.store_u32_release(layout::MB_CMD_TAIL, 0);
         Ok(SimRing {
             map: Arc::new(map),
             memfd,
@@ -253,7 +253,7 @@ impl SimRing {
 
     /// The mailbox `cmd_tail` as the datapath left it.
     pub fn cmd_tail(&self) -> u32 {
-        self.map.load_u32_acquire(l::MB_CMD_TAIL).unwrap_or(0)
+        self.map.load_u32_acquire(layout::MB_CMD_TAIL).unwrap_or(0)
     }
 
     pub fn cmd_head(&self) -> u32 {
@@ -362,12 +362,12 @@ impl SimRing {
             return Err(SimError::Full);
         }
         if to_end < size {
-            let pad = l::MAILBOX_SIZE + self.head as usize;
+            let pad = layout::MAILBOX_SIZE + self.head as usize;
             self.map
-                .write_u32(pad + l::E_LEN_OP, to_end | u32::from(l::OP_PAD));
-            self.map.write_u16(pad + l::E_CMD_ID, 0);
-            self.map.write_u8(pad + l::E_KFLAGS, 0);
-            self.map.write_u8(pad + l::E_UFLAGS, 0);
+                .write_u32(pad + layout::E_LEN_OP, to_end | u32::from(layout::OP_PAD));
+            self.map.write_u16(pad + layout::E_CMD_ID, 0);
+            self.map.write_u8(pad + layout::E_KFLAGS, 0);
+            self.map.write_u8(pad + layout::E_UFLAGS, 0);
             self.head = 0;
         }
         Ok(self.head)
@@ -375,7 +375,7 @@ impl SimRing {
 
     fn publish(&mut self, size: u32) {
         self.head = (self.head + size) % self.cfg.cmdr_size;
-        self.map.store_u32_release(l::MB_CMD_HEAD, self.head);
+        self.map.store_u32_release(layout::MB_CMD_HEAD, self.head);
         if self.cfg.notify_each_submit {
             self.kick();
         }
@@ -390,7 +390,7 @@ impl SimRing {
     ) -> Result<u16, SimError> {
         let opcode = *cdb.first().ok_or(SimError::EmptyCdb)?;
         let cdb_len =
-            l::cdb_len(opcode, || Some(cdb.get(7).copied().unwrap_or(0))).unwrap_or(cdb.len());
+            layout::cdb_len(opcode, || Some(cdb.get(7).copied().unwrap_or(0))).unwrap_or(cdb.len());
         let data_len = data_out.len() + data_in_len;
         if data_len > self.used_blocks.len() * self.cfg.block_size as usize {
             return Err(SimError::TooBig("data larger than the data area"));
@@ -410,8 +410,8 @@ impl SimRing {
             out_runs.push(out_runs[0]);
         }
         let iovs = out_runs.len() + in_runs.len();
-        let base = l::cmd_base_size(iovs);
-        let size = l::cmd_entry_size(iovs, cdb_len);
+        let base = layout::cmd_base_size(iovs);
+        let size = layout::cmd_entry_size(iovs, cdb_len);
         if size > self.cfg.cmdr_size as usize / 2 {
             self.free_blocks(&blocks_out);
             self.free_blocks(&blocks_in);
@@ -425,24 +425,27 @@ impl SimRing {
                 return Err(e);
             }
         };
-        let e = l::MAILBOX_SIZE + pos as usize;
+        let e = layout::MAILBOX_SIZE + pos as usize;
         let m = Arc::clone(&self.map);
         m.write_bytes(e, &vec![0u8; size]);
-        m.write_u32(e + l::E_LEN_OP, size as u32 | u32::from(l::OP_CMD));
-        m.write_u16(e + l::E_CMD_ID, id);
+        m.write_u32(
+            e + layout::E_LEN_OP,
+            size as u32 | u32::from(layout::OP_CMD),
+        );
+        m.write_u16(e + layout::E_CMD_ID, id);
         let (first, bidi) = if !data_out.is_empty() && data_in_len > 0 {
             (out_runs.len(), in_runs.len())
         } else {
             (iovs, 0)
         };
-        m.write_u32(e + l::REQ_IOV_CNT, first as u32);
-        m.write_u32(e + l::REQ_IOV_BIDI_CNT, bidi as u32);
+        m.write_u32(e + layout::REQ_IOV_CNT, first as u32);
+        m.write_u32(e + layout::REQ_IOV_BIDI_CNT, bidi as u32);
         for (i, (b, n)) in out_runs.iter().chain(in_runs.iter()).enumerate() {
-            m.write_u64(e + l::REQ_IOV + l::IOV_SIZE * i, *b);
-            m.write_u64(e + l::REQ_IOV + l::IOV_SIZE * i + 8, *n);
+            m.write_u64(e + layout::REQ_IOV + layout::IOV_SIZE * i, *b);
+            m.write_u64(e + layout::REQ_IOV + layout::IOV_SIZE * i + 8, *n);
         }
         let cdb_off = e + base;
-        m.write_u64(e + l::REQ_CDB_OFF, cdb_off as u64);
+        m.write_u64(e + layout::REQ_CDB_OFF, cdb_off as u64);
         let mut cdb_bytes = cdb.to_vec();
         cdb_bytes.resize(cdb_len, 0);
         m.write_bytes(cdb_off, &cdb_bytes);
@@ -477,37 +480,37 @@ impl SimRing {
 
     fn apply_fault(&self, e: usize, f: Fault) {
         let m = &self.map;
-        let iov0 = e + l::REQ_IOV;
+        let iov0 = e + layout::REQ_IOV;
         match f {
             Fault::CdbOffOutsideMap => {
-                m.write_u64(e + l::REQ_CDB_OFF, self.map_len as u64 + 64);
+                m.write_u64(e + layout::REQ_CDB_OFF, self.map_len as u64 + 64);
             }
             Fault::CdbOffInDataArea => {
-                m.write_u64(e + l::REQ_CDB_OFF, self.data_off as u64);
+                m.write_u64(e + layout::REQ_CDB_OFF, self.data_off as u64);
             }
             Fault::IovOutsideDataArea => {
-                m.write_u32(e + l::REQ_IOV_CNT, 1);
-                m.write_u64(iov0, l::MAILBOX_SIZE as u64);
+                m.write_u32(e + layout::REQ_IOV_CNT, 1);
+                m.write_u64(iov0, layout::MAILBOX_SIZE as u64);
                 m.write_u64(iov0 + 8, 512);
             }
             Fault::IovPastEnd => {
-                m.write_u32(e + l::REQ_IOV_CNT, 1);
+                m.write_u32(e + layout::REQ_IOV_CNT, 1);
                 m.write_u64(iov0, self.data_off as u64);
                 m.write_u64(iov0 + 8, self.map_len as u64);
             }
             Fault::IovWraps => {
-                m.write_u32(e + l::REQ_IOV_CNT, 1);
+                m.write_u32(e + layout::REQ_IOV_CNT, 1);
                 m.write_u64(iov0, u64::MAX - 16);
                 m.write_u64(iov0 + 8, 4096);
             }
             Fault::HugeIovCnt => {
-                m.write_u32(e + l::REQ_IOV_CNT, 0x1000_0000);
+                m.write_u32(e + layout::REQ_IOV_CNT, 0x1000_0000);
             }
             Fault::DifIovs => {
-                m.write_u32(e + l::REQ_IOV_DIF_CNT, 1);
+                m.write_u32(e + layout::REQ_IOV_DIF_CNT, 1);
             }
             Fault::ShortEntry => {
-                m.write_u32(e + l::E_LEN_OP, 64 | u32::from(l::OP_CMD));
+                m.write_u32(e + layout::E_LEN_OP, 64 | u32::from(layout::OP_CMD));
             }
             Fault::OverlappingIovs => {}
         }
@@ -525,8 +528,8 @@ impl SimRing {
         else {
             return false;
         };
-        let start = l::MAILBOX_SIZE + pos as usize + offset;
-        if start + bytes.len() > l::MAILBOX_SIZE + self.cfg.cmdr_size as usize {
+        let start = layout::MAILBOX_SIZE + pos as usize + offset;
+        if start + bytes.len() > layout::MAILBOX_SIZE + self.cfg.cmdr_size as usize {
             return false;
         }
         self.map.write_bytes(start, bytes).is_some()
@@ -535,16 +538,19 @@ impl SimRing {
     /// Queues a TMR notification listing `ids` (the kernel only does this with CAP_TMR
     /// and `tmr_notification=1`).
     pub fn submit_tmr(&mut self, tmr_type: u8, ids: &[u16]) -> Result<(), SimError> {
-        let size = l::tmr_entry_size(ids.len());
+        let size = layout::tmr_entry_size(ids.len());
         let pos = self.reserve(size as u32)?;
-        let e = l::MAILBOX_SIZE + pos as usize;
+        let e = layout::MAILBOX_SIZE + pos as usize;
         let m = Arc::clone(&self.map);
         m.write_bytes(e, &vec![0u8; size]);
-        m.write_u32(e + l::E_LEN_OP, size as u32 | u32::from(l::OP_TMR));
-        m.write_u8(e + l::TMR_TYPE, tmr_type);
-        m.write_u32(e + l::TMR_CMD_CNT, ids.len() as u32);
+        m.write_u32(
+            e + layout::E_LEN_OP,
+            size as u32 | u32::from(layout::OP_TMR),
+        );
+        m.write_u8(e + layout::TMR_TYPE, tmr_type);
+        m.write_u32(e + layout::TMR_CMD_CNT, ids.len() as u32);
         for (i, id) in ids.iter().enumerate() {
-            m.write_u16(e + l::TMR_CMD_IDS + 2 * i, *id);
+            m.write_u16(e + layout::TMR_CMD_IDS + 2 * i, *id);
         }
         self.publish(size as u32);
         Ok(())
@@ -554,17 +560,17 @@ impl SimRing {
     pub fn submit_unknown(&mut self, op: u8) -> Result<(), SimError> {
         let size = 64u32;
         let pos = self.reserve(size)?;
-        let e = l::MAILBOX_SIZE + pos as usize;
+        let e = layout::MAILBOX_SIZE + pos as usize;
         let m = Arc::clone(&self.map);
         m.write_bytes(e, &[0u8; 64]);
-        m.write_u32(e + l::E_LEN_OP, size | u32::from(op & 7));
+        m.write_u32(e + layout::E_LEN_OP, size | u32::from(op & 7));
         self.publish(size);
         Ok(())
     }
 
     /// Publishes an arbitrary `cmd_head` (a kernel bug or memory corruption).
     pub fn set_head_unchecked(&mut self, head: u32) {
-        self.map.store_u32_release(l::MB_CMD_HEAD, head);
+        self.map.store_u32_release(layout::MB_CMD_HEAD, head);
     }
 
     /// Sends one event ("new commands") to the datapath.
@@ -617,42 +623,42 @@ impl SimRing {
             return out;
         }
         let tail = self.cmd_tail();
-        if tail >= self.cfg.cmdr_size || !tail.is_multiple_of(l::ENTRY_ALIGN) {
+        if tail >= self.cfg.cmdr_size || !tail.is_multiple_of(layout::ENTRY_ALIGN) {
             self.broken = Some(format!("cmd_tail {tail} is invalid"));
             return out;
         }
         while self.last_cleaned != tail {
             let pos = self.last_cleaned;
-            let e = l::MAILBOX_SIZE + pos as usize;
+            let e = layout::MAILBOX_SIZE + pos as usize;
             let len_op = self.map.read_u32(e).unwrap_or(0);
-            let op = (len_op & l::OP_MASK) as u8;
-            let len = len_op & !l::OP_MASK;
+            let op = (len_op & layout::OP_MASK) as u8;
+            let len = len_op & !layout::OP_MASK;
             if len == 0 || len > self.cfg.cmdr_size - pos {
                 self.broken = Some(format!("entry at {pos} has length {len}"));
                 return out;
             }
             let advance = |s: &mut Self| s.last_cleaned = (pos + len) % s.cfg.cmdr_size;
-            if op == l::OP_PAD || op == l::OP_TMR {
+            if op == layout::OP_PAD || op == layout::OP_TMR {
                 advance(self);
                 continue;
             }
-            let uflags = self.map.read_u8(e + l::E_UFLAGS).unwrap_or(0);
-            if op != l::OP_CMD {
+            let uflags = self.map.read_u8(e + layout::E_UFLAGS).unwrap_or(0);
+            if op != layout::OP_CMD {
                 // Only the simulator queues such entries; count whether they were flagged.
-                if uflags & l::UFLAG_UNKNOWN_OP != 0 {
+                if uflags & layout::UFLAG_UNKNOWN_OP != 0 {
                     self.unknown_flagged += 1;
                 }
                 advance(self);
                 continue;
             }
-            let id = self.map.read_u16(e + l::E_CMD_ID).unwrap_or(0);
+            let id = self.map.read_u16(e + layout::E_CMD_ID).unwrap_or(0);
             let Some(cmd) = self.cmds.remove(&id) else {
                 self.broken = Some(format!("cmd_id {id} not found, ring is broken"));
                 return out;
             };
             self.set_id_used(id, false);
             let slot_id = self.slot_ids.remove(&pos);
-            if self.cfg.flags & l::CAP_OOOC == 0 && slot_id != Some(id) {
+            if self.cfg.flags & layout::CAP_OOOC == 0 && slot_id != Some(id) {
                 self.broken = Some(format!(
                     "cmd_id {id} completed in the slot of {slot_id:?} without OOOC"
                 ));
@@ -668,7 +674,7 @@ impl SimRing {
 
     fn completion(&self, id: u16, cmd: &SimCmd, e: usize, uflags: u8) -> Completed {
         let m = &self.map;
-        if uflags & l::UFLAG_UNKNOWN_OP != 0 {
+        if uflags & layout::UFLAG_UNKNOWN_OP != 0 {
             return Completed {
                 id,
                 status: super::status::CHECK_CONDITION,
@@ -677,11 +683,11 @@ impl SimRing {
                 unknown_op: true,
             };
         }
-        let status = m.read_u8(e + l::RSP_SCSI_STATUS).unwrap_or(0);
-        let rsp_read_len = m.read_u32(e + l::RSP_READ_LEN).unwrap_or(0) as usize;
+        let status = m.read_u8(e + layout::RSP_SCSI_STATUS).unwrap_or(0);
+        let rsp_read_len = m.read_u32(e + layout::RSP_READ_LEN).unwrap_or(0) as usize;
         let read_len_valid = cmd.data_in_len > 0
-            && self.cfg.flags & l::CAP_READ_LEN != 0
-            && uflags & l::UFLAG_READ_LEN != 0
+            && self.cfg.flags & layout::CAP_READ_LEN != 0
+            && uflags & layout::UFLAG_READ_LEN != 0
             && rsp_read_len != 0;
         let n = if read_len_valid {
             rsp_read_len.min(cmd.data_in_len)
@@ -691,8 +697,8 @@ impl SimRing {
         let mut sense = Vec::new();
         let mut send_data = true;
         if status == super::status::CHECK_CONDITION {
-            sense = vec![0u8; l::RSP_SENSE_LEN];
-            m.read_bytes(e + l::RSP_SENSE, &mut sense);
+            sense = vec![0u8; layout::RSP_SENSE_LEN];
+            m.read_bytes(e + layout::RSP_SENSE, &mut sense);
             send_data = read_len_valid;
         }
         let mut data_in = Vec::new();

@@ -32,8 +32,10 @@ pub struct OpSpec {
     pub usage: &'static [u8],
 }
 
-const FF: u8 = 0xFF;
-const GRP: u8 = 0x1F;
+/// Usage byte of a field whose every bit the command uses (an LBA or length byte).
+const ANY: u8 = 0xFF;
+/// Usage byte of the GROUP NUMBER field (bits 4..0): accepted, not used.
+const GROUP: u8 = 0x1F;
 
 macro_rules! op {
     ($op:expr, $sa:expr, $name:expr, $handler:expr, $req:ident, [$($u:expr),*]) => {
@@ -65,7 +67,7 @@ pub static OPCODES: &[OpSpec] = &[
         "REQUEST SENSE",
         "mod::request_sense",
         Always,
-        [0x03, 0x01, 0, 0, FF, 0]
+        [0x03, 0x01, 0, 0, ANY, 0]
     ),
     op!(
         0x04,
@@ -81,7 +83,7 @@ pub static OPCODES: &[OpSpec] = &[
         "READ(6)",
         "io::read",
         Always,
-        [0x08, 0x1F, FF, FF, FF, 0]
+        [0x08, 0x1F, ANY, ANY, ANY, 0]
     ),
     op!(
         0x0A,
@@ -89,7 +91,7 @@ pub static OPCODES: &[OpSpec] = &[
         "WRITE(6)",
         "io::write",
         Always,
-        [0x0A, 0x1F, FF, FF, FF, 0]
+        [0x0A, 0x1F, ANY, ANY, ANY, 0]
     ),
     op!(
         0x12,
@@ -97,7 +99,7 @@ pub static OPCODES: &[OpSpec] = &[
         "INQUIRY",
         "inquiry::inquiry",
         Always,
-        [0x12, 0x01, FF, FF, FF, 0]
+        [0x12, 0x01, ANY, ANY, ANY, 0]
     ),
     op!(
         0x15,
@@ -105,7 +107,7 @@ pub static OPCODES: &[OpSpec] = &[
         "MODE SELECT(6)",
         "mode::select",
         Always,
-        [0x15, 0x10, 0, 0, FF, 0]
+        [0x15, 0x10, 0, 0, ANY, 0]
     ),
     op!(
         0x1A,
@@ -113,7 +115,7 @@ pub static OPCODES: &[OpSpec] = &[
         "MODE SENSE(6)",
         "mode::sense",
         Always,
-        [0x1A, 0x08, FF, FF, FF, 0]
+        [0x1A, 0x08, ANY, ANY, ANY, 0]
     ),
     op!(
         0x1B,
@@ -137,7 +139,7 @@ pub static OPCODES: &[OpSpec] = &[
         "READ CAPACITY(10)",
         "mod::read_capacity10",
         Always,
-        [0x25, 0, FF, FF, FF, FF, 0, 0, 0x01, 0]
+        [0x25, 0, ANY, ANY, ANY, ANY, 0, 0, 0x01, 0]
     ),
     op!(
         0x28,
@@ -145,7 +147,7 @@ pub static OPCODES: &[OpSpec] = &[
         "READ(10)",
         "io::read",
         Always,
-        [0x28, 0x18, FF, FF, FF, FF, GRP, FF, FF, 0]
+        [0x28, 0x18, ANY, ANY, ANY, ANY, GROUP, ANY, ANY, 0]
     ),
     op!(
         0x2A,
@@ -153,7 +155,7 @@ pub static OPCODES: &[OpSpec] = &[
         "WRITE(10)",
         "io::write",
         Always,
-        [0x2A, 0x18, FF, FF, FF, FF, GRP, FF, FF, 0]
+        [0x2A, 0x18, ANY, ANY, ANY, ANY, GROUP, ANY, ANY, 0]
     ),
     op!(
         0x2E,
@@ -161,7 +163,7 @@ pub static OPCODES: &[OpSpec] = &[
         "WRITE AND VERIFY(10)",
         "io::write_and_verify",
         Always,
-        [0x2E, 0x12, FF, FF, FF, FF, GRP, FF, FF, 0]
+        [0x2E, 0x12, ANY, ANY, ANY, ANY, GROUP, ANY, ANY, 0]
     ),
     op!(
         0x2F,
@@ -169,7 +171,7 @@ pub static OPCODES: &[OpSpec] = &[
         "VERIFY(10)",
         "io::verify",
         Always,
-        [0x2F, 0x16, FF, FF, FF, FF, GRP, FF, FF, 0]
+        [0x2F, 0x16, ANY, ANY, ANY, ANY, GROUP, ANY, ANY, 0]
     ),
     op!(
         0x35,
@@ -177,7 +179,7 @@ pub static OPCODES: &[OpSpec] = &[
         "SYNCHRONIZE CACHE(10)",
         "io::synchronize_cache",
         Always,
-        [0x35, 0x06, FF, FF, FF, FF, GRP, FF, FF, 0]
+        [0x35, 0x06, ANY, ANY, ANY, ANY, GROUP, ANY, ANY, 0]
     ),
     op!(
         0x41,
@@ -185,7 +187,7 @@ pub static OPCODES: &[OpSpec] = &[
         "WRITE SAME(10)",
         "io::write_same",
         Always,
-        [0x41, 0x08, FF, FF, FF, FF, GRP, FF, FF, 0]
+        [0x41, 0x08, ANY, ANY, ANY, ANY, GROUP, ANY, ANY, 0]
     ),
     op!(
         0x42,
@@ -193,7 +195,7 @@ pub static OPCODES: &[OpSpec] = &[
         "UNMAP",
         "io::unmap",
         Discard,
-        [0x42, 0, 0, 0, 0, 0, GRP, FF, FF, 0]
+        [0x42, 0, 0, 0, 0, 0, GROUP, ANY, ANY, 0]
     ),
     op!(
         0x55,
@@ -201,7 +203,7 @@ pub static OPCODES: &[OpSpec] = &[
         "MODE SELECT(10)",
         "mode::select",
         Always,
-        [0x55, 0x10, 0, 0, 0, 0, 0, FF, FF, 0]
+        [0x55, 0x10, 0, 0, 0, 0, 0, ANY, ANY, 0]
     ),
     op!(
         0x5A,
@@ -209,7 +211,7 @@ pub static OPCODES: &[OpSpec] = &[
         "MODE SENSE(10)",
         "mode::sense",
         Always,
-        [0x5A, 0x18, FF, FF, 0, 0, 0, FF, FF, 0]
+        [0x5A, 0x18, ANY, ANY, 0, 0, 0, ANY, ANY, 0]
     ),
     op!(
         0x88,
@@ -217,7 +219,7 @@ pub static OPCODES: &[OpSpec] = &[
         "READ(16)",
         "io::read",
         Always,
-        [0x88, 0x18, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, GRP, 0]
+        [0x88, 0x18, ANY, ANY, ANY, ANY, ANY, ANY, ANY, ANY, ANY, ANY, ANY, ANY, GROUP, 0]
     ),
     op!(
         0x89,
@@ -225,7 +227,7 @@ pub static OPCODES: &[OpSpec] = &[
         "COMPARE AND WRITE",
         "io::compare_and_write",
         Always,
-        [0x89, 0x18, FF, FF, FF, FF, FF, FF, FF, FF, 0, 0, 0, FF, GRP, 0]
+        [0x89, 0x18, ANY, ANY, ANY, ANY, ANY, ANY, ANY, ANY, 0, 0, 0, ANY, GROUP, 0]
     ),
     op!(
         0x8A,
@@ -233,7 +235,7 @@ pub static OPCODES: &[OpSpec] = &[
         "WRITE(16)",
         "io::write",
         Always,
-        [0x8A, 0x18, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, GRP, 0]
+        [0x8A, 0x18, ANY, ANY, ANY, ANY, ANY, ANY, ANY, ANY, ANY, ANY, ANY, ANY, GROUP, 0]
     ),
     op!(
         0x8E,
@@ -241,7 +243,7 @@ pub static OPCODES: &[OpSpec] = &[
         "WRITE AND VERIFY(16)",
         "io::write_and_verify",
         Always,
-        [0x8E, 0x12, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, GRP, 0]
+        [0x8E, 0x12, ANY, ANY, ANY, ANY, ANY, ANY, ANY, ANY, ANY, ANY, ANY, ANY, GROUP, 0]
     ),
     op!(
         0x8F,
@@ -249,7 +251,7 @@ pub static OPCODES: &[OpSpec] = &[
         "VERIFY(16)",
         "io::verify",
         Always,
-        [0x8F, 0x16, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, GRP, 0]
+        [0x8F, 0x16, ANY, ANY, ANY, ANY, ANY, ANY, ANY, ANY, ANY, ANY, ANY, ANY, GROUP, 0]
     ),
     op!(
         0x91,
@@ -257,7 +259,7 @@ pub static OPCODES: &[OpSpec] = &[
         "SYNCHRONIZE CACHE(16)",
         "io::synchronize_cache",
         Always,
-        [0x91, 0x06, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, GRP, 0]
+        [0x91, 0x06, ANY, ANY, ANY, ANY, ANY, ANY, ANY, ANY, ANY, ANY, ANY, ANY, GROUP, 0]
     ),
     op!(
         0x93,
@@ -265,7 +267,7 @@ pub static OPCODES: &[OpSpec] = &[
         "WRITE SAME(16)",
         "io::write_same",
         Always,
-        [0x93, 0x09, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, GRP, 0]
+        [0x93, 0x09, ANY, ANY, ANY, ANY, ANY, ANY, ANY, ANY, ANY, ANY, ANY, ANY, GROUP, 0]
     ),
     op!(
         0x9E,
@@ -273,7 +275,7 @@ pub static OPCODES: &[OpSpec] = &[
         "READ CAPACITY(16)",
         "mod::read_capacity16",
         Always,
-        [0x9E, 0x10, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, 0x01, 0]
+        [0x9E, 0x10, ANY, ANY, ANY, ANY, ANY, ANY, ANY, ANY, ANY, ANY, ANY, ANY, 0x01, 0]
     ),
     op!(
         0x9E,
@@ -281,7 +283,7 @@ pub static OPCODES: &[OpSpec] = &[
         "GET LBA STATUS",
         "io::get_lba_status",
         Always,
-        [0x9E, 0x12, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, 0, 0]
+        [0x9E, 0x12, ANY, ANY, ANY, ANY, ANY, ANY, ANY, ANY, ANY, ANY, ANY, ANY, 0, 0]
     ),
     op!(
         0xA3,
@@ -289,7 +291,7 @@ pub static OPCODES: &[OpSpec] = &[
         "REPORT SUPPORTED OPERATION CODES",
         "opcodes::report_opcodes",
         Always,
-        [0xA3, 0x0C, 0x87, FF, FF, FF, FF, FF, FF, FF, 0, 0]
+        [0xA3, 0x0C, 0x87, ANY, ANY, ANY, ANY, ANY, ANY, ANY, 0, 0]
     ),
     op!(
         0xA3,
@@ -297,7 +299,7 @@ pub static OPCODES: &[OpSpec] = &[
         "REPORT SUPPORTED TASK MANAGEMENT FUNCTIONS",
         "opcodes::report_tmf",
         Always,
-        [0xA3, 0x0D, 0x80, 0, 0, 0, FF, FF, FF, FF, 0, 0]
+        [0xA3, 0x0D, 0x80, 0, 0, 0, ANY, ANY, ANY, ANY, 0, 0]
     ),
     op!(
         0xA8,
@@ -305,7 +307,7 @@ pub static OPCODES: &[OpSpec] = &[
         "READ(12)",
         "io::read",
         Always,
-        [0xA8, 0x18, FF, FF, FF, FF, FF, FF, FF, FF, GRP, 0]
+        [0xA8, 0x18, ANY, ANY, ANY, ANY, ANY, ANY, ANY, ANY, GROUP, 0]
     ),
     op!(
         0xAA,
@@ -313,7 +315,7 @@ pub static OPCODES: &[OpSpec] = &[
         "WRITE(12)",
         "io::write",
         Always,
-        [0xAA, 0x18, FF, FF, FF, FF, FF, FF, FF, FF, GRP, 0]
+        [0xAA, 0x18, ANY, ANY, ANY, ANY, ANY, ANY, ANY, ANY, GROUP, 0]
     ),
     op!(
         0xAF,
@@ -321,7 +323,7 @@ pub static OPCODES: &[OpSpec] = &[
         "VERIFY(12)",
         "io::verify",
         Always,
-        [0xAF, 0x16, FF, FF, FF, FF, FF, FF, FF, FF, GRP, 0]
+        [0xAF, 0x16, ANY, ANY, ANY, ANY, ANY, ANY, ANY, ANY, GROUP, 0]
     ),
 ];
 
@@ -467,6 +469,37 @@ impl Command {
             Command::WriteSame { ndob, .. } => !ndob,
             Command::FormatUnit { fmtdata, .. } => *fmtdata,
             _ => false,
+        }
+    }
+
+    /// True for commands that wait for the backing store, so they run on a worker unless
+    /// [`Lun::try_execute`](super::Lun::try_execute) can serve them without waiting.
+    /// Every variant is named: a new command must say where it runs.
+    pub fn needs_io(&self) -> bool {
+        match self {
+            Command::Read { .. }
+            | Command::Write { .. }
+            | Command::WriteAndVerify { .. }
+            | Command::Verify { .. }
+            | Command::SynchronizeCache { .. }
+            | Command::WriteSame { .. }
+            | Command::Unmap { .. }
+            | Command::CompareAndWrite { .. }
+            // A stop flushes.
+            | Command::StartStopUnit { .. }
+            // Scans the store for holes.
+            | Command::GetLbaStatus { .. } => true,
+            Command::TestUnitReady
+            | Command::RequestSense { .. }
+            | Command::Inquiry { .. }
+            | Command::ReadCapacity10
+            | Command::ReadCapacity16 { .. }
+            | Command::ModeSense { .. }
+            | Command::ModeSelect { .. }
+            | Command::PreventAllowMediumRemoval
+            | Command::FormatUnit { .. }
+            | Command::ReportSupportedOpcodes { .. }
+            | Command::ReportSupportedTmf { .. } => false,
         }
     }
 
@@ -775,6 +808,47 @@ mod tests {
 
     fn parse(cdb: &[u8]) -> Result<Command, Failure> {
         super::parse(cdb, &CAPS)
+    }
+
+    /// Every table row says where it runs, and agrees with the opcodes the event loop
+    /// used to send to workers (the list this replaced).
+    #[test]
+    fn needs_io_is_the_commands_that_touch_the_store() {
+        let waits = |op: u8, sa: Option<u16>| {
+            matches!(
+                op,
+                0x08 | 0x0A | 0x28 | 0x2A | 0xA8 | 0xAA | 0x88 | 0x8A // READ, WRITE
+                    | 0x2E | 0x8E | 0x2F | 0xAF | 0x8F // WRITE AND VERIFY, VERIFY
+                    | 0x35 | 0x91 | 0x41 | 0x93 | 0x42 | 0x89 | 0x1B
+            ) || (op == 0x9E && sa == Some(0x12))
+        };
+        for o in OPCODES {
+            let mut cdb = vec![0u8; o.usage.len()];
+            cdb[0] = o.opcode;
+            if let Some(sa) = o.service_action {
+                cdb[1] = sa as u8;
+            }
+            if o.name.starts_with("MODE SELECT") {
+                cdb[1] = 0x10; // PF: SPC page format, the only one accepted
+            }
+            if parse(&cdb).is_err() {
+                // A command that needs a transfer length (WRITE SAME): one block.
+                let last_length_byte = match cdb.len() {
+                    6 => 4,
+                    10 => 8,
+                    12 => 9,
+                    _ => 13,
+                };
+                cdb[last_length_byte] = 1;
+            }
+            let cmd = parse(&cdb).unwrap_or_else(|f| panic!("{}: {f:?}", o.name));
+            assert_eq!(
+                cmd.needs_io(),
+                waits(o.opcode, o.service_action),
+                "{}",
+                o.name
+            );
+        }
     }
 
     #[test]

@@ -4,6 +4,10 @@
 //! Where things are:
 //! - the opcode table (every supported command, its CDB usage bits and its handler):
 //!   [`cdb::OPCODES`]; CDB parsing and field checks: [`cdb::parse`];
+//! - parse once, then run: [`Lun::try_execute`] answers what cannot wait or hands back
+//!   the parsed [`cdb::Command`] ([`Attempt::Worker`]), which a worker runs with
+//!   [`Lun::execute_parsed`]; whether a command waits for the store is
+//!   [`cdb::Command::needs_io`];
 //! - dispatch from a typed [`cdb::Command`] to a handler: [`Lun::run`] below;
 //! - READ/WRITE/VERIFY/WRITE SAME/UNMAP/COMPARE AND WRITE/SYNC CACHE: [`io`];
 //! - INQUIRY and VPD: [`inquiry`]; MODE SENSE/SELECT: [`mode`]; REPORT SUPPORTED
@@ -162,25 +166,14 @@ pub struct Lun {
 /// loop, and on a worker it overlaps with the kernel's own copy of the previous command.
 pub const INLINE_MAX_BYTES: usize = 128 << 10;
 
-/// True when the command touches the backing store: it runs on a worker unless
-/// [`Lun::try_execute`] can serve it without waiting.
-/// Unknown or malformed CDBs are answered without I/O, so they return false.
-pub fn needs_io(cdb: &[u8]) -> bool {
-    matches!(
-        cdb.first(),
-        Some(
-            0x08 | 0x0A // READ(6), WRITE(6)
-                | 0x28 | 0x2A | 0xA8 | 0xAA | 0x88 | 0x8A // READ/WRITE 10/12/16
-                | 0x2E | 0x8E // WRITE AND VERIFY
-                | 0x2F | 0xAF | 0x8F // VERIFY
-                | 0x35 | 0x91 // SYNCHRONIZE CACHE
-                | 0x41 | 0x93 // WRITE SAME
-                | 0x42 // UNMAP
-                | 0x89 // COMPARE AND WRITE
-                | 0x1B // START STOP UNIT (a stop flushes)
-        )
-    ) || (cdb.first() == Some(&0x9E) && cdb.get(1).map(|b| b & 0x1F) == Some(0x12))
-    // GET LBA STATUS
+/// What [`Lun::try_execute`] made of a command.
+#[derive(Debug)]
+pub enum Attempt {
+    /// Answered (and counted) on the caller's thread.
+    Done(Response),
+    /// Parsed and checked, but it has to wait for the store: a worker runs it with
+    /// [`Lun::execute_parsed`]. Nothing was counted or answered.
+    Worker(Command),
 }
 
 /// Copies in-memory Data-In (INQUIRY, MODE SENSE, ...) into the buffer, honouring the
@@ -228,6 +221,12 @@ impl Lun {
     fn parse(&self, cdb: &[u8]) -> Result<Command, Failure> {
         let cmd = cdb::parse(cdb, &self.caps)?;
         self.check_limits(&cmd, cdb[0])?;
+        Ok(cmd)
+    }
+
+    /// Refuses writes and flushes once the store failed one. Checked when the command
+    /// runs, not when it was parsed: a command queued before the failure must see it.
+    fn check_store(&self, cmd: &Command) -> Result<(), Failure> {
         if self.store_error.get().is_some()
             && (cmd.modifies_medium()
                 || matches!(
@@ -237,7 +236,7 @@ impl Lun {
         {
             return Err(Failure::StoreFailed);
         }
-        Ok(cmd)
+        Ok(())
     }
 
     /// Why the LUN refuses writes and flushes, once a flush or a durable write of its
@@ -297,12 +296,19 @@ impl Lun {
 
     /// Parses, validates, executes and completes one command. Never panics.
     pub fn execute(&self, cdb: &[u8], data: &mut DataIov<'_>) -> Response {
-        let parsed = self.parse(cdb);
-        let outcome = match &parsed {
-            Ok(cmd) => self.run_guarded(cmd, data),
-            Err(f) => Err(*f),
-        };
-        self.respond(parsed.ok().as_ref(), outcome)
+        match self.parse(cdb) {
+            Ok(cmd) => self.execute_parsed(&cmd, data),
+            Err(f) => self.respond(None, Err(f)),
+        }
+    }
+
+    /// Executes and completes a command [`try_execute`](Self::try_execute) parsed (on a
+    /// worker). Never panics.
+    pub fn execute_parsed(&self, cmd: &Command, data: &mut DataIov<'_>) -> Response {
+        let outcome = self
+            .check_store(cmd)
+            .and_then(|()| self.run_guarded(cmd, data));
+        self.respond(Some(cmd), outcome)
     }
 
     /// [`run`](Self::run), with a panic (a bug) turned into HARDWARE ERROR for this one
@@ -331,24 +337,33 @@ impl Lun {
         sense::respond(&outcome)
     }
 
-    /// Runs the command only if it cannot wait: answers from memory, READ and WRITE
-    /// (up to [`INLINE_MAX_BYTES`]) that the store can move without waiting (a page-cache
-    /// hit), and every refusal found by checking the CDB. `None`: the command needs a
-    /// worker, which runs [`execute`](Self::execute) (nothing was counted or answered;
-    /// a refused READ may have filled part of the buffer, which the worker overwrites).
-    pub fn try_execute(&self, cdb: &[u8], data: &mut DataIov<'_>) -> Option<Response> {
-        let parsed = self.parse(cdb);
+    /// Parses the CDB once and runs the command only if it cannot wait: answers from
+    /// memory, READ and WRITE (up to [`INLINE_MAX_BYTES`]) that the store can move
+    /// without waiting (a page-cache hit), and every refusal found by checking the CDB.
+    /// Anything else comes back parsed, for a worker ([`Attempt::Worker`]; a READ
+    /// refused here may have filled part of the buffer, which the worker overwrites).
+    pub fn try_execute(&self, cdb: &[u8], data: &mut DataIov<'_>) -> Attempt {
+        let cmd = match self.parse(cdb) {
+            Ok(cmd) => cmd,
+            Err(f) => return Attempt::Done(self.respond(None, Err(f))),
+        };
         // Guarded as in `run_guarded`: this runs on the event loop thread, which a panic
         // would take down with every LUN it serves.
-        let attempt = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match &parsed {
-            Ok(Command::Read { lba, blocks, .. }) => self.try_read(*lba, *blocks, data),
-            Ok(Command::Write { lba, blocks, fua }) => self.try_write(*lba, *blocks, *fua, data),
-            Ok(_) if needs_io(cdb) => None,
-            Ok(cmd) => Some(self.run(cmd, data)),
-            Err(f) => Some(Err(*f)),
+        let attempt = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            if let Err(f) = self.check_store(&cmd) {
+                return Some(Err(f));
+            }
+            match cmd {
+                Command::Read { lba, blocks, .. } => self.try_read(lba, blocks, data),
+                Command::Write { lba, blocks, fua } => self.try_write(lba, blocks, fua, data),
+                _ if cmd.needs_io() => None,
+                _ => Some(self.run(&cmd, data)),
+            }
         }));
-        let outcome = attempt.unwrap_or(Some(Err(Failure::InternalTargetFailure)))?;
-        Some(self.respond(parsed.ok().as_ref(), outcome))
+        match attempt.unwrap_or(Some(Err(Failure::InternalTargetFailure))) {
+            Some(outcome) => Attempt::Done(self.respond(Some(&cmd), outcome)),
+            None => Attempt::Worker(cmd),
+        }
     }
 
     /// Dispatch: one arm per command, naming its handler.
@@ -547,29 +562,69 @@ impl Lun {
 mod tests {
     use super::*;
 
+    use crate::ring::status;
+    use testing::{cdb10, MemStore};
+
     #[test]
     fn lun_is_send_and_sync() {
         fn check<T: Send + Sync>() {}
         check::<Lun>();
     }
 
+    fn lun(store: &Arc<MemStore>) -> Lun {
+        let identity = Identity {
+            target: "iqn.2024-01.test:scsi".into(),
+            lun: 0,
+            scsi_id: [0; 16],
+            scsi_sn: "sn".into(),
+        };
+        Lun::new(Arc::clone(store) as Arc<dyn BackingStore>, identity)
+    }
+
+    /// The parsed command is what a worker runs; the store's state is looked at when it
+    /// runs, so a write parsed before a failed flush is refused after it.
     #[test]
-    fn needs_io_matches_the_handlers_that_touch_the_store() {
-        for op in [
-            0x08u8, 0x0A, 0x28, 0x2A, 0xA8, 0xAA, 0x88, 0x8A, 0x2E, 0x8E, 0x2F, 0xAF, 0x8F,
+    fn a_parsed_command_meets_the_store_as_it_is_when_it_runs() {
+        let store = Arc::new(MemStore::new(512, 8, MemStore::caps(true, false)));
+        let lun = lun(&store);
+        let write = cdb10(0x2A, 0x08, 1, 1); // FUA: must wait for the store
+        let mut block = [7u8; 512];
+        let mut data = DataIov::from_slices(vec![&mut block[..]]);
+        let Attempt::Worker(parsed) = lun.try_execute(&write, &mut data) else {
+            panic!("a FUA write is not answered inline")
+        };
+        assert_eq!(parsed, cdb::parse(&write, &lun.caps).unwrap());
+        assert!(parsed.needs_io());
+        assert_eq!(lun.stats().commands, 0, "nothing counted before it runs");
+        store.set_faults(testing::Faults {
+            flush_fails: true,
+            ..Default::default()
+        });
+        let sync = cdb10(0x35, 0, 0, 0);
+        let mut none = DataIov::from_slices(vec![]);
+        assert_ne!(lun.execute(&sync, &mut none).status, status::GOOD);
+        assert!(lun.store_error().is_some());
+        let resp = lun.execute_parsed(&parsed, &mut data);
+        assert_eq!(resp.status, status::CHECK_CONDITION);
+        assert_eq!(store.calls().writes, 0);
+    }
+
+    /// Refusals and memory-only commands are answered inline, with what `execute` says.
+    #[test]
+    fn try_execute_answers_what_cannot_wait() {
+        let store = Arc::new(MemStore::new(512, 8, MemStore::caps(true, false)));
+        let lun = lun(&store);
+        let mut none = DataIov::from_slices(vec![]);
+        for cdb in [
+            [0u8; 6].as_slice(),
+            &[0xFF, 0, 0, 0, 0, 0],
+            &cdb10(0x28, 0, 99, 1),
         ] {
-            assert!(needs_io(&[op, 0, 0, 0, 0, 0]), "{op:#x}");
+            let Attempt::Done(inline) = lun.try_execute(cdb, &mut none) else {
+                panic!("{cdb:02x?} answered inline")
+            };
+            assert_eq!(inline, lun.execute(cdb, &mut none), "{cdb:02x?}");
         }
-        for op in [0x35u8, 0x91, 0x41, 0x93, 0x42, 0x89, 0x1B] {
-            assert!(needs_io(&[op, 0, 0, 0, 0, 0]), "{op:#x}");
-        }
-        assert!(needs_io(&[0x9E, 0x12]));
-        assert!(!needs_io(&[0x9E, 0x10]));
-        for op in [
-            0x00u8, 0x03, 0x12, 0x1A, 0x5A, 0x15, 0x55, 0x25, 0xA3, 0x04, 0x1E, 0x85,
-        ] {
-            assert!(!needs_io(&[op, 0, 0, 0, 0, 0]), "{op:#x}");
-        }
-        assert!(!needs_io(&[]));
+        assert_eq!(lun.stats().commands, 6);
     }
 }

@@ -313,7 +313,12 @@ pub fn exchange(lun: &super::Lun, cdb: &[u8], out: &[u8], len: usize) -> Exchang
 /// [`exchange`] through [`Lun::try_execute`](super::Lun::try_execute): `None` when the
 /// command would have gone to a worker.
 pub fn try_exchange(lun: &super::Lun, cdb: &[u8], out: &[u8], len: usize) -> Option<Exchange> {
-    run_with(cdb, out, len, |cdb, data| lun.try_execute(cdb, data))
+    run_with(cdb, out, len, |cdb, data| {
+        match lun.try_execute(cdb, data) {
+            super::Attempt::Done(resp) => Some(resp),
+            super::Attempt::Worker(_) => None,
+        }
+    })
 }
 
 fn run_with(

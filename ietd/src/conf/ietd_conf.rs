@@ -25,7 +25,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
-use datapath::params::LunParams;
+use lunspec::LunParams;
 
 use super::diag::{Diagnostic, Sink};
 use super::lex::{self, Token, IET_MAX_LINE};

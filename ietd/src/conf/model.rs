@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::path::PathBuf;
 
-use datapath::params::LunParams;
+use lunspec::LunParams;
 use serde::{Deserialize, Serialize};
 
 use super::params::Params;

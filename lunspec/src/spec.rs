@@ -1,11 +1,14 @@
-//! What to open: the typed form of a Lun line's `Path`, `Type`, `IOMode`, `BlockSize`.
+//! The typed values of `Type=` and `IOMode=`, and what a store opens.
 
 use std::fmt;
 use std::path::PathBuf;
 use std::str::FromStr;
 
+use serde::{Deserialize, Serialize};
+
 /// `Type=` of a Lun line.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum IoType {
     /// Buffered VFS I/O on a file or block device (IET's default).
     #[default]
@@ -17,7 +20,8 @@ pub enum IoType {
 }
 
 /// `IOMode=` of a Lun line. IET's default is `wt` for every type.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum IoMode {
     /// Write-back: writes may sit in the page cache until a flush.
     Wb,
@@ -91,7 +95,9 @@ impl FromStr for IoMode {
     }
 }
 
-/// Everything needed to open a backing store.
+/// Everything needed to open a backing store, as [`crate::LunParams::store_spec`] built it
+/// from a validated Lun line (`blocks` only for nullio, block size one of
+/// [`crate::BLOCK_SIZES`]); the stores open what it says.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoreSpec {
     /// File or block device; ignored for nullio.
@@ -103,4 +109,24 @@ pub struct StoreSpec {
     pub block_size: Option<u32>,
     /// nullio only: number of blocks (`Blocks=`/`Sectors=`); `None` = 64 GiB worth.
     pub blocks: Option<u64>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spelled_as_in_iet_in_text_and_json() {
+        for t in [IoType::FileIo, IoType::BlockIo, IoType::NullIo] {
+            assert_eq!(t.as_str().parse::<IoType>(), Ok(t));
+            let json = serde_json::to_string(&t).unwrap();
+            assert_eq!(json, format!("\"{t}\""));
+        }
+        for m in [IoMode::Wb, IoMode::Wt, IoMode::Ro] {
+            assert_eq!(m.as_str().parse::<IoMode>(), Ok(m));
+            assert_eq!(serde_json::to_string(&m).unwrap(), format!("\"{m}\""));
+        }
+        assert!("FileIO".parse::<IoType>().is_err());
+        assert!(serde_json::from_str::<IoMode>("\"WB\"").is_err());
+    }
 }

@@ -23,23 +23,22 @@
 //!   is copied over the first byte by byte; each with a warning. A second Path is an
 //!   error, as in IET.
 //! - `Blocks=0` meant the default size (64 GiB) in IET: the same, with a warning.
+//! - `IOMode=` on nullio: IET's nullio knew no such item and refused the LUN; refused.
 //!
 //! Where we differ on purpose, each with a warning or a clear error:
 //! - `Sector=` is a synonym of `BlockSize=` (IET had none; our users' scripts use it);
 //!   it is read in decimal, may not be repeated, and must agree with `BlockSize=`.
-//! - `IOMode=` on nullio: IET refused the LUN. We accept it with a warning, because an
-//!   `IOMode=ro` nullio LUN (a write-protected scratch disk) is meaningful.
 //! - `IOMode=wb` on blockio is kept, with a warning: IET silently turned it into `wt`;
 //!   `iomodes` honours it with the device's cache and real flushes.
 //!
 //! This module does not open anything; [`LunParams::store_spec`] hands the typed result
-//! to `iomodes`.
+//! to `iomodes`, and the datapath receives [`LunParams`] itself (serde), parsed here once.
 
 use std::fmt;
 use std::fmt::Write as _;
 use std::path::PathBuf;
 
-use iomodes::{IoMode, IoType, StoreSpec};
+use crate::{is_block_size, IoMode, IoType, StoreSpec, DEFAULT_BLOCK_SIZE};
 use md5::{Digest, Md5};
 use serde::{Deserialize, Serialize};
 
@@ -47,9 +46,7 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LunParams {
     pub path: Option<PathBuf>,
-    #[serde(with = "io_type_str")]
     pub io_type: IoType,
-    #[serde(with = "io_mode_str")]
     pub io_mode: IoMode,
     pub block_size: Option<u32>,
     /// nullio only (`Blocks=` / IET's nullio `Sectors=`).
@@ -187,7 +184,7 @@ pub fn lun_items(list: &str) -> impl Iterator<Item = &str> {
 struct Raw<'a> {
     path: Option<&'a str>,
     io_type: Option<IoType>,
-    /// Set when an IOMode item was given (for the nullio warning).
+    /// Set when an IOMode item was given (nullio has none).
     io_mode: Option<IoMode>,
     block_size: Option<(LunKey, u32)>,
     blocks: Option<u64>,
@@ -263,7 +260,7 @@ fn parse_decimal(key: LunKey, value: &str) -> Result<u64, LunParamsError> {
 
 fn check_block_size(key: LunKey, value: &str, n: u64) -> Result<u32, LunParamsError> {
     match n {
-        512 | 1024 | 2048 | 4096 => Ok(n as u32),
+        n if is_block_size(n) => Ok(n as u32),
         _ => Err(LunParamsError::InvalidValue {
             key: key.name(),
             value: value.to_string(),
@@ -537,10 +534,10 @@ impl LunParams {
                     });
                 }
                 if raw.io_mode.is_some() {
-                    warnings.push(format!(
-                        "IOMode={io_mode} on a nullio LUN: accepted (IET refused IOMode on \
-                         nullio)"
-                    ));
+                    return Err(LunParamsError::NotForType {
+                        key: LunKey::IoMode.name(),
+                        io_type,
+                    });
                 }
                 if blocks == Some(0) {
                     warnings.push(
@@ -549,6 +546,18 @@ impl LunParams {
                             .to_string(),
                     );
                     blocks = None;
+                }
+                let block_size = raw.block_size.map_or(DEFAULT_BLOCK_SIZE, |(_, n)| n);
+                if let Some(n) = blocks {
+                    if n.checked_mul(u64::from(block_size)).is_none() {
+                        return Err(LunParamsError::InvalidValue {
+                            key: LunKey::Blocks.name(),
+                            value: n.to_string(),
+                            reason: format!(
+                                "{n} blocks of {block_size} bytes do not fit in 64 bits"
+                            ),
+                        });
+                    }
                 }
             }
         }
@@ -569,9 +578,8 @@ impl LunParams {
 
     /// Canonical string (IET spelling, BlockSize= never Sector=), round-trips through parse.
     ///
-    /// `Blocks=` is written for the nullio count (the 1.4.20 spelling). A nullio LUN's
-    /// IOMode is written only when it is not the default, so the canonical form of an
-    /// IET-valid nullio line stays IET-valid.
+    /// `Blocks=` is written for the nullio count (the 1.4.20 spelling); a nullio LUN has
+    /// no IOMode.
     pub fn to_param_string(&self) -> String {
         let mut out = String::new();
         let mut push = |k: &str, v: &dyn fmt::Display| {
@@ -585,7 +593,7 @@ impl LunParams {
             push("Path", &path.display());
         }
         push("Type", &self.io_type);
-        if self.io_type != IoType::NullIo || self.io_mode != IoMode::default() {
+        if self.io_type != IoType::NullIo {
             push("IOMode", &self.io_mode);
         }
         if let Some(bs) = self.block_size {
@@ -657,32 +665,6 @@ impl LunParams {
                     })
             }
         }
-    }
-}
-
-mod io_type_str {
-    use iomodes::IoType;
-    use serde::{Deserialize, Deserializer, Serializer};
-    pub fn serialize<S: Serializer>(v: &IoType, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(v.as_str())
-    }
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<IoType, D::Error> {
-        String::deserialize(d)?
-            .parse()
-            .map_err(serde::de::Error::custom)
-    }
-}
-
-mod io_mode_str {
-    use iomodes::IoMode;
-    use serde::{Deserialize, Deserializer, Serializer};
-    pub fn serialize<S: Serializer>(v: &IoMode, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(v.as_str())
-    }
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<IoMode, D::Error> {
-        String::deserialize(d)?
-            .parse()
-            .map_err(serde::de::Error::custom)
     }
 }
 
@@ -1069,10 +1051,25 @@ mod tests {
                 io_type: IoType::FileIo
             }
         );
-        let parsed = LunParams::parse("Type=nullio,IOMode=ro").expect("accepted with warning");
-        assert_eq!(parsed.params.io_mode, IoMode::Ro);
-        assert_eq!(parsed.warnings.len(), 1);
-        assert!(parsed.warnings[0].contains("IOMode"));
+        // IET's nullio knew no IOMode item and refused the LUN.
+        for mode in ["ro", "wb", "wt"] {
+            assert_eq!(
+                err(&format!("Type=nullio,IOMode={mode}")),
+                LunParamsError::NotForType {
+                    key: "IOMode",
+                    io_type: IoType::NullIo
+                }
+            );
+        }
+        // The size must be expressible in bytes.
+        assert_eq!(
+            ok("Type=nullio,Blocks=4503599627370495,BlockSize=4096").blocks,
+            Some((1 << 52) - 1)
+        );
+        assert!(matches!(
+            err("Type=nullio,Blocks=4503599627370496,BlockSize=4096"),
+            LunParamsError::InvalidValue { key: "Blocks", .. }
+        ));
         assert!(LunParams::parse("Type=nullio")
             .expect("plain nullio")
             .warnings
@@ -1147,7 +1144,7 @@ mod tests {
             "Path=/a,Type=fileio,IOMode=wb,BlockSize=4096,ScsiId=x,ScsiSN=y",
             "Path=/dev/vg/lv,IOMode=wb,Sector=4096,Type=blockio",
             "Type=nullio,Sectors=10000",
-            "Type=nullio,IOMode=ro,Blocks=7",
+            "Type=nullio,Blocks=7",
             "Path=/srv/my disk.img",
             "Path=/a,ScsiSN=SN1 ,Type=fileio",
             "Type=nullio,ScsiId= id ",
