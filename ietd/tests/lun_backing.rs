@@ -8,20 +8,17 @@ use std::fs;
 use ietd::provision::{ConfigfsProvisioner, NoHook};
 use ietd::state::State;
 use provision_common::*;
-
-fn discard() -> slog::Logger {
-    slog::Logger::root(slog::Discard, slog::o!())
-}
+use test_support::discard_log;
 
 fn state(fx: &Fixture, config: ietd::conf::Config) -> (State, usize) {
     let prov = ConfigfsProvisioner::with_hook(
         fx.root(),
         fx.settings(&config),
         Box::new(NoHook),
-        discard(),
+        discard_log(),
     )
     .expect("provisioner");
-    State::from_config(config, Box::new(prov), discard())
+    State::from_config(config, Box::new(prov), discard_log())
 }
 
 #[test]

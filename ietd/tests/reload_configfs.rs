@@ -16,10 +16,7 @@ use ietd::protocol::Direction;
 use ietd::provision::{ConfigfsProvisioner, NoHook};
 use ietd::state::{Change, State, StateError};
 use provision_common::*;
-
-fn discard() -> slog::Logger {
-    slog::Logger::root(slog::Discard, slog::o!())
-}
+use test_support::discard_log;
 
 const T3: &str = "iqn.2024-01.com.example:t3";
 
@@ -33,10 +30,10 @@ fn start(fx: &Fixture) -> State {
         fx.root(),
         fx.settings(&config),
         Box::new(NoHook),
-        discard(),
+        discard_log(),
     )
     .expect("provisioner");
-    let (state, failures) = State::from_config(config, Box::new(prov), discard());
+    let (state, failures) = State::from_config(config, Box::new(prov), discard_log());
     assert_eq!(failures, 0);
     state
 }

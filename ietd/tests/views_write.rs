@@ -10,6 +10,7 @@ use ietd::provision::{ConfigfsProvisioner, NoHook};
 use ietd::state::State;
 use ietd::views::{write_views, SESSION_FILE, VOLUME_FILE};
 use provision_common::*;
+use test_support::discard_log;
 
 fn state(fx: &Fixture) -> State {
     let mut config = fx.config();
@@ -20,14 +21,10 @@ fn state(fx: &Fixture) -> State {
         fx.root(),
         fx.settings(&config),
         Box::new(NoHook),
-        slog::Logger::root(slog::Discard, slog::o!()),
+        discard_log(),
     )
     .expect("provisioner");
-    let (state, failures) = State::from_config(
-        config,
-        Box::new(prov),
-        slog::Logger::root(slog::Discard, slog::o!()),
-    );
+    let (state, failures) = State::from_config(config, Box::new(prov), discard_log());
     assert_eq!(failures, 0);
     state
 }

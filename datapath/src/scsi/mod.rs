@@ -20,6 +20,7 @@ mod io;
 pub mod mode;
 pub mod opcodes;
 pub mod sense;
+#[cfg(feature = "testing")]
 pub mod testing;
 
 use std::sync::atomic::{AtomicU64, Ordering};
