@@ -13,21 +13,11 @@ use datapath::control::proto::Attach;
 use ietd::supervise::{DatapathConfig, Device, SuperviseError, Supervisor};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
+use test_support::daemon::bin;
 use test_support::discard_log;
 
-/// `ietd-datapath` from the same target directory as the `ietd` under test.
-fn datapath_binary() -> PathBuf {
-    let p = PathBuf::from(env!("CARGO_BIN_EXE_ietd")).with_file_name("ietd-datapath");
-    assert!(
-        p.is_file(),
-        "{} missing: run 'cargo build --workspace' first",
-        p.display()
-    );
-    p
-}
-
 fn config(dir: &tempfile::TempDir) -> DatapathConfig {
-    let mut cfg = DatapathConfig::new(datapath_binary(), dir.path().join("datapath.sock"));
+    let mut cfg = DatapathConfig::new(bin("ietd-datapath"), dir.path().join("datapath.sock"));
     cfg.start_timeout = Duration::from_secs(20);
     cfg.reply_timeout = Duration::from_secs(20);
     cfg
