@@ -192,7 +192,7 @@ fn run(o: &Opts) -> Result<(), String> {
         cfg.workers = w;
         cfg.per_lun_max = w.div_ceil(2);
     }
-    let log = slog::Logger::root(slog::Discard, slog::o!());
+    let log = test_support::discard_log();
     let mut ev = EventLoop::new(cfg, log).map_err(|e| e.to_string())?;
     ev.attach(OpenedDevice {
         uio: "sim0".into(),
