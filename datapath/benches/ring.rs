@@ -16,27 +16,19 @@ use datapath::ring::sim::{SimConfig, SimRing};
 use datapath::ring::{status, Ring};
 use datapath::scsi::{Identity, Lun};
 use iomodes::{IoMode, IoType, StoreSpec};
+use test_support::cdb::{read10, write10};
 
 const IO: usize = 4096;
 const BS: u32 = 512;
 const FILE_BLOCKS: u64 = 64 << 20 >> 9;
 
 fn cdb(write: bool, lba: u32) -> [u8; 10] {
-    let l = lba.to_be_bytes();
-    let n = (IO as u32 / BS) as u16;
-    let b = n.to_be_bytes();
-    [
-        if write { 0x2a } else { 0x28 },
-        0,
-        l[0],
-        l[1],
-        l[2],
-        l[3],
-        0,
-        b[0],
-        b[1],
-        0,
-    ]
+    let blocks = (IO as u32 / BS) as u16;
+    if write {
+        write10(lba, blocks)
+    } else {
+        read10(lba, blocks)
+    }
 }
 
 fn lun(spec: &StoreSpec) -> Arc<Lun> {

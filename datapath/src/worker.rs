@@ -263,10 +263,11 @@ mod tests {
     use super::*;
     use crate::ring::sim::{SimConfig, SimRing};
     use crate::ring::status;
-    use crate::scsi::testing::{cdb10, MemStore};
+    use crate::scsi::testing::MemStore;
     use crate::scsi::{Attempt, Identity};
     use std::sync::mpsc::channel;
     use std::time::Duration;
+    use test_support::cdb::cdb10;
 
     struct NoWake;
     impl Wake for NoWake {

@@ -17,14 +17,11 @@ use datapath::ring::{status, Ring};
 use datapath::scsi::testing::MemStore;
 use datapath::scsi::{Identity, Lun};
 use iomodes::{BackingStore, Capabilities, Geometry, IoError, StoreSpec};
-use slog::{o, Logger};
+use test_support::cdb::{read10, write10};
+use test_support::discard_log;
 
 const BS: u32 = 512;
 const BLOCKS: u64 = 2048;
-
-fn log() -> Logger {
-    Logger::root(slog::Discard, o!())
-}
 
 fn lun_over(store: Arc<dyn BackingStore>, n: u32) -> Arc<Lun> {
     Arc::new(Lun::new(
@@ -92,7 +89,7 @@ fn new_loop(workers: usize) -> EventLoop {
             workers,
             per_lun_max: workers.div_ceil(2),
         },
-        log(),
+        discard_log(),
     )
     .unwrap()
 }
@@ -125,18 +122,6 @@ fn wait_for(sim: &mut SimRing, n: usize) -> Vec<Completed> {
 
 fn nullio() -> lunspec::LunParams {
     lunspec::LunParams::parse("Type=nullio").unwrap().params
-}
-
-fn read10(lba: u32, blocks: u16) -> [u8; 10] {
-    let l = lba.to_be_bytes();
-    let b = blocks.to_be_bytes();
-    [0x28, 0, l[0], l[1], l[2], l[3], 0, b[0], b[1], 0]
-}
-
-fn write10(lba: u32, blocks: u16) -> [u8; 10] {
-    let mut c = read10(lba, blocks);
-    c[0] = 0x2a;
-    c
 }
 
 #[test]
@@ -310,7 +295,7 @@ fn cache_hits_are_answered_while_every_worker_is_busy() {
             workers: 1,
             per_lun_max: 1,
         },
-        log(),
+        discard_log(),
     )
     .unwrap();
     ev.attach(device(
@@ -405,7 +390,7 @@ fn a_command_that_may_have_expired_is_not_executed_over_newer_data() {
                 workers: 1,
                 per_lun_max: 1,
             },
-            log(),
+            discard_log(),
         )
         .unwrap();
         let ring = sim.attach().unwrap().into_ring().unwrap();

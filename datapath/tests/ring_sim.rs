@@ -8,6 +8,7 @@ use std::collections::HashMap;
 use datapath::ring::sim::{Completed, Fault, SimConfig, SimRing};
 use datapath::ring::{status, Command, Response, Ring, RingError, CAP_OOOC, CAP_READ_LEN, CAP_TMR};
 use proptest::prelude::*;
+use test_support::cdb::cdb10;
 
 const READ: u8 = 0x28;
 const WRITE: u8 = 0x2a;
@@ -15,12 +16,11 @@ const WRITE: u8 = 0x2a;
 /// A READ(10)-shaped test CDB: `fill` is the byte to answer with, `answer` how many
 /// bytes to answer (0 = all).
 fn read_cdb(fill: u8, answer: u16) -> [u8; 10] {
-    let a = answer.to_be_bytes();
-    [READ, 0, 0, 0, 0, fill, 0, a[0], a[1], 0]
+    cdb10(READ, 0, u32::from(fill), answer)
 }
 
 fn write_cdb() -> [u8; 10] {
-    [WRITE, 0, 0, 0, 0, 0, 0, 0, 1, 0]
+    cdb10(WRITE, 0, 0, 1)
 }
 
 /// A trivial executor: reads answer `fill` bytes, writes hand their payload back.

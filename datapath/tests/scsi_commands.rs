@@ -4,13 +4,12 @@
 use std::sync::Arc;
 
 use datapath::ring::status;
-use datapath::scsi::testing::{
-    cdb10, cdb12, cdb16, cdb6, exchange, Exchange, Faults, MemStore, GARBAGE,
-};
+use datapath::scsi::testing::{exchange, Exchange, Faults, MemStore, GARBAGE};
 use datapath::scsi::{Identity, Lun};
 use iomodes::Capabilities;
 use lunspec::LunParams;
 use md5::{Digest, Md5};
+use test_support::cdb::{cdb10, cdb12, cdb16, cdb6};
 
 const BS: u32 = 512;
 const BLOCKS: u64 = 1024;
@@ -1001,8 +1000,7 @@ fn unmap_list(ranges: &[(u64, u32)]) -> Vec<u8> {
 }
 
 fn unmap_cdb(len: u16) -> [u8; 10] {
-    let n = len.to_be_bytes();
-    [0x42, 0, 0, 0, 0, 0, 0, n[0], n[1], 0]
+    cdb10(0x42, 0, 0, len)
 }
 
 #[test]
@@ -1118,12 +1116,7 @@ fn unmap_falls_back_to_zeroes_when_lbprz_was_promised() {
 // ---------------------------------------------------------------- COMPARE AND WRITE
 
 fn caw(lba: u64, blocks: u8, b1: u8) -> [u8; 16] {
-    let mut c = [0u8; 16];
-    c[0] = 0x89;
-    c[1] = b1;
-    c[2..10].copy_from_slice(&lba.to_be_bytes());
-    c[13] = blocks;
-    c
+    cdb16(0x89, b1, lba, u32::from(blocks))
 }
 
 #[test]

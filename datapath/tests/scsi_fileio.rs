@@ -9,6 +9,7 @@ use datapath::ring::status;
 use datapath::scsi::testing::{exchange, try_exchange, Exchange};
 use datapath::scsi::{Identity, Lun, INLINE_MAX_BYTES};
 use iomodes::{IoMode, IoType, StoreSpec};
+use test_support::cdb;
 
 fn identity() -> Identity {
     Identity {
@@ -43,24 +44,17 @@ fn good(x: &Exchange) {
 }
 
 fn write10(lun: &Lun, lba: u32, data: &[u8], bs: usize) -> Exchange {
-    let n = ((data.len() / bs) as u16).to_be_bytes();
-    let l = lba.to_be_bytes();
-    exchange(
-        lun,
-        &[0x2A, 0, l[0], l[1], l[2], l[3], 0, n[0], n[1], 0],
-        data,
-        data.len(),
-    )
-}
-
-fn read10_cdb(lba: u32, blocks: u16) -> [u8; 10] {
-    let n = blocks.to_be_bytes();
-    let l = lba.to_be_bytes();
-    [0x28, 0, l[0], l[1], l[2], l[3], 0, n[0], n[1], 0]
+    let blocks = (data.len() / bs) as u16;
+    exchange(lun, &cdb::write10(lba, blocks), data, data.len())
 }
 
 fn read10(lun: &Lun, lba: u32, blocks: u16, bs: usize) -> Exchange {
-    exchange(lun, &read10_cdb(lba, blocks), &[], usize::from(blocks) * bs)
+    exchange(
+        lun,
+        &cdb::read10(lba, blocks),
+        &[],
+        usize::from(blocks) * bs,
+    )
 }
 
 fn caching_byte(lun: &Lun) -> (u8, u8) {
@@ -194,7 +188,7 @@ fn evict(path: &Path) -> bool {
 fn try_read10(lun: &Lun, lba: u32, blocks: u16) -> Option<Exchange> {
     try_exchange(
         lun,
-        &read10_cdb(lba, blocks),
+        &cdb::read10(lba, blocks),
         &[],
         usize::from(blocks) * 512,
     )

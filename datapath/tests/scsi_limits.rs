@@ -8,10 +8,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use datapath::ring::status;
-use datapath::scsi::testing::{cdb10, cdb12, cdb16, cdb6, exchange, try_exchange, Exchange};
+use datapath::scsi::testing::{exchange, try_exchange, Exchange};
 use datapath::scsi::{Identity, Limits, Lun, MAX_WRITE_SAME_BYTES};
 use iomodes::{BackingStore, Capabilities, Geometry, IoError, IoMode, IoType, StoreSpec};
 use proptest::prelude::*;
+use test_support::cdb::{cdb10, cdb12, cdb16, cdb6};
 
 /// A store of any size that keeps nothing: a block reads as a pattern derived from its
 /// offset, and every byte the SCSI layer moves is counted.

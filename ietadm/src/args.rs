@@ -10,7 +10,7 @@
 use std::fmt;
 use std::path::PathBuf;
 
-use ietd::protocol::Direction;
+use ietd_proto::Direction;
 
 /// Printed by `--help`.
 pub const USAGE: &str = "\

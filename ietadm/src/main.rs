@@ -24,8 +24,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use ietd::conf::model::Secret;
-use ietd::protocol::{socket_path, KeyValue, Reply, Request, Response, MAX_REQUEST_LINE};
+use ietd_proto::{
+    render_volume, socket_path, KeyValue, Reply, Request, Response, Secret, MAX_REQUEST_LINE,
+};
 
 mod args;
 
@@ -280,7 +281,7 @@ fn lunit(op: OpKind, o: &Opts, c: &Client) -> Result<Option<String>, Action> {
         // IET: a no-op. Here: the LUN's volume-view line, and what is wrong with it.
         OpKind::Show => match c.call(&Request::LunShow { tid, lun: o.lun })? {
             Reply::Volumes { targets } => {
-                let mut out = ietd::views::render_volume(&targets);
+                let mut out = render_volume(&targets);
                 for l in targets.iter().flat_map(|t| &t.luns) {
                     if !l.problem.is_empty() {
                         out.push_str(&format!("\tproblem:{}\n", l.problem));
@@ -387,7 +388,7 @@ fn system(op: OpKind, c: &Client) -> Result<Option<String>, Action> {
             Ok(None)
         }
         OpKind::Show => match c.call(&Request::Volumes)? {
-            Reply::Volumes { targets } => Ok(Some(ietd::views::render_volume(&targets))),
+            Reply::Volumes { targets } => Ok(Some(render_volume(&targets))),
             other => Err(unexpected(&other).into()),
         },
         OpKind::New | OpKind::Update => {

@@ -1,9 +1,9 @@
 //! Every row of spec §3.2 through the real `ietadm` against a real `ietd -f` with a temp
 //! configfs root: stdout, stderr, exit status and the resulting configfs tree.
 
-mod common;
+use test_support::daemon::{Daemon, Run};
 
-use common::Daemon;
+const IETADM: &str = env!("CARGO_BIN_EXE_ietadm");
 
 const CONF: &str = "\
 IncomingUser disco discopass1234
@@ -21,12 +21,12 @@ DataPDUInOrder=Yes\nDataSequenceInOrder=Yes\nErrorRecoveryLevel=0\nHeaderDigest=
 DataDigest=None\nOFMarker=No\nIFMarker=No\nOFMarkInt=Reject\nIFMarkInt=Reject\n";
 
 #[track_caller]
-fn ok(r: &common::Run) {
+fn ok(r: &Run) {
     assert_eq!(r.code, 0, "stdout: {}\nstderr: {}", r.out, r.err);
 }
 
 #[track_caller]
-fn fails(r: &common::Run, code: i32, err_starts: &str) {
+fn fails(r: &Run, code: i32, err_starts: &str) {
     assert_eq!(r.code, code, "stdout: {}\nstderr: {}", r.out, r.err);
     assert!(
         r.err.starts_with(err_starts),
@@ -321,7 +321,7 @@ fn sessions_and_connections() {
         "iqn.1993-08.org.debian:01:demo\n",
     )
     .unwrap();
-    let view = d.request("{\"op\":\"sessions\"}");
+    let view = d.call("{\"op\":\"sessions\"}");
     let demo = view
         .split("\"sid\":")
         .skip(1)
@@ -739,7 +739,7 @@ fn system_and_usage() {
 fn no_daemon_is_connection_refused() {
     let dir = tempfile::tempdir().unwrap();
     let sock = dir.path().join("none.sock");
-    let r: common::Run = std::process::Command::new(common::IETADM)
+    let r: Run = std::process::Command::new(IETADM)
         .args(["--op", "show", "--tid=1", "--socket"])
         .arg(&sock)
         .output()
@@ -754,7 +754,7 @@ fn no_daemon_is_connection_refused() {
     // A stale socket file with nobody behind it: the same.
     let l = std::os::unix::net::UnixListener::bind(&sock).unwrap();
     drop(l);
-    let r: common::Run = std::process::Command::new(common::IETADM)
+    let r: Run = std::process::Command::new(IETADM)
         .args(["--op", "show", "--tid=1"])
         .env("IETD_SOCKET", &sock)
         .output()
@@ -844,8 +844,8 @@ fn admin_group_as_supplementary_group() {
     for p in [d.dir.path(), d.socket.parent().unwrap()] {
         std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o755)).unwrap();
     }
-    let run_as = |groups: &'static [u32]| -> common::Run {
-        let mut cmd = std::process::Command::new(common::IETADM);
+    let run_as = |groups: &'static [u32]| -> Run {
+        let mut cmd = std::process::Command::new(IETADM);
         cmd.args(["--op", "new", "--tid=0", "--params", "Name=iqn.x:supp"])
             .arg("--socket")
             .arg(&d.socket);

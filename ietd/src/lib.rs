@@ -1,5 +1,6 @@
 //! ietd: the IET-compatible control daemon's library (config, state, control socket,
-//! provisioning). The `ietd` binary and the `ietadm` client are thin layers over it.
+//! provisioning). The `ietd` binary is a thin layer over it; `ietadm` needs only the
+//! protocol types (`ietd_proto`, re-exported here as [`protocol`]).
 
 pub mod conf;
 pub mod control;

@@ -14,10 +14,7 @@ use ietd::conf::model::Config;
 use ietd::provision::ConfigfsProvisioner;
 use ietd::state::State;
 use provision_common::*;
-
-fn discard() -> slog::Logger {
-    slog::Logger::root(slog::Discard, slog::o!())
-}
+use test_support::discard_log;
 
 /// Inode and mtime of every entry under the root: a removed and re-made object, or a
 /// rewritten attribute, changes them.
@@ -52,11 +49,11 @@ fn start(
         fx.root(),
         fx.settings(&config),
         Box::new(TestHook::new(events.clone())),
-        discard(),
+        discard_log(),
     )
     .expect("provisioner");
     prov.begin_adoption().expect("scan");
-    let (mut state, failures) = State::from_config(config, Box::new(prov), discard());
+    let (mut state, failures) = State::from_config(config, Box::new(prov), discard_log());
     assert_eq!(failures, 0);
     let report = state.finish_adoption();
     (state, report)

@@ -1,14 +1,14 @@
 //! The `ietd` binary as a process: options, `--check`, startup from a config with broken
 //! parts, pid-file and socket exclusivity, daemonizing, and signals.
 
-mod daemon_common;
-
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use daemon_common::{base_args, our_objects, Daemon, IETD};
 use nix::sys::signal::Signal;
+use test_support::daemon::{base_args, our_objects, Client, Daemon};
+
+const IETD: &str = env!("CARGO_BIN_EXE_ietd");
 
 const CONF: &str = "\
 IncomingUser disco discopass1234
@@ -204,7 +204,7 @@ fn stale_socket_is_replaced_but_other_files_are_not() {
     let deadline = Instant::now() + Duration::from_secs(20);
     let mut served = false;
     while Instant::now() < deadline && !served {
-        if let Ok(mut c) = daemon_common::Client::connect(&sock) {
+        if let Ok(mut c) = Client::connect(&sock) {
             served = c.call(r#"{"op":"volumes"}"#).contains("\"ok\":true");
         }
         std::thread::sleep(Duration::from_millis(20));
@@ -374,7 +374,7 @@ fn daemonizes_without_foreground() {
     assert_eq!(status.code(), Some(0));
     // The parent returns only once the daemon serves.
     let sock = dir.path().join("run/ietadm.sock");
-    let mut c = daemon_common::Client::connect(&sock).expect("daemon serving after parent exit");
+    let mut c = Client::connect(&sock).expect("daemon serving after parent exit");
     assert!(c
         .call(r#"{"op":"volumes"}"#)
         .contains("iqn.2001-04.com.example:one"));

@@ -2,12 +2,10 @@
 //! lines, silence, floods. Each gets an error answer or is dropped, and the daemon keeps
 //! serving everyone else.
 
-mod daemon_common;
-
 use std::io::Write;
 use std::time::{Duration, Instant};
 
-use daemon_common::{Client, Daemon};
+use test_support::daemon::{Client, Daemon};
 
 const CONF: &str = "Target iqn.x:one\n\tLun 0 Type=nullio\n";
 

@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 
 use datapath::control::proto::{Attach, LunStats, Reply, Request};
 use ietd::supervise::{DatapathConfig, Device, Supervisor};
+use test_support::discard_log;
 
 const UIO: &str = "tcm-user/1/ietd_t1_l0/ietd/nullio";
 const ADOPTED: &str = "tcm-user/2/ietd_t1_l1/ietd/nullio";
@@ -126,17 +127,13 @@ fn spawn(dir: &Path, serves: &[&str]) -> Child {
     child
 }
 
-fn log() -> slog::Logger {
-    slog::Logger::root(slog::Discard, slog::o!())
-}
-
 fn adopt(dir: &Path) -> Supervisor {
     let mut cfg = DatapathConfig::new(
         PathBuf::from("/nonexistent/ietd-datapath"),
         dir.join("datapath.sock"),
     );
     cfg.reply_timeout = Duration::from_secs(20);
-    let sup = Supervisor::start_or_adopt(cfg, log()).expect("stand-in adopted");
+    let sup = Supervisor::start_or_adopt(cfg, discard_log()).expect("stand-in adopted");
     assert!(sup.pid().is_some());
     sup
 }

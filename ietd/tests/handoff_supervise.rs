@@ -13,24 +13,11 @@ use datapath::control::proto::Attach;
 use ietd::supervise::{DatapathConfig, Device, SuperviseError, Supervisor};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
-
-/// `ietd-datapath` from the same target directory as the `ietd` under test.
-fn datapath_binary() -> PathBuf {
-    let p = PathBuf::from(env!("CARGO_BIN_EXE_ietd")).with_file_name("ietd-datapath");
-    assert!(
-        p.is_file(),
-        "{} missing: run 'cargo build --workspace' first",
-        p.display()
-    );
-    p
-}
-
-fn log() -> slog::Logger {
-    slog::Logger::root(slog::Discard, slog::o!())
-}
+use test_support::daemon::bin;
+use test_support::discard_log;
 
 fn config(dir: &tempfile::TempDir) -> DatapathConfig {
-    let mut cfg = DatapathConfig::new(datapath_binary(), dir.path().join("datapath.sock"));
+    let mut cfg = DatapathConfig::new(bin("ietd-datapath"), dir.path().join("datapath.sock"));
     cfg.start_timeout = Duration::from_secs(20);
     cfg.reply_timeout = Duration::from_secs(20);
     cfg
@@ -63,7 +50,7 @@ fn wait_restarted(sup: &mut Supervisor, old: u32, within: Duration) -> Option<u3
 fn starts_restarts_after_a_kill_and_stops() {
     let dir = tempfile::tempdir().unwrap();
     let socket = dir.path().join("datapath.sock");
-    let mut sup = Supervisor::start(config(&dir), log()).expect("datapath starts");
+    let mut sup = Supervisor::start(config(&dir), discard_log()).expect("datapath starts");
     let first = sup.pid().expect("running");
     assert!(alive(first));
     assert!(socket.exists());
@@ -85,7 +72,7 @@ fn past_the_restart_limit_restarts_slowly_but_never_gives_up() {
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = config(&dir);
     cfg.max_restarts_per_window = 1;
-    let mut sup = Supervisor::start(cfg, log()).expect("datapath starts");
+    let mut sup = Supervisor::start(cfg, discard_log()).expect("datapath starts");
     let first = sup.pid().unwrap();
     kill(Pid::from_raw(first as i32), Signal::SIGKILL).unwrap();
     let second = wait_restarted(&mut sup, first, Duration::from_secs(20)).expect("first restart");
@@ -106,7 +93,7 @@ fn past_the_restart_limit_restarts_slowly_but_never_gives_up() {
 #[test]
 fn a_refused_attach_is_not_kept() {
     let dir = tempfile::tempdir().unwrap();
-    let mut sup = Supervisor::start(config(&dir), log()).expect("datapath starts");
+    let mut sup = Supervisor::start(config(&dir), discard_log()).expect("datapath starts");
     // /dev/null is no TCMU ring: the datapath cannot map it and must say so.
     let uio_fd: OwnedFd = File::options()
         .read(true)
@@ -150,7 +137,7 @@ fn a_program_that_never_answers_is_reported() {
     let mut cfg = config(&dir);
     cfg.binary = PathBuf::from("/bin/true");
     cfg.start_timeout = Duration::from_secs(5);
-    match Supervisor::start(cfg, log()) {
+    match Supervisor::start(cfg, discard_log()) {
         Err(
             e @ SuperviseError::NotReady {
                 exited: Some(_), ..
@@ -164,7 +151,7 @@ fn a_program_that_never_answers_is_reported() {
     let mut cfg = config(&dir);
     cfg.binary = dir.path().join("no-such-binary");
     assert!(matches!(
-        Supervisor::start(cfg, log()),
+        Supervisor::start(cfg, discard_log()),
         Err(SuperviseError::Spawn { .. })
     ));
 }
@@ -173,13 +160,13 @@ fn a_program_that_never_answers_is_reported() {
 fn a_datapath_left_running_is_adopted_restarted_when_it_dies_and_stopped() {
     let dir = tempfile::tempdir().unwrap();
     let socket = dir.path().join("datapath.sock");
-    let first = Supervisor::start(config(&dir), log()).expect("datapath starts");
+    let first = Supervisor::start(config(&dir), discard_log()).expect("datapath starts");
     let pid = first.pid().expect("running");
     // An ietd killed with SIGKILL runs no destructor: its datapath keeps running.
     std::mem::forget(first);
     assert!(alive(pid));
 
-    let mut sup = Supervisor::start_or_adopt(config(&dir), log()).expect("adopts");
+    let mut sup = Supervisor::start_or_adopt(config(&dir), discard_log()).expect("adopts");
     assert_eq!(
         sup.pid(),
         Some(pid),
@@ -207,10 +194,10 @@ fn a_datapath_left_running_is_adopted_restarted_when_it_dies_and_stopped() {
 #[test]
 fn stop_ends_an_adopted_datapath() {
     let dir = tempfile::tempdir().unwrap();
-    let first = Supervisor::start(config(&dir), log()).expect("datapath starts");
+    let first = Supervisor::start(config(&dir), discard_log()).expect("datapath starts");
     let pid = first.pid().expect("running");
     std::mem::forget(first);
-    let mut sup = Supervisor::start_or_adopt(config(&dir), log()).expect("adopts");
+    let mut sup = Supervisor::start_or_adopt(config(&dir), discard_log()).expect("adopts");
     assert_eq!(sup.pid(), Some(pid));
     sup.stop();
     assert_eq!(sup.pid(), None);

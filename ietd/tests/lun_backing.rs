@@ -5,29 +5,12 @@ mod provision_common;
 
 use std::fs;
 
-use ietd::provision::{ConfigfsProvisioner, NoHook};
-use ietd::state::State;
 use provision_common::*;
-
-fn discard() -> slog::Logger {
-    slog::Logger::root(slog::Discard, slog::o!())
-}
-
-fn state(fx: &Fixture, config: ietd::conf::Config) -> (State, usize) {
-    let prov = ConfigfsProvisioner::with_hook(
-        fx.root(),
-        fx.settings(&config),
-        Box::new(NoHook),
-        discard(),
-    )
-    .expect("provisioner");
-    State::from_config(config, Box::new(prov), discard())
-}
 
 #[test]
 fn a_second_lun_on_the_same_file_is_refused_by_identity() {
     let fx = Fixture::new();
-    let (mut st, failures) = state(&fx, fx.config());
+    let (mut st, failures) = sim_state(&fx, fx.config());
     assert_eq!(failures, 0);
     let a = fx.path("a.img");
     let link = fx.path("alias.img");
@@ -78,7 +61,7 @@ fn a_config_with_two_luns_on_one_file_brings_up_the_first_only() {
             .expect("params")
             .params;
     t2.luns.insert(7, dup);
-    let (st, failures) = state(&fx, config);
+    let (st, failures) = sim_state(&fx, config);
     assert_eq!(failures, 1);
     assert!(st.lun_show(1, 0).is_ok());
     assert!(st.lun_show(2, 7).is_err());

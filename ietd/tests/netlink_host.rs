@@ -7,17 +7,14 @@ use ietd::netlink::{
 };
 use std::collections::BTreeMap;
 use std::path::Path;
-
-fn log() -> slog::Logger {
-    slog::Logger::root(slog::Discard, slog::o!())
-}
+use test_support::discard_log;
 
 /// Without `target_core_user` the error must say so (typed, actionable); with it (e.g. in
 /// the VM, or a host that has LIO) the family and group resolve.
 #[test]
 fn listener_open_matches_module_presence() {
     let loaded = Path::new("/sys/module/target_core_user").exists();
-    match Listener::open(log()) {
+    match Listener::open(discard_log()) {
         Ok(l) => {
             assert!(
                 loaded,
@@ -86,7 +83,7 @@ fn event_loop_detaches_devices_removed_behind_our_back() {
                 EventKind::Reconfig { .. } => {}
             }
         }
-        responses.push(netlink::respond(&mut sim, &e, &log()).unwrap());
+        responses.push(netlink::respond(&mut sim, &e, &discard_log()).unwrap());
     }
     assert!(attached.is_empty());
     assert_eq!(

@@ -8,6 +8,7 @@ use ietd::conf::Config;
 use ietd::provision::{
     owned_objects, prepare_kernel, ConfigFs, ConfigfsProvisioner, Provisioner, Settings,
 };
+use test_support::discard_log;
 
 const ROOT: &str = "/sys/kernel/config";
 const T1: &str = "iqn.2024-01.com.example.ietd-kt:acl";
@@ -87,7 +88,7 @@ fn kernel_provision_and_remove() {
         access: config.access.clone(),
         ..Settings::default()
     };
-    let log = slog::Logger::root(slog::Discard, slog::o!());
+    let log = discard_log();
     let mut p = ConfigfsProvisioner::new(PathBuf::from(ROOT), settings, log).expect("open");
     assert_eq!(p.fs().kind(), ietd::provision::FsKind::Kernel);
     p.update_discovery(&config.discovery).expect("discovery");

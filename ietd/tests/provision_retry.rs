@@ -11,15 +11,12 @@ use ietd::protocol::{Direction, LUN_DELETING, LUN_RUNNING};
 use ietd::provision::{ConfigFs, ConfigfsProvisioner, Faults};
 use ietd::state::State;
 use provision_common::*;
-
-fn discard() -> slog::Logger {
-    slog::Logger::root(slog::Discard, slog::o!())
-}
+use test_support::discard_log;
 
 /// The fixture's targets (tids 1 and 2) provisioned through the state model, with a
 /// handle on the tree's injected failures.
 fn start(fx: &Fixture, events: &Events) -> (State, Faults) {
-    start_logged(fx, events, discard())
+    start_logged(fx, events, discard_log())
 }
 
 fn start_logged(fx: &Fixture, events: &Events, log: slog::Logger) -> (State, Faults) {
@@ -220,7 +217,7 @@ fn a_forgotten_lun_frees_its_number() {
         fs,
         fx.settings(&config),
         Box::new(ietd::provision::NoHook),
-        discard(),
+        discard_log(),
     );
     use ietd::provision::Provisioner;
     let t1 = target(&config, T1);

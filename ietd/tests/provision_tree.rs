@@ -8,17 +8,18 @@ use std::sync::Arc;
 use ietd::conf::model::{Account, Secret};
 use ietd::provision::{plan, plan_config, ConfigFs, ConfigfsProvisioner, FsKind, Op, Provisioner};
 use provision_common::*;
-
-fn discard() -> slog::Logger {
-    slog::Logger::root(slog::Discard, slog::o!())
-}
+use test_support::discard_log;
 
 fn provisioner(fx: &Fixture, config: &ietd::conf::Config, events: &Events) -> ConfigfsProvisioner {
+    hooked(fx, config, TestHook::new(events.clone()))
+}
+
+fn hooked(fx: &Fixture, config: &ietd::conf::Config, hook: TestHook) -> ConfigfsProvisioner {
     ConfigfsProvisioner::with_hook(
         fx.root(),
         fx.settings(config),
-        Box::new(TestHook::new(events.clone())),
-        discard(),
+        Box::new(hook),
+        discard_log(),
     )
     .expect("provisioner")
 }
@@ -459,9 +460,7 @@ fn hook_failure_midway_rolls_back_to_previous_tree() {
     let events: Events = Arc::default();
     let mut hook = TestHook::new(events.clone());
     hook.fail_on = Some((T1.to_string(), 1));
-    let mut p =
-        ConfigfsProvisioner::with_hook(fx.root(), fx.settings(&config), Box::new(hook), discard())
-            .expect("provisioner");
+    let mut p = hooked(&fx, &config, hook);
     p.create_target(target(&config, T2)).expect("t2");
     let before = fx.tree();
     let e = p.create_target(target(&config, T1)).unwrap_err();
@@ -501,9 +500,7 @@ fn filesystem_failure_midway_rolls_back() {
             std::fs::write(&blocker, b"").unwrap();
         }),
     ));
-    let mut p =
-        ConfigfsProvisioner::with_hook(fx.root(), fx.settings(&config), Box::new(hook), discard())
-            .expect("provisioner");
+    let mut p = hooked(&fx, &config, hook);
     // target/iscsi is shared with other LIO users: made on demand, never removed.
     std::fs::create_dir(fx.root().join("target/iscsi")).unwrap();
     let before = fx.tree();

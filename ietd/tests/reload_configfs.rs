@@ -13,33 +13,10 @@ use std::path::Path;
 
 use ietd::conf::{self, Loaded, Secret};
 use ietd::protocol::Direction;
-use ietd::provision::{ConfigfsProvisioner, NoHook};
 use ietd::state::{Change, State, StateError};
 use provision_common::*;
 
-fn discard() -> slog::Logger {
-    slog::Logger::root(slog::Discard, slog::o!())
-}
-
 const T3: &str = "iqn.2024-01.com.example:t3";
-
-/// The fixture's targets, provisioned into the fixture's configfs by the state model.
-fn start(fx: &Fixture) -> State {
-    let mut config = fx.config();
-    for t in &mut config.targets {
-        t.tid = 0;
-    }
-    let prov = ConfigfsProvisioner::with_hook(
-        fx.root(),
-        fx.settings(&config),
-        Box::new(NoHook),
-        discard(),
-    )
-    .expect("provisioner");
-    let (state, failures) = State::from_config(config, Box::new(prov), discard());
-    assert_eq!(failures, 0);
-    state
-}
 
 /// Writes ietd.conf and initiators.allow into the fixture's etc dir and loads them as
 /// the daemon does on SIGHUP.
@@ -103,7 +80,7 @@ fn exists(fx: &Fixture, rel: &str) -> bool {
 #[test]
 fn reload_applies_only_the_difference() {
     let fx = Fixture::new();
-    let mut state = start(&fx);
+    let mut state = fixture_state(&fx);
     let before = t1_lun0_identity(&fx);
     let lun1_before = identity(&fx.root(), &format!("target/iscsi/{T1}/tpgt_1/lun/lun_1"));
     // Let a re-created object show a different mtime even on coarse clocks.
@@ -227,7 +204,7 @@ fn reload_applies_only_the_difference() {
 #[test]
 fn config_with_errors_changes_nothing() {
     let fx = Fixture::new();
-    let mut state = start(&fx);
+    let mut state = fixture_state(&fx);
     let tree = fx.tree();
     let ids = identity(&fx.root(), "target");
     let volumes = state.volumes();
@@ -269,7 +246,7 @@ fn line_of(text: &str, what: &str) -> usize {
 #[test]
 fn ietadm_objects_survive_a_reload_of_the_same_file() {
     let fx = Fixture::new();
-    let mut state = start(&fx);
+    let mut state = fixture_state(&fx);
     let adm = state.target_new(0, ADM).expect("new");
     state.lun_new(adm, 0, "Type=nullio,Blocks=8").expect("lun");
     state
@@ -321,7 +298,7 @@ fn ietadm_objects_survive_a_reload_of_the_same_file() {
 #[test]
 fn reload_removes_only_what_the_previous_file_made() {
     let fx = Fixture::new();
-    let mut state = start(&fx);
+    let mut state = fixture_state(&fx);
     let adm = state.target_new(0, ADM).expect("new");
     state.lun_new(1, 7, "Type=nullio").expect("lun");
     state
@@ -390,7 +367,7 @@ fn reload_removes_only_what_the_previous_file_made() {
 #[test]
 fn file_wins_over_ietadm_objects_it_defines_with_a_warning() {
     let fx = Fixture::new();
-    let mut state = start(&fx);
+    let mut state = fixture_state(&fx);
     let adm = state.target_new(0, T3).expect("new");
     assert_eq!(adm, 3);
     state
@@ -492,7 +469,7 @@ fn file_wins_over_ietadm_objects_it_defines_with_a_warning() {
 #[test]
 fn busy_target_is_kept_and_reported() {
     let fx = Fixture::new();
-    let mut state = start(&fx);
+    let mut state = fixture_state(&fx);
     // A demo-mode session on T2, as LIO lists it.
     fs::write(
         fx.root()
@@ -523,7 +500,7 @@ fn busy_target_is_kept_and_reported() {
 #[test]
 fn access_changes_reach_live_targets() {
     let fx = Fixture::new();
-    let mut state = start(&fx);
+    let mut state = fixture_state(&fx);
     let conf_text = fixture_conf(&fx);
     let tpg1 = format!("target/iscsi/{T1}/tpgt_1");
     let attr = |fx: &Fixture, k: &str| read(fx, &format!("{tpg1}/attrib/{k}"));
@@ -579,7 +556,7 @@ fn access_changes_reach_live_targets() {
 #[test]
 fn rendered_conf_parses_back_to_the_running_model() {
     let fx = Fixture::new();
-    let mut state = start(&fx);
+    let mut state = fixture_state(&fx);
     state.lun_new(2, 9, "Type=nullio,Blocks=77").expect("lun");
     state
         .lun_new(2, 3, "Type=nullio,Blocks=33,ScsiSN=abc")

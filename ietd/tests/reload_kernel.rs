@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use ietd::conf::Loaded;
 use ietd::provision::{prepare_kernel, ConfigfsProvisioner, Settings};
 use ietd::state::{Change, State};
+use test_support::discard_log;
 
 const ROOT: &str = "/sys/kernel/config";
 const T1: &str = "iqn.2024-01.com.example.ietd-rk:one";
@@ -59,7 +60,7 @@ fn kernel_reload() {
         access: first.config.access.clone(),
         ..Settings::default()
     };
-    let log = slog::Logger::root(slog::Discard, slog::o!());
+    let log = discard_log();
     let p = ConfigfsProvisioner::new(PathBuf::from(ROOT), settings, log.clone()).expect("open");
     let (mut state, failures) = State::from_config(first.config, Box::new(p), log);
     assert_eq!(failures, 0);

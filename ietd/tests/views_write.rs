@@ -6,36 +6,13 @@ mod provision_common;
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 
-use ietd::provision::{ConfigfsProvisioner, NoHook};
-use ietd::state::State;
 use ietd::views::{write_views, SESSION_FILE, VOLUME_FILE};
 use provision_common::*;
-
-fn state(fx: &Fixture) -> State {
-    let mut config = fx.config();
-    for t in &mut config.targets {
-        t.tid = 0;
-    }
-    let prov = ConfigfsProvisioner::with_hook(
-        fx.root(),
-        fx.settings(&config),
-        Box::new(NoHook),
-        slog::Logger::root(slog::Discard, slog::o!()),
-    )
-    .expect("provisioner");
-    let (state, failures) = State::from_config(
-        config,
-        Box::new(prov),
-        slog::Logger::root(slog::Discard, slog::o!()),
-    );
-    assert_eq!(failures, 0);
-    state
-}
 
 #[test]
 fn views_match_iet_format_and_follow_changes() {
     let fx = Fixture::new();
-    let mut st = state(&fx);
+    let mut st = fixture_state(&fx);
     let run = fx.path("run/ietd");
     write_views(&run, &st).expect("write");
     let d = fx.dir.path().display();
@@ -109,7 +86,7 @@ fn views_match_iet_format_and_follow_changes() {
 #[test]
 fn unwritable_dir_is_an_error_naming_the_path() {
     let fx = Fixture::new();
-    let st = state(&fx);
+    let st = fixture_state(&fx);
     let blocker = fx.path("file");
     fs::write(&blocker, "x").expect("file");
     let e = write_views(&blocker.join("sub"), &st).unwrap_err();
@@ -122,7 +99,7 @@ fn unwritable_dir_is_an_error_naming_the_path() {
 #[test]
 fn planted_symlinks_are_not_followed() {
     let fx = Fixture::new();
-    let st = state(&fx);
+    let st = fixture_state(&fx);
     let run = fx.path("run/ietd");
     fs::create_dir_all(&run).expect("run dir");
     let victim = fx.path("victim");

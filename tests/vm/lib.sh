@@ -197,15 +197,16 @@ need_bin() {
     echo "$p"
 }
 
-# private_bins: copy ietd, ietd-datapath and ietadm to /tmp/bin and point IETD_BIN there,
-# so a host-side rebuild during the run cannot swap a binary under a running test.
+# private_bins [DIR]: copy ietd, ietd-datapath and ietadm to DIR (default /tmp/bin) and
+# point IETD_BIN there, so a host-side rebuild during the run cannot swap a binary under
+# a running test.
 private_bins() {
-    local b
-    mkdir -p /tmp/bin
+    local b dir=${1:-/tmp/bin}
+    mkdir -p "$dir"
     for b in ietd ietd-datapath ietadm; do
-        cp "$(need_bin $b)" /tmp/bin/ || die "binary $b"
+        install -m 755 "$(need_bin $b)" "$dir/" || die "binary $b"
     done
-    IETD_BIN=/tmp/bin
+    IETD_BIN=$dir
 }
 
 # need_test_bin NAME: the executable of the workspace's integration test NAME (e.g.
@@ -648,6 +649,30 @@ iscsi_disk() {
 # iscsi_wait_disk IQN LUN [TIMEOUT_S]: wait for and echo the /dev/sdX of a LUN.
 iscsi_wait_disk() {
     wait_disk "${3:-20}" iscsi_disk "$1" "$2"
+}
+
+# iscsi_connect PORTAL IQN...: a test's usual start as an initiator: SendTargets
+# discovery on PORTAL lists exactly IQN... (give them sorted, as discovery lists them),
+# then a login to each.  Each step is a check.
+iscsi_connect() {
+    local _p=$1 _t
+    shift
+    check_eq "discovery lists $*" "$*" "$(iscsi_discover "$_p" | xargs)"
+    for _t; do
+        check "login to $_t" iscsi_login "$_t" "$_p"
+    done
+}
+
+# iscsi_disks IQN VAR=LUN...: wait for the /dev/sdX of each LUN of the session to IQN
+# and store it in VAR; dies naming the first LUN that does not appear (no test can go
+# on without its disks).
+iscsi_disks() {
+    local _t=$1 _a _d
+    shift
+    for _a; do
+        _d=$(iscsi_wait_disk "$_t" "${_a#*=}") || die "no disk for $_t LUN ${_a#*=}"
+        printf -v "${_a%%=*}" '%s' "$_d"
+    done
 }
 
 # iscsi_luns IQN: the LUN numbers the session to IQN exposes, one per line, sorted.

@@ -92,7 +92,7 @@ check_grep "the LUN is blockio on $DISK" "lun:0 .*iotype:blockio .*path:$DISK\$"
 check "node settings: replacement_timeout 120 s (queue I/O through a failover)" \
     iscsi_node_set "$IQN" "$P" node.session.timeo.replacement_timeout 120
 check "login" iscsi_login "$IQN" "$P"
-dev=$(iscsi_wait_disk "$IQN" 0) || die "no disk"
+iscsi_disks "$IQN" dev=0
 sn0=$(vpd 0x80 "$dev")
 di0=$(vpd 0x83 "$dev")
 note "VPD 0x80: $(echo $sn0)"

@@ -13,10 +13,7 @@
 
 # Installed as on a node: the binaries in /usr/sbin (Pacemaker runs agents with its own
 # PATH), the agents as provider "ietd". The guest's root is a throw-away overlay.
-for b in ietd ietd-datapath ietadm; do
-    install -m 755 "$(need_bin $b)" /usr/sbin/ || die "binary $b"
-done
-IETD_BIN=/usr/sbin
+private_bins /usr/sbin
 mkdir -p /usr/lib/ocf/resource.d/ietd
 install -m 755 "$IETD_ROOT/conf/ocf/iSCSITarget" "$IETD_ROOT/conf/ocf/iSCSILogicalUnit" \
     /usr/lib/ocf/resource.d/ietd/
@@ -111,7 +108,7 @@ check_eq "discovery" "$IQN" "$(iscsi_discover "$P" | xargs)"
 check "node settings: replacement_timeout 120 s" \
     iscsi_node_set "$IQN" "$P" node.session.timeo.replacement_timeout 120
 check "login" iscsi_login "$IQN" "$P"
-dev=$(iscsi_wait_disk "$IQN" 0) || die "no disk"
+iscsi_disks "$IQN" dev=0
 head -c 4M /dev/urandom > /tmp/data
 check "4 MiB written" dd if=/tmp/data of="$dev" bs=1M oflag=direct status=none
 sum0=$(md5sum < /tmp/data)

@@ -74,8 +74,8 @@ check_eq "discovery" "$TA $TD" "$(iscsi_discover "$P" | xargs)"
 check "CHAP settings" iscsi_chap "$TA" "$P" alice alice-secret-1
 check "login to the node-ACL target" iscsi_login "$TA" "$P"
 check "login to the demo-mode target" iscsi_login "$TD" "$P"
-da=$(iscsi_wait_disk "$TA" 3) || die "no disk for LUN 3 of the ACL target"
-dd_=$(iscsi_wait_disk "$TD" 0) || die "no disk on the demo target"
+iscsi_disks "$TA" da=3
+iscsi_disks "$TD" dd_=0
 before=$(acl_snapshot)
 check_grep "the snapshot holds the CHAP user and both LUN links" "auth/userid=alice" "$before"
 

@@ -77,7 +77,7 @@ check_fails "an initiator not in initiators.allow cannot log in" iscsi_login "$T
 
 # node-ACL target: the session is visible with its sid, ietadm shows it from LIO
 check "login to the ACL target" iscsi_login "$TA" "$P"
-d=$(iscsi_wait_disk "$TA" 0) || die "no disk on the ACL target"
+iscsi_disks "$TA" d=0
 check "I/O on the ACL target" dd if="$d" of=/dev/null bs=64k count=4 iflag=direct status=none
 sess=$(ietd_sessions)
 note "sessions: $sess"

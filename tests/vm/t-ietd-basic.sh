@@ -35,14 +35,9 @@ dp=$(pgrep -x ietd-datapath | head -1)
 [ -n "$dp" ] && ok "ietd started its datapath (pid $dp)" || fail "no datapath process"
 
 iscsi_start
-check_eq "discovery lists both targets" "$T1 $T2" "$(iscsi_discover "$P" | xargs)"
-check "login to $T1" iscsi_login "$T1" "$P"
-check "login to $T2" iscsi_login "$T2" "$P"
-a=$(iscsi_wait_disk "$T1" 0) || die "no disk for $T1 LUN 0"
-b=$(iscsi_wait_disk "$T1" 1) || die "no disk for $T1 LUN 1"
-r=$(iscsi_wait_disk "$T1" 2) || die "no disk for $T1 LUN 2"
-c=$(iscsi_wait_disk "$T2" 0) || die "no disk for $T2 LUN 0"
-n=$(iscsi_wait_disk "$T2" 3) || die "no disk for $T2 LUN 3"
+iscsi_connect "$P" "$T1" "$T2"
+iscsi_disks "$T1" a=0 b=1 r=2
+iscsi_disks "$T2" c=0 n=3
 ok "disks: $a $b $r $c $n"
 
 check_eq "$T1/0 size" $((64 << 20)) "$(blockdev --getsize64 "$a")"

@@ -65,9 +65,8 @@ check_eq "ietadm shows it running, no problem line" 1 \
     "$(run_ietadm --op show --tid=1 --lun=0 | grep -c 'state:0 ')"
 
 iscsi_start
-check_eq "discovery" "$T" "$(iscsi_discover "$P" | xargs)"
-check "login" iscsi_login "$T" "$P"
-d0=$(iscsi_wait_disk "$T" 0) || die "no disk for LUN 0"
+iscsi_connect "$P" "$T"
+iscsi_disks "$T" d0=0
 check "the LUN serves the file's data" cmp /var/tmp/h0.img <(dd if="$d0" bs=64k iflag=direct status=none)
 check "logout" iscsi_logout "$T" "$P"
 rc=0

@@ -25,10 +25,8 @@ EOF
 iscsi_modules
 ietd_start /tmp/ietd.conf --allow-dir /tmp/none || die "ietd did not start"
 iscsi_start
-check_eq "discovery" "$T" "$(iscsi_discover "$P" | xargs)"
-check "login" iscsi_login "$T" "$P"
-d0=$(iscsi_wait_disk "$T" 0) || die "no disk for LUN 0"
-d1=$(iscsi_wait_disk "$T" 1) || die "no disk for LUN 1"
+iscsi_connect "$P" "$T"
+iscsi_disks "$T" d0=0 d1=1
 ok "LUN 0 is $d0, LUN 1 (blockio) is $d1"
 
 # blockio: sizes and an O_DIRECT round trip that lands on the device itself

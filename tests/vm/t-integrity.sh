@@ -60,9 +60,8 @@ PY
 iscsi_modules
 ietd_start /tmp/ietd.conf --allow-dir /tmp/none || die "ietd did not start"
 iscsi_start
-check_eq "discovery" "$T" "$(iscsi_discover "$P" | xargs)"
-check "login" iscsi_login "$T" "$P"
-d0=$(iscsi_wait_disk "$T" 0) || die "no disk for LUN 0"
+iscsi_connect "$P" "$T"
+iscsi_disks "$T" d0=0
 ok "LUN 0 (fileio wb on /dev/mapper/$DM) is $d0"
 
 # MAXIMUM TRANSFER LENGTH: VERIFY(16) of one block more is refused at once.

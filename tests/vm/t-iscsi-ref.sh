@@ -20,11 +20,8 @@ ok "reference target $IQN on $P with LUN 0 and 1"
 
 iscsi_start
 ok "iscsid is running"
-found=$(iscsi_discover "$P") || die "discovery on $P failed"
-check_eq "SendTargets discovery lists the target" "$IQN" "$found"
-check "login to $IQN" iscsi_login "$IQN" "$P"
-d0=$(iscsi_wait_disk "$IQN" 0) || die "no disk for LUN 0"
-d1=$(iscsi_wait_disk "$IQN" 1) || die "no disk for LUN 1"
+iscsi_connect "$P" "$IQN"
+iscsi_disks "$IQN" d0=0 d1=1
 ok "LUN 0 is $d0, LUN 1 is $d1"
 check_eq "the session exposes LUNs" "0 1" "$(iscsi_luns "$IQN" | xargs)"
 check_eq "LUN 1 size" $((24 << 20)) "$(blockdev --getsize64 "$d1")"

@@ -52,3 +52,11 @@ check_fails "wait_until gives up" wait_until 1 false
 check "... after about its timeout" test $(($(date +%s) - t0)) -le 3
 check "wait_until returns when the condition holds" wait_until 5 test -d /tmp/tl
 check_fails "need_bin refuses a missing binary" need_bin no-such-binary
+
+# iscsi_disks with a stand-in finder: each VAR gets its LUN's disk, a missing LUN dies.
+out=$(run_case t-disks 'iscsi_wait_disk() { [ "$2" != 9 ] && echo "/dev/sd-$1-$2"; }
+iscsi_disks iqn.x a=0 b=3; check_eq "a" /dev/sd-iqn.x-0 "$a"; check_eq "b" /dev/sd-iqn.x-3 "$b"
+iscsi_disks iqn.x c=9; ok "never reached"')
+check_grep "iscsi_disks sets each variable" '^ok   - b \(/dev/sd-iqn.x-3\)$' "$out"
+check_grep "iscsi_disks dies on a missing LUN" '^FAIL - no disk for iqn.x LUN 9$' "$out"
+check_grep "... and stops the test" '^t-disks: 2 passed, 1 failed$' "$out"

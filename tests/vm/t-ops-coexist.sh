@@ -51,9 +51,8 @@ t0=$(now_ms)
 ietd_start /tmp/ietd.conf --allow-dir /tmp/none || die "ietd did not start beside tcmu-runner"
 ok "ietd started beside tcmu-runner in $(($(now_ms) - t0)) ms"
 iscsi_start
-check_eq "discovery" "$T" "$(iscsi_discover "$P" | xargs)"
-check "login" iscsi_login "$T" "$P"
-idev=$(iscsi_wait_disk "$T" 0) || die "no disk for ietd's LUN 0"
+iscsi_connect "$P" "$T"
+iscsi_disks "$T" idev=0
 ok "ietd LUN is $idev"
 check_eq "ietd left tcmu-runner's backstore alone" "1" "$(cat "$RB0/enable")"
 

@@ -51,9 +51,8 @@ iscsi_start
 check_eq "discovery" "$A $B $D" "$(iscsi_discover "$P" | xargs)"
 check "login to A" iscsi_login "$A" "$P"
 check "login to B" iscsi_login "$B" "$P"
-da=$(iscsi_wait_disk "$A" 0) || die "no disk for A LUN 0"
-db0=$(iscsi_wait_disk "$B" 0) || die "no disk for B LUN 0"
-db2=$(iscsi_wait_disk "$B" 2) || die "no disk for B LUN 2"
+iscsi_disks "$A" da=0
+iscsi_disks "$B" db0=0 db2=2
 ok "A/0 is $da, B/0 is $db0, B/2 is $db2"
 
 # session_of IQN: "SID STATE" of the session to IQN (a new login would get a new SID)
@@ -84,7 +83,7 @@ tid_f=$(run_ietadm --op show | awk -v n="name:$F" '$2 == n { sub("tid:", "", $1)
 check "ietadm gives F a LUN" run_ietadm --op new --tid="$tid_f" --lun=0 --params Path=/var/tmp/f0.img,Type=fileio
 check "node record for F" iscsiadm -m node -o new -T "$F" -p "$P"
 check "login to F" iscsi_login "$F" "$P"
-df=$(iscsi_wait_disk "$F" 0) || die "no disk for F LUN 0"
+iscsi_disks "$F" df=0
 sf=$(session_of "$F")
 idf=$(backstore_id "$F" 0) || die "no backstore behind F LUN 0"
 note "F made and logged in in $(($(now_ms) - t_f)) ms"

@@ -36,9 +36,8 @@ EOF
 iscsi_modules
 ietd_start /tmp/ietd.conf --allow-dir /tmp/none || die "ietd did not start"
 iscsi_start
-check_eq "discovery" "$T" "$(iscsi_discover "$P" | xargs)"
-check "login" iscsi_login "$T" "$P"
-dev=$(iscsi_wait_disk "$T" 0) || die "no disk for LUN 0"
+iscsi_connect "$P" "$T"
+iscsi_disks "$T" dev=0
 ok "LUN 0 is $dev"
 
 # session identity: the sysfs session (sid) and its state; a dropped and re-established

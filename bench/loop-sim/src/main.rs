@@ -21,6 +21,7 @@ use datapath::ring::sim::{SimConfig, SimRing};
 use datapath::ring::status;
 use datapath::scsi::{Identity, Lun};
 use iomodes::{IoMode, IoType, StoreSpec};
+use test_support::cdb::{read10, write10};
 
 const LBS: u64 = 512;
 
@@ -134,20 +135,11 @@ fn thread_stats() -> BTreeMap<String, [u64; 3]> {
 }
 
 fn cdb(write: bool, lba: u64, blocks: u16) -> [u8; 10] {
-    let l = (lba as u32).to_be_bytes();
-    let b = blocks.to_be_bytes();
-    [
-        if write { 0x2a } else { 0x28 },
-        0,
-        l[0],
-        l[1],
-        l[2],
-        l[3],
-        0,
-        b[0],
-        b[1],
-        0,
-    ]
+    if write {
+        write10(lba as u32, blocks)
+    } else {
+        read10(lba as u32, blocks)
+    }
 }
 
 fn run(o: &Opts) -> Result<(), String> {
@@ -200,7 +192,7 @@ fn run(o: &Opts) -> Result<(), String> {
         cfg.workers = w;
         cfg.per_lun_max = w.div_ceil(2);
     }
-    let log = slog::Logger::root(slog::Discard, slog::o!());
+    let log = test_support::discard_log();
     let mut ev = EventLoop::new(cfg, log).map_err(|e| e.to_string())?;
     ev.attach(OpenedDevice {
         uio: "sim0".into(),

@@ -24,6 +24,7 @@ mod io;
 pub mod mode;
 pub mod opcodes;
 pub mod sense;
+#[cfg(feature = "testing")]
 pub mod testing;
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -563,7 +564,8 @@ mod tests {
     use super::*;
 
     use crate::ring::status;
-    use testing::{cdb10, MemStore};
+    use test_support::cdb::cdb10;
+    use testing::MemStore;
 
     #[test]
     fn lun_is_send_and_sync() {

@@ -1,5 +1,6 @@
 //! An in-memory `BackingStore` with fault injection: the SCSI layer's twin of a real
-//! store, for tests, benches and trying the datapath without a backing file.
+//! store, and helpers that run one command through a [`Lun`](super::Lun). For this
+//! crate's tests (feature `testing`); CDB builders are in the `test-support` crate.
 //!
 //! It honours the trait contract (range and alignment checks, read-only refusal) so the
 //! SCSI layer is tested against the same rules the real stores apply.
@@ -243,39 +244,6 @@ impl BackingStore for MemStore {
         st.bytes[offset as usize..(offset + len) as usize].fill(0);
         Ok(())
     }
-}
-
-/// A 6-byte block CDB (READ(6), WRITE(6)): 21-bit LBA, 8-bit length.
-pub fn cdb6(op: u8, b1: u8, lba: u32, len: u8) -> [u8; 6] {
-    let l = lba.to_be_bytes();
-    [op, b1 | (l[1] & 0x1F), l[2], l[3], len, 0]
-}
-
-/// A 10-byte block CDB: opcode, byte 1, 32-bit LBA, 16-bit length.
-pub fn cdb10(op: u8, b1: u8, lba: u32, len: u16) -> [u8; 10] {
-    let l = lba.to_be_bytes();
-    let n = len.to_be_bytes();
-    [op, b1, l[0], l[1], l[2], l[3], 0, n[0], n[1], 0]
-}
-
-/// A 12-byte block CDB: 32-bit LBA, 32-bit length.
-pub fn cdb12(op: u8, b1: u8, lba: u32, len: u32) -> [u8; 12] {
-    let mut c = [0u8; 12];
-    c[0] = op;
-    c[1] = b1;
-    c[2..6].copy_from_slice(&lba.to_be_bytes());
-    c[6..10].copy_from_slice(&len.to_be_bytes());
-    c
-}
-
-/// A 16-byte block CDB: 64-bit LBA, 32-bit length at byte 10.
-pub fn cdb16(op: u8, b1: u8, lba: u64, len: u32) -> [u8; 16] {
-    let mut c = [0u8; 16];
-    c[0] = op;
-    c[1] = b1;
-    c[2..10].copy_from_slice(&lba.to_be_bytes());
-    c[10..14].copy_from_slice(&len.to_be_bytes());
-    c
 }
 
 /// The result of [`exchange`]: the response and the whole data buffer afterwards.

@@ -761,10 +761,7 @@ pub fn unblock_stuck_netlink(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn log() -> Logger {
-        Logger::root(slog::Discard, slog::o!())
-    }
+    use test_support::discard_log;
 
     fn ev(kind: EventKind, device: &str, id: u32) -> Event {
         Event {
@@ -844,7 +841,7 @@ mod tests {
         sim.push(old);
         let mut got = Vec::new();
         while let Some(e) = sim.recv().unwrap() {
-            got.push(respond(&mut sim, &e, &log()).unwrap());
+            got.push(respond(&mut sim, &e, &discard_log()).unwrap());
         }
         assert_eq!(
             got,
@@ -932,18 +929,18 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let params = dir.path().join("parameters");
         assert_eq!(
-            unblock_stuck_netlink(&params, &log()).unwrap(),
+            unblock_stuck_netlink(&params, &discard_log()).unwrap(),
             UnblockOutcome::ModuleNotLoaded
         );
         std::fs::create_dir(&params).unwrap();
         std::fs::write(params.join("block_netlink"), "0").unwrap();
         assert_eq!(
-            unblock_stuck_netlink(&params, &log()).unwrap(),
+            unblock_stuck_netlink(&params, &discard_log()).unwrap(),
             UnblockOutcome::Unsupported
         );
         std::fs::write(params.join("reset_netlink"), "0").unwrap();
         assert_eq!(
-            unblock_stuck_netlink(&params, &log()).unwrap(),
+            unblock_stuck_netlink(&params, &discard_log()).unwrap(),
             UnblockOutcome::Reset
         );
         assert_eq!(
@@ -958,7 +955,7 @@ mod tests {
         // reset_netlink unwritable (a directory): error names it, block_netlink restored.
         std::fs::remove_file(params.join("reset_netlink")).unwrap();
         std::fs::create_dir(params.join("reset_netlink")).unwrap();
-        let err = unblock_stuck_netlink(&params, &log()).unwrap_err();
+        let err = unblock_stuck_netlink(&params, &discard_log()).unwrap_err();
         match err {
             NetlinkError::Param { path, .. } => assert!(path.ends_with("reset_netlink")),
             other => panic!("unexpected {other}"),

@@ -9,7 +9,11 @@ use std::sync::{Arc, Mutex};
 
 use ietd::conf::model::{Lun, Target};
 use ietd::conf::Config;
-use ietd::provision::{Backstore, DeviceHook, ProvisionError, Settings};
+use ietd::provision::{
+    Backstore, ConfigfsProvisioner, DeviceHook, NoHook, ProvisionError, Settings,
+};
+use ietd::state::State;
+use test_support::discard_log;
 
 pub const T1: &str = "iqn.2024-01.com.example:t1";
 pub const T2: &str = "iqn.2024-01.com.example:t2";
@@ -268,4 +272,28 @@ pub fn balance(events: &Events) -> BTreeMap<String, i32> {
         *m.entry(key).or_insert(0) += if kind == "enabled" { 1 } else { -1 };
     }
     m
+}
+
+/// The state model over the fixture's simulated configfs, provisioning `config`, with
+/// the count of failures `State::from_config` reports.
+pub fn sim_state(fx: &Fixture, config: Config) -> (State, usize) {
+    let prov = ConfigfsProvisioner::with_hook(
+        fx.root(),
+        fx.settings(&config),
+        Box::new(NoHook),
+        discard_log(),
+    )
+    .expect("provisioner");
+    State::from_config(config, Box::new(prov), discard_log())
+}
+
+/// The fixture's targets, tids cleared (the state model numbers them), all provisioned.
+pub fn fixture_state(fx: &Fixture) -> State {
+    let mut config = fx.config();
+    for t in &mut config.targets {
+        t.tid = 0;
+    }
+    let (state, failures) = sim_state(fx, config);
+    assert_eq!(failures, 0);
+    state
 }

@@ -1,26 +1,40 @@
-//! Harness for the daemon tests: a real `ietd` on a temp config, configfs root, socket
-//! and pid file, plus a raw JSON-lines client.
-
-#![allow(dead_code)]
+//! A real `ietd -f` on a temp config, configfs root, socket, pid file and allow
+//! directory (the simulated provisioner: the configfs root is a plain directory), a raw
+//! JSON-lines client for its socket, and runs of the real `ietadm` against it.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-pub const IETD: &str = env!("CARGO_BIN_EXE_ietd");
-
-pub struct Daemon {
-    pub child: Option<Child>,
-    pub dir: tempfile::TempDir,
-    pub socket: PathBuf,
-    pub configfs: PathBuf,
-    pub pid_file: PathBuf,
-    pub stderr: PathBuf,
+/// A binary of the workspace (`ietd`, `ietadm`, `ietd-datapath`) from the target
+/// directory of the running test. Cargo builds only the binaries of the package under
+/// test, so a missing one is built here, once.
+pub fn bin(name: &str) -> PathBuf {
+    static BUILD: Mutex<()> = Mutex::new(());
+    let exe = std::env::current_exe().expect("test executable");
+    // target/<profile>/deps/<test> → target/<profile>/<name>
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("test executable in target/<profile>/deps");
+    let path = dir.join(name);
+    let _once = BUILD.lock().unwrap_or_else(|e| e.into_inner());
+    if !path.exists() {
+        let status = Command::new(env!("CARGO"))
+            .args(["build", "--workspace", "--bin", name])
+            .status()
+            .expect("running cargo");
+        assert!(status.success(), "building {name} failed");
+    }
+    path
 }
 
-/// The options every test daemon gets, rooted in `dir`.
+/// The options every test daemon gets, rooted in `dir` (whose `configfs` and `allow`
+/// directories are made here).
 pub fn base_args(dir: &Path, conf: &Path) -> Vec<String> {
     let p = |x: &str| dir.join(x).display().to_string();
     std::fs::create_dir_all(dir.join("configfs")).unwrap();
@@ -39,13 +53,42 @@ pub fn base_args(dir: &Path, conf: &Path) -> Vec<String> {
     ]
 }
 
+pub struct Daemon {
+    pub child: Option<Child>,
+    pub dir: tempfile::TempDir,
+    pub socket: PathBuf,
+    pub configfs: PathBuf,
+    pub pid_file: PathBuf,
+    pub conf: PathBuf,
+    pub stderr: PathBuf,
+}
+
+/// What a command printed and how it ended.
+#[derive(Debug)]
+pub struct Run {
+    pub code: i32,
+    pub out: String,
+    pub err: String,
+}
+
+impl From<Output> for Run {
+    fn from(o: Output) -> Run {
+        Run {
+            code: o.status.code().unwrap_or(-1),
+            out: String::from_utf8_lossy(&o.stdout).into_owned(),
+            err: String::from_utf8_lossy(&o.stderr).into_owned(),
+        }
+    }
+}
+
 impl Daemon {
+    /// Starts ietd with `conf` as its ietd.conf and waits until it answers.
     pub fn start(conf: &str, extra: &[&str]) -> Daemon {
-        let dir = tempfile::tempdir().unwrap();
+        let dir = tempfile::tempdir().expect("tempdir");
         let conf_path = dir.path().join("ietd.conf");
         std::fs::write(&conf_path, conf).unwrap();
         let stderr = dir.path().join("ietd.stderr");
-        let child = Command::new(IETD)
+        let child = Command::new(bin("ietd"))
             .arg("-f")
             .args(base_args(dir.path(), &conf_path))
             .args(extra)
@@ -54,12 +97,13 @@ impl Daemon {
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&stderr).unwrap())
             .spawn()
-            .unwrap();
+            .expect("spawning ietd");
         let mut d = Daemon {
             child: Some(child),
             socket: dir.path().join("run/ietadm.sock"),
             configfs: dir.path().join("configfs"),
             pid_file: dir.path().join("ietd.pid"),
+            conf: conf_path,
             stderr,
             dir,
         };
@@ -67,12 +111,13 @@ impl Daemon {
         d
     }
 
-    /// Waits until a request is answered: the socket accepts during provisioning.
+    /// Waits until a request is answered: the socket accepts while the config is still
+    /// being provisioned, an answer means start-up is over.
     pub fn wait_ready(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(20);
         while Instant::now() < deadline {
             if let Ok(mut c) = Client::connect(&self.socket) {
-                if c.call(r#"{"op":"volumes"}"#).contains(r#""ok":true"#) {
+                if c.call(r#"{"op":"volumes"}"#).starts_with(r#"{"ok":true"#) {
                     return;
                 }
             }
@@ -86,6 +131,7 @@ impl Daemon {
         panic!("ietd not ready: {}", self.log());
     }
 
+    /// What ietd wrote on stderr so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.stderr).unwrap_or_default()
     }
@@ -120,9 +166,50 @@ impl Daemon {
             .is_some_and(|c| c.try_wait().unwrap().is_none())
     }
 
-    /// A fresh client's answer to one request.
+    /// A fresh client's answer to one request line.
     pub fn call(&self, line: &str) -> String {
         Client::connect(&self.socket).unwrap().call(line)
+    }
+
+    /// A path under the configfs root.
+    pub fn cfs(&self, rel: &str) -> PathBuf {
+        self.configfs.join(rel)
+    }
+
+    /// Runs ietadm with `args` against this daemon (socket given by `--socket`).
+    pub fn ietadm(&self, args: &[&str]) -> Run {
+        Command::new(bin("ietadm"))
+            .args(args)
+            .arg("--socket")
+            .arg(&self.socket)
+            .env_remove("IETD_SOCKET")
+            .output()
+            .expect("running ietadm")
+            .into()
+    }
+
+    /// Runs ietadm with the socket given by `IETD_SOCKET`.
+    pub fn ietadm_env(&self, args: &[&str]) -> Run {
+        Command::new(bin("ietadm"))
+            .args(args)
+            .env("IETD_SOCKET", &self.socket)
+            .output()
+            .expect("running ietadm")
+            .into()
+    }
+
+    /// Runs ietadm as another user (and group), like a non-root administrator would.
+    pub fn ietadm_as(&self, uid: u32, gid: u32, args: &[&str]) -> Run {
+        Command::new(bin("ietadm"))
+            .args(args)
+            .arg("--socket")
+            .arg(&self.socket)
+            .env_remove("IETD_SOCKET")
+            .uid(uid)
+            .gid(gid)
+            .output()
+            .expect("running ietadm")
+            .into()
     }
 }
 
