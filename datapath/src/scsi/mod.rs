@@ -259,12 +259,13 @@ impl Lun {
     /// latches this LUN now (returned), and a new one is recorded before the command
     /// that found it completes. Call before the LUN serves commands.
     pub fn keep_store_error_in(&self, record: LatchRecord) -> std::io::Result<Option<String>> {
-        let old = record.load()?;
-        if let Some(why) = &old {
+        let old = record.load();
+        if let Ok(Some(why)) = &old {
             let _ = self.store_error.set(why.clone());
         }
+        // Kept even when unreadable: a new error is still recorded.
         let _ = self.store_error_record.set(record);
-        Ok(old)
+        old
     }
 
     /// Latches the store error, recording it first if the LUN has a record: the failing
