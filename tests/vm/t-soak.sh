@@ -6,7 +6,7 @@
 # timeout and TCMU's qfull_time_out (docs/command-lifetime.md). Passes with 0 verify
 # errors, every fio round ending in time (no hung session), no I/O error in the kernel
 # log, the session still logged in, and a verify-only pass of both LUNs at the end.
-# Not in the default run (about 12 minutes of VM time); run it with
+# Not in the default run (632 s of VM time measured); run it with
 #     tests/run --vm-only --only soak
 # suite: manual
 # vm: --mem 2G --disk 256M --timeout 1500
