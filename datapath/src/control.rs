@@ -101,7 +101,7 @@ pub mod proto {
         /// Commands reported aborted by task management.
         pub aborted: u64,
         /// Set once a flush or durable write of the backing store failed: the LUN then
-        /// refuses every write and flush until it is re-attached (`scsi::Lun::store_error`).
+        /// refuses every write and flush until the LUN is removed, across restarts (`scsi::Lun::store_error`).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         pub store_error: Option<String>,
         /// Being released (detached, or given up after a ring error): no longer served.

@@ -15,6 +15,7 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::net::UnixListener;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::Arc;
@@ -25,6 +26,7 @@ use mio::{Events, Interest, Poll, Token, Waker};
 use slog::{error, info, o, warn, Logger};
 
 use crate::control::{self, proto, Conn, Incoming, OpenedDevice};
+use crate::latch::LatchRecord;
 use crate::ring::{status, Command, Response, Ring, RingError};
 use crate::scsi::{Attempt, Lun};
 use crate::worker::{Done, Job, WorkerPool};
@@ -120,6 +122,10 @@ struct Device {
     closing: bool,
     /// The LUN's latched store error has been logged.
     store_error_logged: bool,
+    /// Where its store error is recorded; removed when it is detached on request.
+    store_error_record: Option<LatchRecord>,
+    /// Detached on request (not given up, not stopping): the record goes with it.
+    detached: bool,
     /// How long after it was taken a command may still be executed: half the kernel's
     /// `cmd_time_out`, `None` when the kernel never fails ring commands
     /// (docs/command-lifetime.md).
@@ -191,6 +197,8 @@ pub struct EventLoop {
     /// Control connections with an attach being opened: what they sent meanwhile waits
     /// here, so replies keep the order of the requests.
     busy_conns: HashMap<usize, VecDeque<Incoming>>,
+    /// Where latched store errors are recorded ([`crate::latch`]); none: kept in memory.
+    latch_dir: Option<PathBuf>,
     log: Logger,
 }
 
@@ -233,6 +241,7 @@ impl EventLoop {
             next_open: 0,
             open_wait_max: OPEN_WAIT_MAX,
             busy_conns: HashMap::new(),
+            latch_dir: None,
             log,
         })
     }
@@ -245,6 +254,12 @@ impl EventLoop {
     /// How long an attach waits for its open before it is refused (tests).
     pub fn set_open_wait_max(&mut self, max: std::time::Duration) {
         self.open_wait_max = max;
+    }
+
+    /// Records latched store errors in `dir`, so they outlive this process: a device
+    /// attached with a record there starts refusing writes and flushes.
+    pub fn set_latch_dir(&mut self, dir: PathBuf) {
+        self.latch_dir = Some(dir);
     }
 
     /// Serves control connections accepted on `listener`.
@@ -309,6 +324,20 @@ impl EventLoop {
             )
             .map_err(io_err("register device"))?;
         info!(log, "attached"; "flags" => ring.flags().0);
+        let store_error_record = self.latch_dir.as_deref().map(|dir| {
+            let r = LatchRecord::new(dir, &dev.uio);
+            match dev.lun.keep_store_error_in(r.clone()) {
+                Ok(Some(why)) => error!(log, "the backing store failed a flush or durable write \
+                    before this attach: writes and flushes fail until the LUN is removed";
+                    "error" => why, "record" => %r.path().display()),
+                Ok(None) => {}
+                Err(e) => error!(log, "cannot read the store error record; a store error \
+                    latched by an earlier process may be missed";
+                    "record" => %r.path().display(), "error" => %e),
+            }
+            r
+        });
+        let store_error_logged = dev.lun.store_error().is_some();
         self.devices.insert(
             key,
             Device {
@@ -320,7 +349,9 @@ impl EventLoop {
                 stats: DevStats::default(),
                 at_workers: 0,
                 closing: false,
-                store_error_logged: false,
+                store_error_logged,
+                store_error_record,
+                detached: false,
                 execute_within: dev.cmd_time_out.map(|t| t / 2),
                 unknown_age: dev.cmd_time_out.is_some(),
                 detach_waiters: Vec::new(),
@@ -346,6 +377,9 @@ impl EventLoop {
             .find(|(_, d)| d.uio == uio && !d.closing)
             .map(|(k, _)| *k)
             .ok_or_else(|| LoopError::NotAttached(uio.to_string()))?;
+        if let Some(d) = self.devices.get_mut(&key) {
+            d.detached = true;
+        }
         self.close_device(key, "detach requested");
         Ok(key)
     }
@@ -544,7 +578,7 @@ impl EventLoop {
             if let Some(why) = d.lun.store_error() {
                 d.store_error_logged = true;
                 error!(d.log, "backing store failed a flush or durable write: acknowledged \
-                    data may be lost; writes and flushes fail until the LUN is re-attached";
+                    data may be lost; writes and flushes fail until the LUN is removed";
                     "error" => why);
             }
         }
@@ -620,6 +654,14 @@ impl EventLoop {
             if let Some(mut d) = self.devices.remove(&key) {
                 let _ = d.ring.notify();
                 info!(d.log, "detached");
+                // The LUN is removed (or replaced): its latch goes with it. Only now, as
+                // a command still at a worker could have latched meanwhile.
+                if let (true, Some(r)) = (d.detached, &d.store_error_record) {
+                    if let Err(e) = r.remove() {
+                        warn!(d.log, "cannot remove the store error record";
+                              "record" => %r.path().display(), "error" => %e);
+                    }
+                }
                 // Only now is the device free for its successor (a reload's delete +
                 // add of a changed LUN): answer the detach.
                 self.answer_detach(d.detach_waiters);

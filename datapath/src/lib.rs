@@ -3,6 +3,7 @@
 
 pub mod control;
 pub mod eventloop;
+pub mod latch;
 pub mod log;
 pub mod ring;
 pub mod scsi;

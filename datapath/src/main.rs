@@ -41,6 +41,10 @@ struct Args {
     /// ring commands); see docs/command-lifetime.md.
     #[arg(long, value_name = "SECONDS", default_value_t = 30)]
     cmd_time_out: u32,
+    /// Where latched store errors are recorded, so they outlive this process (default:
+    /// the control socket's directory; none with --attach alone).
+    #[arg(long, value_name = "DIR")]
+    latch_dir: Option<PathBuf>,
     /// I/O worker threads.
     #[arg(long)]
     workers: Option<usize>,
@@ -88,6 +92,17 @@ fn run(args: &Args, log: &Logger) -> Result<(), String> {
     }
     let mut ev = EventLoop::new(cfg, log.clone()).map_err(|e| e.to_string())?;
     ev.handle_signals().map_err(|e| e.to_string())?;
+    let latch_dir = args.latch_dir.clone().or_else(|| {
+        let dir = args.control.as_deref()?.parent()?;
+        Some(if dir.as_os_str().is_empty() {
+            PathBuf::from(".")
+        } else {
+            dir.to_path_buf()
+        })
+    });
+    if let Some(dir) = latch_dir {
+        ev.set_latch_dir(dir);
+    }
     if let Some(path) = &args.control {
         // A socket file left by a previous run would make bind fail.
         if path.exists() {

@@ -964,3 +964,110 @@ fn control_channel_answers() {
     }
     running.stop();
 }
+
+fn sync10() -> [u8; 10] {
+    [0x35, 0, 0, 0, 0, 0, 0, 0, 0, 0]
+}
+
+/// HARDWARE ERROR / INTERNAL TARGET FAILURE: the answer of a LUN whose store error is
+/// latched.
+fn store_failed(c: &Completed) -> bool {
+    c.status == status::CHECK_CONDITION && c.sense.get(2) == Some(&0x4) && c.sense[12] == 0x44
+}
+
+/// A failed flush latches the LUN's store error, and the latch is recorded before the
+/// failing command completes: a new datapath (the old one killed, the store healthy
+/// again, a fresh open that would not see the old write-back error) still refuses writes
+/// and flushes; a detach on request (the LUN removed) clears it.
+#[test]
+fn a_latched_store_error_outlives_the_datapath() {
+    let dir = tempfile::tempdir().unwrap();
+    let record = datapath::latch::record_path(dir.path(), "uio-l");
+    let store = Arc::new(MemStore::new(BS, BLOCKS, MemStore::caps(true, false)));
+    let payload = vec![0x3cu8; BS as usize];
+
+    let mut ev = new_loop(2);
+    ev.set_latch_dir(dir.path().to_path_buf());
+    let mut sim = attach_sim(
+        &mut ev,
+        SimConfig::default(),
+        "uio-l",
+        lun_over(store.clone(), 0),
+    );
+    let running = start(ev);
+    sim.submit(&write10(0, 1), &payload, 0).unwrap();
+    assert_eq!(wait_for(&mut sim, 1)[0].status, status::GOOD);
+    store.set_faults(datapath::scsi::testing::Faults {
+        flush_fails: true,
+        ..Default::default()
+    });
+    sim.submit(&sync10(), &[], 0).unwrap();
+    let done = wait_for(&mut sim, 1);
+    assert!(store_failed(&done[0]), "{:?}", done[0]);
+    // Recorded by the time the initiator sees the failure.
+    let recorded = std::fs::read_to_string(&record).expect("the latch is recorded");
+    assert!(recorded.contains("flush"), "{recorded}");
+    store.set_faults(Default::default());
+    drop(running.stop());
+    drop(sim);
+
+    // A new process, a new Lun over the (recovered) store, the same device.
+    let path = dir.path().join("ctl.sock");
+    let mut ev = new_loop(2);
+    ev.set_latch_dir(dir.path().to_path_buf());
+    ev.listen(std::os::unix::net::UnixListener::bind(&path).unwrap())
+        .unwrap();
+    let mut sim = attach_sim(
+        &mut ev,
+        SimConfig::default(),
+        "uio-l",
+        lun_over(store.clone(), 0),
+    );
+    let stats = ev.stats();
+    assert!(
+        stats[0]
+            .store_error
+            .as_deref()
+            .is_some_and(|e| e.contains("flush")),
+        "{stats:?}"
+    );
+    let running = start(ev);
+    sim.submit(&sync10(), &[], 0).unwrap();
+    sim.submit(&write10(1, 1), &payload, 0).unwrap();
+    sim.submit(&read10(0, 1), &[], BS as usize).unwrap();
+    let mut done = wait_for(&mut sim, 3);
+    done.sort_by_key(|c| c.id);
+    assert!(store_failed(&done[0]), "flush after restart: {:?}", done[0]);
+    assert!(store_failed(&done[1]), "write after restart: {:?}", done[1]);
+    assert_eq!(done[2].status, status::GOOD, "reads still work");
+    assert_eq!(
+        store.calls().flushes,
+        1,
+        "the refused flush did not reach the store"
+    );
+
+    // The administrator removes the LUN: the record goes, a new attach starts clean.
+    let mut c = Client::connect(&path).unwrap();
+    let req = Request::Detach {
+        uio: "uio-l".into(),
+    };
+    assert_eq!(c.call(&req, &[]).unwrap(), Reply::Ok);
+    assert!(
+        !record.exists(),
+        "record removed once the detach is answered"
+    );
+    running.stop();
+    drop(sim);
+    let mut ev = new_loop(2);
+    ev.set_latch_dir(dir.path().to_path_buf());
+    let mut sim = attach_sim(
+        &mut ev,
+        SimConfig::default(),
+        "uio-l",
+        lun_over(store.clone(), 0),
+    );
+    let running = start(ev);
+    sim.submit(&sync10(), &[], 0).unwrap();
+    assert_eq!(wait_for(&mut sim, 1)[0].status, status::GOOD);
+    running.stop();
+}

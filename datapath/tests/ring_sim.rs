@@ -316,6 +316,8 @@ fn without_oooc_nothing_is_reaped_before_the_oldest() {
         flags: 0,
         ..SimConfig::default()
     });
+    // A new ring tells the kernel once, for what a predecessor completed unannounced.
+    assert!(ring.notify().unwrap());
     let a = sim.submit(&read_cdb(1, 0), &[], 512).unwrap();
     let b = sim.submit(&read_cdb(2, 0), &[], 512).unwrap();
     let mut cmds = take_all(&mut ring);
@@ -532,6 +534,7 @@ fn restart_resumes_from_cmd_tail() {
 fn commands_of_another_ring_are_refused() {
     let (mut sim1, mut r1) = setup(SimConfig::default());
     let (_sim2, mut r2) = setup(SimConfig::default());
+    r2.notify().unwrap(); // the opening notification
     sim1.submit(&read_cdb(0, 0), &[], 512).unwrap();
     let c = r1.next_command().unwrap().unwrap();
     let tail = sim1.cmd_tail();

@@ -822,7 +822,7 @@ fn synchronize_cache() {
 
 /// A failed flush may have consumed the kernel's only report of lost write-back data:
 /// from then on no flush and no write may answer GOOD, even once the store works again,
-/// until the LUN is re-attached (a new `Lun` over a new store). Reads still work.
+/// until the LUN is removed (a new `Lun` without a recorded latch). Reads still work.
 #[test]
 fn store_error_latches_after_a_failed_flush() {
     let (store, lun) = lun_with(MemStore::caps(true, false), BS, BLOCKS);
@@ -866,7 +866,7 @@ fn store_error_latches_after_a_failed_flush() {
     good(&x);
     assert_eq!(x.data_in(), &[7; 1024][..]);
     good(&exchange(&lun, &[0, 0, 0, 0, 0, 0], &[], 0));
-    // A re-attach opens a new store: a new Lun starts clean.
+    // A new Lun (the LUN removed and added again) starts clean.
     let fresh = Lun::new(store.clone(), identity());
     good(&exchange(&fresh, &cdb10(0x35, 0, 0, 0), &[], 0));
 }

@@ -163,6 +163,14 @@ struct Adopted {
     reopen: Reopen,
 }
 
+/// The problem shown for a LUN with a latched store error (views, `ietadm --op show`).
+fn store_error_problem(why: &str) -> String {
+    format!(
+        "backing store failed a flush or durable write ({why}): acknowledged data may be lost; \
+         writes and flushes are refused until the LUN is removed and added again"
+    )
+}
+
 /// Whether process `pid` exists and is not a zombie (an adopted datapath is not our
 /// child, so its exit is seen only this way or through its socket).
 fn process_alive(pid: i32) -> bool {
@@ -222,6 +230,9 @@ pub struct Supervisor {
     limit_logged: bool,
     /// Devices handed over (kept or adopted) that the datapath does not serve, with why.
     failed: BTreeMap<String, String>,
+    /// Devices whose LUN latched a store error (a failed flush or durable write, from the
+    /// datapath's stats): served, but refusing writes and flushes until removed.
+    store_errors: BTreeMap<String, String>,
     /// Re-attaches by the health check since the device was last seen served: a device
     /// the datapath gives up again after each one is failed, not "re-attached" forever.
     reattached: BTreeMap<String, u32>,
@@ -251,6 +262,7 @@ impl Supervisor {
             down_since: None,
             limit_logged: false,
             failed: BTreeMap::new(),
+            store_errors: BTreeMap::new(),
             reattached: BTreeMap::new(),
             last_health: None,
             log,
@@ -564,6 +576,7 @@ impl Supervisor {
     /// it returns None as there is nothing of ours to close.
     pub fn detach(&mut self, uio: &str) -> Option<Device> {
         self.failed.remove(uio);
+        self.store_errors.remove(uio);
         self.reattached.remove(uio);
         if self.adopted.remove(uio).is_some() {
             self.detach_uio(uio);
@@ -587,9 +600,29 @@ impl Supervisor {
                 uio: uio.to_string(),
             };
             match self.expect_ok(format!("detach of {uio}"), &req, &[]) {
-                Ok(()) => info!(self.log, "device detached from the datapath"; "uio" => uio),
+                // The datapath removed the LUN's store error record.
+                Ok(()) => {
+                    info!(self.log, "device detached from the datapath"; "uio" => uio);
+                    return;
+                }
                 Err(e) => warn!(self.log, "detach failed"; "uio" => uio, "error" => %e),
             }
+        }
+        // The LUN goes: so does its latched store error, which the datapath (down, or
+        // not serving it) did not remove.
+        let record = datapath::latch::LatchRecord::new(self.latch_dir(), uio);
+        if let Err(e) = record.remove() {
+            warn!(self.log, "cannot remove the store error record"; "uio" => uio,
+                  "record" => %record.path().display(), "error" => %e);
+        }
+    }
+
+    /// Where the datapath records latched store errors: its control socket's directory
+    /// (its default).
+    fn latch_dir(&self) -> &Path {
+        match self.cfg.socket.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d,
+            _ => Path::new("."),
         }
     }
 
@@ -670,7 +703,47 @@ impl Supervisor {
                 };
                 Some((tid, lun, why.clone()))
             })
+            .chain(
+                self.store_errors
+                    .iter()
+                    .filter(|(uio, _)| !self.failed.contains_key(*uio))
+                    .filter_map(|(uio, why)| {
+                        let (tid, lun) = match (self.devices.get(uio), self.adopted.get(uio)) {
+                            (Some(d), _) => (d.tid, d.attach.lun),
+                            (None, Some(a)) => (a.tid, a.attach.lun),
+                            (None, None) => return None,
+                        };
+                        Some((tid, lun, store_error_problem(why)))
+                    }),
+            )
             .collect()
+    }
+
+    /// Records the store error the datapath reports for `uio` (None: none); logged once.
+    fn note_store_error(&mut self, uio: &str, why: Option<&str>) {
+        match why {
+            Some(why) if self.store_errors.get(uio).map(String::as_str) != Some(why) => {
+                let (target, lun) = self
+                    .devices
+                    .get(uio)
+                    .map(|d| (d.attach.target.clone(), d.attach.lun))
+                    .or_else(|| {
+                        self.adopted
+                            .get(uio)
+                            .map(|a| (a.attach.target.clone(), a.attach.lun))
+                    })
+                    .unwrap_or_default();
+                error!(self.log, "LUN failed: its backing store failed a flush or durable write; \
+                       acknowledged data may be lost; writes and flushes are refused until the \
+                       LUN is removed and added again";
+                       "uio" => uio, "target" => target, "lun" => lun, "error" => why);
+                self.store_errors.insert(uio.to_string(), why.to_string());
+            }
+            Some(_) => {}
+            None => {
+                self.store_errors.remove(uio);
+            }
+        }
     }
 
     /// Records that `uio` is not served; logged when it starts or its reason changes.
@@ -708,6 +781,11 @@ impl Supervisor {
             let e = seen.entry(l.uio.as_str()).or_default();
             e.0 |= !l.closing;
             e.1 |= l.closing;
+        }
+        for l in luns.iter().filter(|l| !l.closing) {
+            if self.devices.contains_key(&l.uio) || self.adopted.contains_key(&l.uio) {
+                self.note_store_error(&l.uio, l.store_error.as_deref());
+            }
         }
         let state = |uio: &str| seen.get(uio).copied().unwrap_or_default();
         let wanted: Vec<String> = self

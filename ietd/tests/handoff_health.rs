@@ -26,7 +26,7 @@ const ADOPTED: &str = "tcm-user/2/ietd_t1_l1/ietd/nullio";
 /// serves `$STANDIN_DIR/datapath.sock`; before each answer it drops the devices listed
 /// in `drop` (then deletes the file) and refuses attaches of those listed in `refuse`;
 /// it reports those listed in `closing` as still being released, and accepts but at once
-/// gives up again those listed in `flap`. Every attach is appended to `attaches`.
+/// gives up again those listed in `flap`; those listed in `store_error` have latched one. Every attach is appended to `attaches`.
 #[test]
 #[ignore = "helper process for the other tests"]
 fn standin_datapath() {
@@ -61,6 +61,9 @@ fn standin_datapath() {
                         .iter()
                         .map(|u| LunStats {
                             uio: u.clone(),
+                            store_error: listed("store_error")
+                                .contains(u)
+                                .then(|| "flush failed: Input/output error (os error 5)".into()),
                             ..LunStats::default()
                         })
                         .chain(listed("closing").into_iter().map(|u| LunStats {
@@ -337,4 +340,53 @@ fn a_device_dropped_after_every_attach_is_reported_failed() {
     sup.check_health();
     assert_eq!(sup.failed(), vec![]);
     stop(sup, child);
+}
+
+/// A LUN whose store error the datapath latched is served but failed: reported (once in
+/// the log) with the error as its problem, until the LUN is removed. Its removal also
+/// removes the datapath's record of the latch when the datapath cannot (down).
+#[test]
+fn a_latched_store_error_is_reported_until_the_lun_is_removed() {
+    let dir = tempfile::tempdir().unwrap();
+    let child = spawn(dir.path(), &[]);
+    let mut sup = adopt(dir.path());
+    sup.attach(device(UIO, 0)).expect("attach");
+    sup.check_health();
+    assert_eq!(sup.failed(), vec![]);
+    fs::write(dir.path().join("store_error"), UIO).unwrap();
+    sup.check_health();
+    let failed = sup.failed();
+    assert_eq!(failed.len(), 1, "{failed:?}");
+    assert_eq!((failed[0].0, failed[0].1), (1, 0));
+    assert!(
+        failed[0].2.contains("backing store failed a flush"),
+        "{}",
+        failed[0].2
+    );
+    assert!(
+        failed[0].2.contains("Input/output error"),
+        "{}",
+        failed[0].2
+    );
+    assert!(
+        failed[0].2.contains("removed and added again"),
+        "{}",
+        failed[0].2
+    );
+    sup.check_health();
+    assert_eq!(sup.failed(), failed, "it stays");
+    assert_eq!(attaches(dir.path()), 1, "served: not handed over again");
+
+    // (`State::set_unserved` makes the views show it: state:2 with this problem.)
+
+    // Removing the LUN with the datapath gone: ietd removes the record itself.
+    let record = datapath::latch::record_path(dir.path(), UIO);
+    fs::write(&record, "flush failed\n").unwrap();
+    let mut child = child;
+    let _ = child.kill();
+    let _ = child.wait();
+    sup.detach(UIO);
+    assert_eq!(sup.failed(), vec![]);
+    assert!(!record.exists(), "the record goes with the LUN");
+    sup.stop();
 }

@@ -82,6 +82,25 @@ pub enum RingError {
     Event { op: &'static str, source: io::Error },
     #[error("uio device {name:?}: {reason}")]
     Uio { name: String, reason: String },
+    #[error("stopped at {0:?}, as a killed process would (Ring::crash_at)")]
+    Crashed(CompletionStep),
+}
+
+/// The steps of a completion, in the order they reach the shared memory; a test can stop
+/// the ring at any of them as if the process were killed there ([`Ring::crash_at`]), to
+/// check what a successor makes of it (docs/command-lifetime.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CompletionStep {
+    /// The slot is marked as being written; the request in it is still whole.
+    SlotMarked,
+    /// The response is written over the request, not yet marked complete.
+    ResponseWritten,
+    /// The response is marked complete; `cmd_tail` has not moved.
+    ResponseDone,
+    /// `cmd_tail` has moved past the slot; the kernel has not been told.
+    TailMoved,
+    /// The notification is sent.
+    Notified,
 }
 
 /// Capability flags from the mailbox.
@@ -243,6 +262,9 @@ pub struct Ring {
     need_notify: bool,
     aborted: Vec<u16>,
     stats: RingStats,
+    /// Where to stop as a killed process would ([`Ring::crash_at`]), and whether it did.
+    crash_at: Option<(u64, CompletionStep)>,
+    crashed: bool,
     log: Logger,
 }
 
@@ -332,9 +354,15 @@ impl Ring {
             steal_slots: false,
             order: VecDeque::new(),
             waiting: HashMap::new(),
-            need_notify: false,
+            // A predecessor killed after moving cmd_tail but before notifying left
+            // completions the kernel has not reaped (it reaps only when told, and with
+            // cmd_time_out=0 has no timer): tell it once, whether or not we complete
+            // anything (found by tests/crash_model.rs).
+            need_notify: true,
             aborted: Vec::new(),
             stats: RingStats::default(),
+            crash_at: None,
+            crashed: false,
             log: Logger::root(slog::Discard, o!()),
         }
         .finish_interrupted_slot()
@@ -403,6 +431,33 @@ impl Ring {
         self.steal_slots = on && self.flags.ooo_completion() && self.in_flight == 0;
     }
 
+    /// Tests of the restart rules: stop at `step` of the completion of the `nth` slot
+    /// this ring writes (0-based; for [`CompletionStep::Notified`], the first notification
+    /// after it), as if the process were killed there. From then on the ring touches
+    /// nothing and every call fails with [`RingError::Crashed`]; drop it and open a new
+    /// one on the same memory.
+    #[doc(hidden)]
+    pub fn crash_at(&mut self, nth: u64, step: CompletionStep) {
+        self.crash_at = Some((nth, step));
+    }
+
+    /// Fails once the simulated kill happened, or makes it happen at `step`.
+    fn crash_point(&mut self, step: CompletionStep) -> Result<(), RingError> {
+        let due = match self.crash_at {
+            _ if self.crashed => true,
+            Some((n, CompletionStep::Notified)) => {
+                step == CompletionStep::Notified && self.stats.completions > n
+            }
+            Some((n, s)) => s == step && self.stats.completions == n,
+            None => false,
+        };
+        if due {
+            self.crashed = true;
+            return Err(RingError::Crashed(self.crash_at.map_or(step, |c| c.1)));
+        }
+        Ok(())
+    }
+
     /// Logs through `log` from now on.
     pub fn set_logger(&mut self, log: Logger) {
         self.log = log;
@@ -461,6 +516,9 @@ impl Ring {
     /// Tells the kernel about completions written since the last call: one 4-byte write
     /// per batch. Returns whether a write was made.
     pub fn notify(&mut self) -> Result<bool, RingError> {
+        if self.crashed {
+            return Err(RingError::Crashed(CompletionStep::Notified));
+        }
         if !self.need_notify {
             return Ok(false);
         }
@@ -469,6 +527,7 @@ impl Ring {
             match nix::unistd::write(&self.event, &1u32.to_ne_bytes()) {
                 Ok(_) => {
                     self.stats.notifies += 1;
+                    self.crash_point(CompletionStep::Notified)?;
                     return Ok(true);
                 }
                 Err(nix::errno::Errno::EINTR) => continue,
@@ -533,6 +592,9 @@ impl Ring {
     /// [`Ring::notify`] after draining). An `Err` means the ring cannot be walked any
     /// further and the device must be given up.
     pub fn next_command(&mut self) -> Result<Option<Command>, RingError> {
+        if self.crashed {
+            return Err(RingError::Crashed(CompletionStep::SlotMarked));
+        }
         let head = self.load_head()?;
         while self.cursor != head {
             let pos = self.cursor;
@@ -693,6 +755,9 @@ impl Ring {
     /// batch. A command from another ring, or one not in flight, is refused without
     /// touching the ring.
     pub fn complete(&mut self, mut cmd: Command, resp: &Response) -> Result<(), RingError> {
+        if self.crashed {
+            return Err(RingError::Crashed(CompletionStep::SlotMarked));
+        }
         if cmd.ring != self.serial {
             return Err(RingError::ForeignCommand { id: cmd.id });
         }
@@ -749,6 +814,9 @@ impl Ring {
     /// Writes a result into the oldest not-yet-completed CMD slot (which, without OOOC,
     /// is the command's own) and moves `cmd_tail` past it.
     fn write_slot(&mut self, id: u16, res: SlotResult) -> Result<(), RingError> {
+        if self.crashed {
+            return Err(RingError::Crashed(CompletionStep::SlotMarked));
+        }
         loop {
             if self.tail == self.cursor {
                 // Completions never overtake fetches; reaching the cursor means our
@@ -762,13 +830,15 @@ impl Ring {
                 continue;
             }
             let e = self.ring_off(pos);
-            let m = &self.map;
             // From here on the request in this slot is being destroyed: say so first,
             // for a successor should we die before cmd_tail moves (module docs).
-            let mut ok = m
+            let mut ok = self
+                .map
                 .write_u8(e + layout::E_KFLAGS, layout::KFLAG_RSP_WRITING)
                 .is_some();
             std::sync::atomic::fence(Ordering::Release);
+            self.crash_point(CompletionStep::SlotMarked)?;
+            let m = &self.map;
             ok &= m.write_u16(e + layout::E_CMD_ID, id).is_some();
             let uflags = if res.read_len.is_some() {
                 layout::UFLAG_READ_LEN
@@ -788,7 +858,9 @@ impl Ring {
                 ok &= m.write_bytes(e + layout::RSP_SENSE, &buf).is_some();
             }
             std::sync::atomic::fence(Ordering::Release);
-            ok &= m
+            self.crash_point(CompletionStep::ResponseWritten)?;
+            ok &= self
+                .map
                 .write_u8(
                     e + layout::E_KFLAGS,
                     layout::KFLAG_RSP_WRITING | layout::KFLAG_RSP_DONE,
@@ -797,12 +869,14 @@ impl Ring {
             if !ok {
                 return Err(self.corrupt(pos, "completion slot outside the map"));
             }
+            self.crash_point(CompletionStep::ResponseDone)?;
             self.tail = (pos + len) % self.cmdr_size;
             self.map.store_u32_release(layout::MB_CMD_TAIL, self.tail);
             self.ids[usize::from(id)] = ID_FREE;
             self.in_flight -= 1;
-            self.stats.completions += 1;
             self.need_notify = true;
+            self.crash_point(CompletionStep::TailMoved)?;
+            self.stats.completions += 1;
             debug!(self.log, "completed"; "cmd_id" => id, "status" => res.status);
             return Ok(());
         }

@@ -413,6 +413,11 @@ impl Lun {
     pub(super) fn synchronize_cache(&self, lba: u64, blocks: u32) -> Result<Completion, Failure> {
         self.check_range(lba, u64::from(blocks))?;
         self.store.flush().map_err(|e| self.store_err(e, true))?;
+        // A flush running at the same time may have taken the error report this one
+        // would have had.
+        if self.store_error().is_some() {
+            return Err(Failure::StoreFailed);
+        }
         Ok(Completion::no_data())
     }
 

@@ -32,6 +32,7 @@ use std::sync::{Arc, OnceLock, RwLock};
 
 use iomodes::{BackingStore, Capabilities, Geometry};
 
+use crate::latch::LatchRecord;
 use crate::ring::{DataIov, Response};
 use cdb::Command;
 use sense::{Completion, ErrorClass, Failure, FieldPointer};
@@ -159,6 +160,8 @@ pub struct Lun {
     write_order: RwLock<()>,
     /// Set by the first failed flush or durable write (see [`Lun::store_error`]).
     store_error: OnceLock<String>,
+    /// Where the latch is kept across processes ([`Lun::keep_store_error_in`]).
+    store_error_record: OnceLock<LatchRecord>,
     counters: Counters,
 }
 
@@ -199,6 +202,7 @@ impl Lun {
             limits: Limits::default(),
             write_order: RwLock::new(()),
             store_error: OnceLock::new(),
+            store_error_record: OnceLock::new(),
             counters: Counters::default(),
         }
     }
@@ -243,15 +247,41 @@ impl Lun {
     /// Why the LUN refuses writes and flushes, once a flush or a durable write of its
     /// store failed. Write-back data acknowledged before may be lost and the kernel
     /// reports that only once, so no later flush may answer GOOD: the error stays until
-    /// an administrator acts, by detaching and re-attaching the LUN (`ietadm --op
-    /// delete` + `--op new`, a reload that changes it, or a restart of the datapath,
-    /// all of which open a new store), after checking the data. Reads still work.
+    /// an administrator acts, by removing the LUN (`ietadm --op delete` + `--op new`, a
+    /// reload that changes it, a stop of ietd), after checking the data. With a
+    /// [`LatchRecord`] it outlives the process (a datapath crash or restart, a
+    /// re-attach). Reads still work.
     pub fn store_error(&self) -> Option<&str> {
         self.store_error.get().map(String::as_str)
     }
 
+    /// Keeps the latch in `record`: a store error recorded there by an earlier process
+    /// latches this LUN now (returned), and a new one is recorded before the command
+    /// that found it completes. Call before the LUN serves commands.
+    pub fn keep_store_error_in(&self, record: LatchRecord) -> std::io::Result<Option<String>> {
+        let old = record.load();
+        if let Ok(Some(why)) = &old {
+            let _ = self.store_error.set(why.clone());
+        }
+        // Kept even when unreadable: a new error is still recorded.
+        let _ = self.store_error_record.set(record);
+        old
+    }
+
+    /// Latches the store error, recording it first if the LUN has a record: the failing
+    /// command's completion comes after, so no crash can forget an error already
+    /// reported. A record that cannot be written is named in the error itself.
     fn latch_store_error(&self, e: &iomodes::IoError) {
-        let _ = self.store_error.set(e.to_string());
+        if self.store_error.get().is_some() {
+            return;
+        }
+        let mut why = e.to_string();
+        if let Some(r) = self.store_error_record.get() {
+            if let Err(re) = r.store(&why) {
+                why = format!("{why} (not recorded in {}: {re})", r.path().display());
+            }
+        }
+        let _ = self.store_error.set(why);
     }
 
     /// Bounds the work of one command, before anything runs. Every command that moves or

@@ -105,7 +105,7 @@ pub enum Failure {
     #[error("HARDWARE ERROR: internal target failure")]
     InternalTargetFailure,
     /// A flush or durable write failed: acknowledged write-back data may be lost, and
-    /// the LUN refuses writes and flushes until re-attached (`Lun::store_error`).
+    /// the LUN refuses writes and flushes until the LUN is removed (`Lun::store_error`).
     /// HARDWARE ERROR, unlike MEDIUM ERROR / WRITE ERROR, is not retried by Linux's
     /// SCSI midlayer (it ends the request as a target failure), so no retry can turn
     /// it into a false GOOD.
