@@ -36,14 +36,16 @@ use signal_hook_mio::v1_0::Signals;
 use slog::{error, info, warn, Logger};
 
 use ietd::conf::{self, Loaded};
-use ietd::control::{self, ControlSocket, Extension, NoExtension, ServeOptions};
-use ietd::handoff::{DatapathHook, Handle, KernelEvents, KernelProvisioner};
+use ietd::control::{self, ControlSocket, EventDispatch, NoEvents, ServeOptions};
+use ietd::dispatch::Dispatcher;
+use ietd::handoff::DatapathHook;
+use ietd::platform::Platform;
 use ietd::protocol::{self, Direction};
 use ietd::provision::configfs::ConfigfsProvisioner;
 use ietd::provision::kernel::KERNEL_CONFIGFS;
-use ietd::provision::{owned_objects, plan, prepare_kernel, Provisioner, Settings};
+use ietd::provision::{owned_objects, plan, NoHook, Provisioner, Settings};
 use ietd::state::State;
-use ietd::supervise::{sibling_binary, DatapathConfig, Supervisor};
+use ietd::supervise::{sibling_binary, DatapathConfig, SharedSupervisor, Supervisor};
 
 const PRIMARY_CONF: &str = "/etc/iet/ietd.conf";
 const LEGACY_CONF: &str = "/etc/ietd.conf";
@@ -368,8 +370,9 @@ fn serve(
         Err(e) => return fail(e.to_string()),
     };
     // Kernel work that needs root happens before privileges are dropped.
-    let kernel = if kernel_mode(&cli.configfs_root) {
-        match start_kernel(cli, &socket_path, unclean, log) {
+    let platform = Platform::for_root(cli.configfs_root.clone());
+    let kernel = if platform.is_kernel() {
+        match start_kernel(cli, &platform, &socket_path, unclean, log) {
             Ok(k) => Some(k),
             Err(e) => {
                 socket.remove(log);
@@ -405,23 +408,19 @@ fn serve(
     }
     // Every start adopts what a previous ietd left (nothing after a clean stop): objects
     // the configuration has are taken over, the rest removed after the state is built.
-    let prov: Result<Box<dyn Provisioner>, _> = match &kernel {
-        Some((handle, _)) => ConfigfsProvisioner::with_hook(
-            cli.configfs_root.clone(),
-            settings,
-            Box::new(DatapathHook::new(
-                handle.clone(),
-                cli.configfs_root.clone(),
-                log.clone(),
-            )),
+    let hook: Box<dyn ietd::provision::DeviceHook> = match &kernel {
+        Some((sup, _)) => Box::new(DatapathHook::new(
+            sup.clone(),
+            platform.clone(),
             log.clone(),
-        )
-        .and_then(|mut p| p.begin_adoption().map(|_| p))
-        .map(|p| Box::new(KernelProvisioner::new(p, handle.clone(), log.clone())) as _),
-        None => ConfigfsProvisioner::new(cli.configfs_root.clone(), settings, log.clone())
-            .and_then(|mut p| p.begin_adoption().map(|_| p))
-            .map(|p| Box::new(p) as _),
+        )),
+        None => Box::new(NoHook),
     };
+    let prov: Result<Box<dyn Provisioner>, _> = platform
+        .configfs()
+        .map(|fs| ConfigfsProvisioner::with_fs(fs, settings, hook, log.clone()))
+        .and_then(|mut p| p.begin_adoption().map(|_| p))
+        .map(|p| Box::new(p) as _);
     let prov = match prov {
         Ok(p) => p,
         Err(e) => {
@@ -443,10 +442,11 @@ fn serve(
         client_timeout: Duration::from_secs(cli.client_timeout.max(1)),
         views_dir: Some(views_dir(&socket_path)),
     };
-    let mut kernel_events = kernel.map(|(handle, nl)| KernelEvents::new(handle, nl, log.clone()));
-    let ext: &mut dyn Extension = match kernel_events.as_mut() {
+    let mut kernel_events =
+        kernel.map(|(sup, nl)| Dispatcher::new(sup, nl, platform.clone(), log.clone()));
+    let ext: &mut dyn EventDispatch = match kernel_events.as_mut() {
         Some(k) => k,
-        None => &mut NoExtension,
+        None => &mut NoEvents,
     };
     let mut reload = |state: &mut State| reload_config(cli, state, log);
     let result = control::serve(
@@ -526,30 +526,22 @@ fn reload_config(cli: &Cli, state: &mut State, log: &Logger) {
     let _ = state.reload(loaded);
 }
 
-/// Whether `root` is the kernel's configfs (kernel mode) rather than a test directory.
-fn kernel_mode(root: &Path) -> bool {
-    root == Path::new(KERNEL_CONFIGFS)
-}
-
 /// Kernel-mode startup: modules and configfs, the TCM-USER listener, leftovers of an
 /// ietd that did not stop cleanly, and the datapath process.
 fn start_kernel(
     cli: &Cli,
+    platform: &Platform,
     socket_path: &Path,
     unclean: bool,
     log: &Logger,
-) -> Result<(Handle, Option<ietd::netlink::Listener>), String> {
-    prepare_kernel(&cli.configfs_root)
+) -> Result<(SharedSupervisor, Option<ietd::netlink::Listener>), String> {
+    platform
+        .prepare()
         .map_err(|e| format!("preparing LIO under {}: {e}", cli.configfs_root.display()))?;
     // Opened before anything is provisioned, so no event of ours is missed.
-    let nl = match ietd::netlink::Listener::open(log.clone()) {
-        Ok(nl) => Some(nl),
-        Err(e) => {
-            warn!(log, "TCM-USER netlink unavailable: backstores removed behind ietd's back will not be noticed"; "error" => %e);
-            None
-        }
-    };
-    let leftovers = ietd::provision::ConfigFs::open(cli.configfs_root.clone())
+    let nl = platform.netlink(log);
+    let leftovers = platform
+        .configfs()
         .and_then(|fs| owned_objects(&fs, &Settings::default().subtype))
         .map_err(|e| format!("scanning {}: {e}", cli.configfs_root.display()))?;
     if unclean || !leftovers.backstores.is_empty() {
@@ -579,7 +571,7 @@ fn start_kernel(
     }
     // A datapath left by an ietd that died still serves its rings: adopt it.
     let sup = Supervisor::start_or_adopt(cfg, log.clone()).map_err(|e| e.to_string())?;
-    Ok((Handle::new(sup), nl))
+    Ok((SharedSupervisor::new(sup), nl))
 }
 
 /// Removes the discovery accounts at shutdown, so LIO's `discovery_auth` does not keep

@@ -30,6 +30,7 @@ use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use datapath::control::proto::{Attach, LunStats, Reply, Request};
@@ -1019,5 +1020,23 @@ impl Drop for Supervisor {
         if self.life.running() {
             self.stop();
         }
+    }
+}
+
+/// The one supervisor, reached from two places on the control thread: the device hook
+/// inside the provisioner (attach, detach) and the daemon's dispatch point (checks,
+/// vanished devices, shutdown). Neither calls back into the other.
+#[derive(Clone)]
+pub struct SharedSupervisor(Arc<Mutex<Supervisor>>);
+
+impl SharedSupervisor {
+    pub fn new(supervisor: Supervisor) -> SharedSupervisor {
+        SharedSupervisor(Arc::new(Mutex::new(supervisor)))
+    }
+
+    /// A panic while it was held cannot leave it half-changed in a way that matters more
+    /// than stopping would, so a poisoned lock is taken as is.
+    pub fn lock(&self) -> MutexGuard<'_, Supervisor> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
     }
 }

@@ -57,6 +57,8 @@ pub trait DeviceHook: Send {
     fn device_released(&mut self, dev: &Backstore) {
         let _ = dev;
     }
+    /// Adoption is over: whatever a previous ietd handed over that no LUN claimed can go.
+    fn adoption_finished(&mut self) {}
 }
 
 /// A hook that does nothing: for a temp-dir configfs, where there is no device.
@@ -284,6 +286,34 @@ impl ConfigfsProvisioner {
                 }
             }
         }
+    }
+
+    /// Whether a backstore of `target` (of LUN `only`, or any) was removed by someone
+    /// else (targetcli): its LUN's removal can no longer be undone step by step.
+    fn backstore_vanished(&self, target: &Target, only: Option<u32>) -> bool {
+        self.live.get(&key(&target.name)).is_some_and(|live| {
+            live.devs
+                .iter()
+                .filter(|(lun, _)| only.is_none_or(|o| o == **lun))
+                .any(|(_, dev)| !self.fs.exists(&dev.path))
+        })
+    }
+
+    /// Undo errors of a removal are expected when a backstore had vanished (its LUN links
+    /// and directories went with it): logged, not returned, and the record (which a
+    /// retry could not undo either) is dropped.
+    fn forgive_vanished(
+        &mut self,
+        result: Result<(), ProvisionError>,
+        target: &Target,
+        lun: Option<u32>,
+    ) -> Result<(), ProvisionError> {
+        if let Err(e) = result {
+            warn!(self.log, "removal of a LUN whose backstore had vanished left errors (expected)";
+                  "target" => &target.name, "error" => %e);
+            self.forget(target, lun);
+        }
+        Ok(())
     }
 
     /// The backstore of a live LUN (for the datapath supervisor and tests).
@@ -888,6 +918,71 @@ fn settings_of(steps: &[Step]) -> BTreeMap<String, Setting> {
     out
 }
 
+impl ConfigfsProvisioner {
+    /// The record stays until every step is undone: a failed removal keeps what is left
+    /// of the target (and the LUNs that still have objects), and a retry removes the rest.
+    fn delete_target_steps(&mut self, target: &Target) -> Result<(), ProvisionError> {
+        let k = key(&target.name);
+        let journal = match self.live.get_mut(&k) {
+            Some(live) => std::mem::take(&mut live.journal),
+            None => return Err(ProvisionError::NotFound(format!("target {}", target.name))),
+        };
+        let (left, error) = self.undo(target, journal);
+        let Some(e) = error else {
+            self.live.remove(&k);
+            debug!(self.log, "target deleted"; "target" => &target.name);
+            return Ok(());
+        };
+        if let Some(live) = self.live.get_mut(&k) {
+            live.devs
+                .retain(|lun, _| left.iter().any(|s| s.lun == Some(*lun)));
+            live.journal = left;
+        }
+        warn!(self.log, "target only partly removed; deleting it again removes the rest";
+              "target" => &target.name, "error" => %e);
+        Err(e)
+    }
+
+    /// Like `delete_target_steps`: the LUN's record and the steps whose undo failed stay, so
+    /// a retry finishes the removal.
+    fn delete_lun_steps(&mut self, target: &Target, lun: u32) -> Result<(), ProvisionError> {
+        let k = key(&target.name);
+        let live = self
+            .live
+            .get_mut(&k)
+            .ok_or_else(|| ProvisionError::NotFound(format!("target {}", target.name)))?;
+        if !live.devs.contains_key(&lun) {
+            return Err(ProvisionError::NotFound(format!(
+                "target {} lun {lun}",
+                target.name
+            )));
+        }
+        let (mine, rest): (Vec<Step>, Vec<Step>) = std::mem::take(&mut live.journal)
+            .into_iter()
+            .partition(|s| s.lun == Some(lun));
+        live.journal = rest;
+        let (left, error) = self.undo(target, mine);
+        let live = self
+            .live
+            .get_mut(&k)
+            .expect("checked above and nothing removed it since");
+        match error {
+            None => {
+                live.devs.remove(&lun);
+                debug!(self.log, "lun deleted"; "target" => &target.name, "lun" => lun);
+                Ok(())
+            }
+            Some(e) => {
+                // Appended: a later target removal undoes them first, as they must be.
+                live.journal.extend(left);
+                warn!(self.log, "LUN only partly removed; deleting it again removes the rest";
+                      "target" => &target.name, "lun" => lun, "error" => %e);
+                Err(e)
+            }
+        }
+    }
+}
+
 impl Provisioner for ConfigfsProvisioner {
     fn create_target(&mut self, target: &Target) -> Result<(), ProvisionError> {
         if self.live.contains_key(&key(&target.name)) {
@@ -946,28 +1041,24 @@ impl Provisioner for ConfigfsProvisioner {
         Ok(())
     }
 
-    /// The record stays until every step is undone: a failed removal keeps what is left
-    /// of the target (and the LUNs that still have objects), and a retry removes the rest.
+    /// One whose backstore someone else removed (targetcli) cannot be undone step by
+    /// step: its removal succeeds once whatever is left has been removed.
     fn delete_target(&mut self, target: &Target) -> Result<(), ProvisionError> {
-        let k = key(&target.name);
-        let journal = match self.live.get_mut(&k) {
-            Some(live) => std::mem::take(&mut live.journal),
-            None => return Err(ProvisionError::NotFound(format!("target {}", target.name))),
-        };
-        let (left, error) = self.undo(target, journal);
-        let Some(e) = error else {
-            self.live.remove(&k);
-            debug!(self.log, "target deleted"; "target" => &target.name);
-            return Ok(());
-        };
-        if let Some(live) = self.live.get_mut(&k) {
-            live.devs
-                .retain(|lun, _| left.iter().any(|s| s.lun == Some(*lun)));
-            live.journal = left;
+        let vanished = self.backstore_vanished(target, None);
+        let result = self.delete_target_steps(target);
+        if vanished {
+            return self.forgive_vanished(result, target, None);
         }
-        warn!(self.log, "target only partly removed; deleting it again removes the rest";
-              "target" => &target.name, "error" => %e);
-        Err(e)
+        result
+    }
+
+    fn delete_lun(&mut self, target: &Target, lun: u32) -> Result<(), ProvisionError> {
+        let vanished = self.backstore_vanished(target, Some(lun));
+        let result = self.delete_lun_steps(target, lun);
+        if vanished {
+            return self.forgive_vanished(result, target, Some(lun));
+        }
+        result
     }
 
     fn add_lun(&mut self, target: &Target, lun: &Lun) -> Result<(), ProvisionError> {
@@ -1014,45 +1105,6 @@ impl Provisioner for ConfigfsProvisioner {
         live.journal.extend(done);
         live.devs.insert(lun.lun, dev);
         Ok(())
-    }
-
-    /// Like `delete_target`: the LUN's record and the steps whose undo failed stay, so
-    /// a retry finishes the removal.
-    fn delete_lun(&mut self, target: &Target, lun: u32) -> Result<(), ProvisionError> {
-        let k = key(&target.name);
-        let live = self
-            .live
-            .get_mut(&k)
-            .ok_or_else(|| ProvisionError::NotFound(format!("target {}", target.name)))?;
-        if !live.devs.contains_key(&lun) {
-            return Err(ProvisionError::NotFound(format!(
-                "target {} lun {lun}",
-                target.name
-            )));
-        }
-        let (mine, rest): (Vec<Step>, Vec<Step>) = std::mem::take(&mut live.journal)
-            .into_iter()
-            .partition(|s| s.lun == Some(lun));
-        live.journal = rest;
-        let (left, error) = self.undo(target, mine);
-        let live = self
-            .live
-            .get_mut(&k)
-            .expect("checked above and nothing removed it since");
-        match error {
-            None => {
-                live.devs.remove(&lun);
-                debug!(self.log, "lun deleted"; "target" => &target.name, "lun" => lun);
-                Ok(())
-            }
-            Some(e) => {
-                // Appended: a later target removal undoes them first, as they must be.
-                live.journal.extend(left);
-                warn!(self.log, "LUN only partly removed; deleting it again removes the rest";
-                      "target" => &target.name, "lun" => lun, "error" => %e);
-                Err(e)
-            }
-        }
     }
 
     fn update_target(&mut self, target: &Target) -> Result<(), ProvisionError> {
@@ -1115,10 +1167,12 @@ impl Provisioner for ConfigfsProvisioner {
     }
 
     fn finish_adoption(&mut self) -> AdoptionReport {
-        match self.adopting.take() {
+        let report = match self.adopting.take() {
             Some(a) => self.remove_unclaimed(a),
             None => AdoptionReport::default(),
-        }
+        };
+        self.hook.adoption_finished();
+        report
     }
 
     /// Order: new node ACLs (with their mapped LUNs) first, then the settings (demo
