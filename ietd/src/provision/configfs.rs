@@ -8,7 +8,8 @@
 //! already has its value is not rewritten), so LUNs keep their identity and sessions
 //! survive. A LUN whose backstore no longer matches the configuration (other backing
 //! file, size, block size) is removed and made anew. [`Provisioner::finish_adoption`]
-//! then removes what the configuration no longer has.
+//! then removes what the configuration no longer has. What is found, matched and
+//! removed lives in `adopt`.
 //!
 //! Not its job: deciding the steps (`plan`), the filesystem primitives (`fs`), or finding
 //! the UIO device and feeding the datapath (a [`DeviceHook`] does that).
@@ -18,8 +19,9 @@ use std::path::PathBuf;
 
 use slog::{debug, error, info, warn, Logger};
 
+pub use super::adopt::AdoptionReport;
+use super::adopt::{backstore_mismatch, rebase, same_value, Adoption, Cleanup, Fate};
 use super::fs::ConfigFs;
-use super::kernel::owned_objects;
 use super::plan::{
     backstore_name, tpg_path, Acl, Action, Backstore, Builder, Op, Setting, Settings, Step,
     ISCSI_DIR,
@@ -95,93 +97,6 @@ pub struct ConfigfsProvisioner {
     warned: BTreeSet<String>,
     /// Set between `begin_adoption` and `finish_adoption`.
     adopting: Option<Adoption>,
-}
-
-/// Objects of a previous ietd found at startup, while they are being adopted.
-#[derive(Debug, Default)]
-struct Adoption {
-    /// Our backstores by name (`ietd_t<tid>_l<lun>`): their path.
-    backstores: BTreeMap<String, String>,
-    /// Targets exporting one of them.
-    targets: Vec<String>,
-}
-
-/// What adoption found, kept and removed (for the log and tests).
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct AdoptionReport {
-    /// configfs paths removed because the configuration no longer has them.
-    pub removed: Vec<String>,
-    /// Removals that failed, with the reason.
-    pub failed: Vec<(String, String)>,
-}
-
-/// How a step fared during adoption.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Fate {
-    /// The object or value was already there and is now ours.
-    Kept,
-    /// Made or written now.
-    Made,
-}
-
-/// Whether a value read back from configfs is the value that was written. LIO appends
-/// a newline, and `vpd_unit_serial` reads back with a label.
-fn same_value(read: &str, written: &str) -> bool {
-    let r = read.trim_end_matches('\n');
-    r == written
-        || r.strip_prefix("T10 VPD Unit Serial Number: ")
-            .is_some_and(|v| v == written)
-}
-
-/// Moves the steps of a LUN from the backstore path the builder chose to the existing
-/// one at `existing` (`target/core/user_<K>/<name>`).
-fn rebase(steps: &mut [Step], dev: &mut Backstore, existing: &str) {
-    let Some((hba_dir, _)) = existing.rsplit_once('/') else {
-        return;
-    };
-    let Some(hba) = hba_dir
-        .rsplit_once("user_")
-        .and_then(|(_, n)| n.parse::<u32>().ok())
-    else {
-        return;
-    };
-    let old_path = dev.path.clone();
-    let old_hba_dir = format!("target/core/user_{}", dev.hba);
-    let moved = Backstore {
-        hba,
-        name: dev.name.clone(),
-        path: existing.to_string(),
-        dev_config: dev.dev_config.clone(),
-        uio_name: format!("tcm-user/{hba}/{}/{}", dev.name, dev.dev_config),
-    };
-    let fix = |p: &mut String| {
-        if *p == old_hba_dir {
-            *p = hba_dir.to_string();
-        } else if let Some(rest) = p.strip_prefix(&old_path) {
-            if rest.is_empty() || rest.starts_with('/') {
-                *p = format!("{existing}{rest}");
-            }
-        }
-    };
-    let fix_action = |a: &mut Action| match a {
-        Action::Op(
-            Op::Mkdir { path } | Op::Write { path, .. } | Op::Unlink { path } | Op::Rmdir { path },
-        ) => fix(path),
-        Action::Op(Op::Symlink { link, target }) => {
-            fix(link);
-            fix(target);
-        }
-        Action::DeviceEnabled { dev, .. } | Action::DeviceRemoving { dev, .. } => {
-            *dev = moved.clone()
-        }
-    };
-    for s in steps.iter_mut() {
-        fix_action(&mut s.action);
-        if let Some(u) = s.undo.as_mut() {
-            fix_action(u);
-        }
-    }
-    *dev = moved;
 }
 
 fn key(name: &str) -> String {
@@ -529,16 +444,7 @@ impl ConfigfsProvisioner {
     /// targets and LUNs take them over instead of creating them. Returns the number of
     /// backstores and targets found.
     pub fn begin_adoption(&mut self) -> Result<(usize, usize), ProvisionError> {
-        let owned = owned_objects(&self.fs, &self.settings.subtype)?;
-        let mut adoption = Adoption {
-            targets: owned.targets,
-            ..Adoption::default()
-        };
-        for path in owned.backstores {
-            if let Some((_, name)) = path.rsplit_once('/') {
-                adoption.backstores.insert(name.to_string(), path);
-            }
-        }
+        let adoption = Adoption::scan(&self.fs, &self.settings.subtype)?;
         let found = (adoption.backstores.len(), adoption.targets.len());
         if found != (0, 0) {
             info!(self.log, "objects of a previous ietd found; adopting those the configuration has";
@@ -546,137 +452,6 @@ impl ConfigfsProvisioner {
         }
         self.adopting = Some(adoption);
         Ok(found)
-    }
-
-    /// Why the existing backstore at `path` cannot serve the LUN these steps describe:
-    /// a `control` value that reads back differently, or not enabled. Values that
-    /// cannot be read back (a simulated tree) are not held against it.
-    fn backstore_mismatch(&self, path: &str, steps: &[Step]) -> Option<String> {
-        let control = format!("{path}/control");
-        for s in steps {
-            let Action::Op(Op::Write { path: p, value, .. }) = &s.action else {
-                continue;
-            };
-            if *p != control {
-                continue;
-            }
-            let Some((k, v)) = value.split_once('=') else {
-                continue;
-            };
-            if let Ok(have) = self.fs.read(&format!("{path}/attrib/{k}")) {
-                // LIO reports the opt-out of netlink replies as 0 once it is in effect
-                // on some kernels; any non-positive value means no replies.
-                let equal = same_value(&have, v)
-                    || (k == "nl_reply_supported"
-                        && have.trim().parse::<i32>().is_ok_and(|n| n <= 0)
-                        && v.parse::<i32>().is_ok_and(|n| n <= 0));
-                if !equal {
-                    return Some(format!(
-                        "{k} is {}, the configuration wants {v}",
-                        have.trim()
-                    ));
-                }
-            }
-        }
-        match self.fs.read(&format!("{path}/enable")) {
-            Ok(e) if e.trim() != "1" => Some("not enabled".into()),
-            _ => None,
-        }
-    }
-
-    /// Removes LUN `lun` of the TPG at `tpg` as a previous ietd left it: the mapped LUNs
-    /// in the node ACLs, the LUN link and directory. Errors are collected.
-    fn remove_tpg_lun(&self, tpg: &str, lun_dir: &str, report: &mut AdoptionReport) {
-        for ini in self.fs.list(&format!("{tpg}/acls")).unwrap_or_default() {
-            for m in self
-                .fs
-                .list(&format!("{tpg}/acls/{ini}"))
-                .unwrap_or_default()
-            {
-                let mdir = format!("{tpg}/acls/{ini}/{m}");
-                if !m.starts_with("lun_") {
-                    continue;
-                }
-                let points_here = self.fs.list(&mdir).unwrap_or_default().iter().any(|e| {
-                    self.fs
-                        .read_link(&format!("{mdir}/{e}"))
-                        .is_ok_and(|t| t == lun_dir)
-                });
-                if points_here {
-                    self.remove_dir_with_links(&mdir, report);
-                }
-            }
-        }
-        self.remove_dir_with_links(lun_dir, report);
-    }
-
-    /// Unlinks the symlinks in `dir`, then removes it.
-    fn remove_dir_with_links(&self, dir: &str, report: &mut AdoptionReport) {
-        for e in self.fs.list(dir).unwrap_or_default() {
-            let p = format!("{dir}/{e}");
-            if self.fs.read_link(&p).is_ok() {
-                if let Err(err) = self.fs.unlink(&p) {
-                    report.failed.push((p, err.to_string()));
-                }
-            }
-        }
-        match self.fs.rmdir(dir) {
-            Ok(()) => {
-                info!(self.log, "removed (no longer in the configuration)"; "object" => dir);
-                report.removed.push(dir.to_string());
-            }
-            Err(e) => {
-                error!(self.log, "not removed"; "object" => dir, "error" => %e);
-                report.failed.push((dir.to_string(), e.to_string()));
-            }
-        }
-    }
-
-    /// Removes a backstore of a previous ietd (already unexported) and its HBA
-    /// directory when nothing else is in it.
-    fn remove_backstore(&mut self, path: &str, report: &mut AdoptionReport) {
-        let Some((hba_dir, name)) = path.rsplit_once('/') else {
-            return;
-        };
-        let hba = hba_dir
-            .rsplit_once("user_")
-            .and_then(|(_, n)| n.parse::<u32>().ok())
-            .unwrap_or_default();
-        let dev_config = self
-            .fs
-            .read(&format!("{path}/attrib/dev_config"))
-            .map(|c| c.trim_end().to_string())
-            .unwrap_or_default();
-        let dev = Backstore {
-            hba,
-            name: name.to_string(),
-            path: path.to_string(),
-            uio_name: format!("tcm-user/{hba}/{name}/{dev_config}"),
-            dev_config,
-        };
-        self.hook.device_released(&dev);
-        match self.fs.rmdir(path) {
-            Ok(()) => {
-                info!(self.log, "removed (no longer in the configuration)"; "object" => path);
-                report.removed.push(path.to_string());
-            }
-            Err(e) => {
-                error!(self.log, "not removed"; "object" => path, "error" => %e);
-                report.failed.push((path.to_string(), e.to_string()));
-                return;
-            }
-        }
-        let others = self
-            .fs
-            .list(hba_dir)
-            .unwrap_or_default()
-            .into_iter()
-            .any(|e| self.fs.abs(&format!("{hba_dir}/{e}")).is_dir());
-        if !others {
-            if let Err(e) = self.fs.rmdir(hba_dir) {
-                warn!(self.log, "empty HBA not removed"; "object" => hba_dir, "error" => %e);
-            }
-        }
     }
 
     /// Builds the LUN's steps against its existing backstore, or, when that no longer
@@ -699,7 +474,7 @@ impl ConfigfsProvisioner {
         let mut moved = steps.to_vec();
         let mut moved_dev = dev.clone();
         rebase(&mut moved, &mut moved_dev, &existing);
-        match self.backstore_mismatch(&existing, &moved) {
+        match backstore_mismatch(&self.fs, &existing, &moved) {
             None => {
                 steps.clone_from_slice(&moved);
                 *dev = moved_dev;
@@ -709,12 +484,12 @@ impl ConfigfsProvisioner {
                       "target" => &target.name, "lun" => lun, "backstore" => &existing,
                       "reason" => &why);
                 let tpg = tpg_path(&target.name);
-                let mut report = AdoptionReport::default();
                 let lun_dir = format!("{tpg}/lun/lun_{lun}");
+                let mut cleanup = Cleanup::new(&self.fs, self.hook.as_mut(), &self.log);
                 if self.fs.exists(&lun_dir) {
-                    self.remove_tpg_lun(&tpg, &lun_dir, &mut report);
+                    cleanup.remove_tpg_lun(&tpg, &lun_dir);
                 }
-                self.remove_backstore(&existing, &mut report);
+                cleanup.remove_backstore(&existing);
                 if let Some(a) = self.adopting.as_mut() {
                     a.backstores.remove(&name);
                 }
@@ -834,65 +609,6 @@ impl ConfigfsProvisioner {
             }
         }
         out
-    }
-
-    /// Removes what a previous ietd left that the live targets did not claim: under
-    /// our targets the LUNs, node ACLs, mapped LUNs and portals no longer configured,
-    /// our targets no longer configured, then our unclaimed backstores.
-    fn remove_unclaimed(&mut self, adoption: Adoption) -> AdoptionReport {
-        let mut report = AdoptionReport::default();
-        let claimed = self.claimed();
-        for iqn in &adoption.targets {
-            let tdir = format!("target/iscsi/{iqn}");
-            let whole = !claimed.contains(&tdir);
-            for tpgt in self.fs.list(&tdir).unwrap_or_default() {
-                if !tpgt.starts_with("tpgt_") {
-                    continue;
-                }
-                let tpg = format!("{tdir}/{tpgt}");
-                let whole_tpg = whole || !claimed.contains(&tpg);
-                if whole_tpg {
-                    // Stop logins first; sessions end with the TPG.
-                    let _ = self.fs.write(&format!("{tpg}/enable"), "0");
-                }
-                for ini in self.fs.list(&format!("{tpg}/acls")).unwrap_or_default() {
-                    let acl = format!("{tpg}/acls/{ini}");
-                    for m in self.fs.list(&acl).unwrap_or_default() {
-                        let mdir = format!("{acl}/{m}");
-                        if m.starts_with("lun_") && (whole_tpg || !claimed.contains(&mdir)) {
-                            self.remove_dir_with_links(&mdir, &mut report);
-                        }
-                    }
-                    if whole_tpg || !claimed.contains(&acl) {
-                        self.remove_dir_with_links(&acl, &mut report);
-                    }
-                }
-                for l in self.fs.list(&format!("{tpg}/lun")).unwrap_or_default() {
-                    let ldir = format!("{tpg}/lun/{l}");
-                    if whole_tpg || !claimed.contains(&ldir) {
-                        self.remove_tpg_lun(&tpg, &ldir, &mut report);
-                    }
-                }
-                for np in self.fs.list(&format!("{tpg}/np")).unwrap_or_default() {
-                    let npdir = format!("{tpg}/np/{np}");
-                    if whole_tpg || !claimed.contains(&npdir) {
-                        self.remove_dir_with_links(&npdir, &mut report);
-                    }
-                }
-                if whole_tpg {
-                    self.remove_dir_with_links(&tpg, &mut report);
-                }
-            }
-            if whole {
-                self.remove_dir_with_links(&tdir, &mut report);
-            }
-        }
-        for path in adoption.backstores.values() {
-            if !claimed.contains(path) {
-                self.remove_backstore(path, &mut report);
-            }
-        }
-        report
     }
 }
 
@@ -1168,7 +884,10 @@ impl Provisioner for ConfigfsProvisioner {
 
     fn finish_adoption(&mut self) -> AdoptionReport {
         let report = match self.adopting.take() {
-            Some(a) => self.remove_unclaimed(a),
+            Some(a) => {
+                let claimed = self.claimed();
+                Cleanup::new(&self.fs, self.hook.as_mut(), &self.log).remove_unclaimed(&a, &claimed)
+            }
             None => AdoptionReport::default(),
         };
         self.hook.adoption_finished();
