@@ -8,11 +8,10 @@
 //! already has its value is not rewritten), so LUNs keep their identity and sessions
 //! survive. A LUN whose backstore no longer matches the configuration (other backing
 //! file, size, block size) is removed and made anew. [`Provisioner::finish_adoption`]
-//! then removes what the configuration no longer has. What is found, matched and
-//! removed lives in `adopt`.
+//! then removes what the configuration no longer has. The adoption code lives in `adopt`.
 //!
-//! Not its job: deciding the steps (`plan`), the filesystem primitives (`fs`), or finding
-//! the UIO device and feeding the datapath (a [`DeviceHook`] does that).
+//! Not its job: deciding the steps (`plan`), the filesystem primitives (`fs`), or feeding
+//! the datapath (a [`DeviceHook`] does that).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
@@ -20,11 +19,10 @@ use std::path::PathBuf;
 use slog::{debug, error, info, warn, Logger};
 
 pub use super::adopt::AdoptionReport;
-use super::adopt::{backstore_mismatch, rebase, same_value, Adoption, Cleanup, Fate};
+use super::adopt::{same_value, Adoption, Cleanup};
 use super::fs::ConfigFs;
 use super::plan::{
-    backstore_name, tpg_path, Acl, Action, Backstore, Builder, Op, Setting, Settings, Step,
-    ISCSI_DIR,
+    tpg_path, Acl, Action, Backstore, Builder, Op, Setting, Settings, Step, ISCSI_DIR,
 };
 use super::session;
 use super::{ProvisionError, Provisioner, Session};
@@ -76,9 +74,9 @@ impl DeviceHook for NoHook {
 
 /// What we made for one target.
 #[derive(Debug)]
-struct LiveTarget {
+pub(super) struct LiveTarget {
     /// Executed steps in order; undone from the end.
-    journal: Vec<Step>,
+    pub(super) journal: Vec<Step>,
     acl: Acl,
     /// Settings as last written, by path (for `update_target`).
     applied: BTreeMap<String, Setting>,
@@ -87,16 +85,16 @@ struct LiveTarget {
 
 /// Provisions targets into a configfs root (the kernel's or a temp dir).
 pub struct ConfigfsProvisioner {
-    fs: ConfigFs,
-    settings: Settings,
-    hook: Box<dyn DeviceHook>,
-    log: Logger,
+    pub(super) fs: ConfigFs,
+    pub(super) settings: Settings,
+    pub(super) hook: Box<dyn DeviceHook>,
+    pub(super) log: Logger,
     /// Keyed by lower-cased target name (IET names are case-insensitive).
-    live: BTreeMap<String, LiveTarget>,
+    pub(super) live: BTreeMap<String, LiveTarget>,
     discovery: BTreeMap<String, Setting>,
     warned: BTreeSet<String>,
     /// Set between `begin_adoption` and `finish_adoption`.
-    adopting: Option<Adoption>,
+    pub(super) adopting: Option<Adoption>,
 }
 
 fn key(name: &str) -> String {
@@ -121,7 +119,7 @@ fn already_gone(action: &Action, e: &ProvisionError) -> bool {
 }
 
 /// Whether `path` is `dir` or lies below it.
-fn under(path: &str, dir: &str) -> bool {
+pub(super) fn under(path: &str, dir: &str) -> bool {
     path.strip_prefix(dir)
         .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
 }
@@ -282,7 +280,7 @@ impl ConfigfsProvisioner {
         }
     }
 
-    fn apply(&mut self, target: &Target, action: &Action) -> Result<(), ProvisionError> {
+    pub(super) fn apply(&mut self, target: &Target, action: &Action) -> Result<(), ProvisionError> {
         match action {
             Action::Op(op) => self.apply_op(op),
             Action::DeviceEnabled { lun, dev } => {
@@ -321,7 +319,11 @@ impl ConfigfsProvisioner {
     /// Returns the steps whose undo failed (in journal order), which a retry undoes, and
     /// the first error. Removing what is already gone counts as done, so a retry after
     /// someone cleaned up by hand succeeds.
-    fn undo(&mut self, target: &Target, steps: Vec<Step>) -> (Vec<Step>, Option<ProvisionError>) {
+    pub(super) fn undo(
+        &mut self,
+        target: &Target,
+        steps: Vec<Step>,
+    ) -> (Vec<Step>, Option<ProvisionError>) {
         let mut first = None;
         let mut left = Vec::new();
         for step in steps.into_iter().rev() {
@@ -435,180 +437,6 @@ impl ConfigfsProvisioner {
                        "path" => &p.path, "error" => %e);
             }
         }
-    }
-}
-
-/// Adoption of a previous ietd's objects (see the module notes).
-impl ConfigfsProvisioner {
-    /// Scans for objects of a previous ietd; until [`Provisioner::finish_adoption`],
-    /// targets and LUNs take them over instead of creating them. Returns the number of
-    /// backstores and targets found.
-    pub fn begin_adoption(&mut self) -> Result<(usize, usize), ProvisionError> {
-        let adoption = Adoption::scan(&self.fs, &self.settings.subtype)?;
-        let found = (adoption.backstores.len(), adoption.targets.len());
-        if found != (0, 0) {
-            info!(self.log, "objects of a previous ietd found; adopting those the configuration has";
-                  "backstores" => found.0, "targets" => found.1);
-        }
-        self.adopting = Some(adoption);
-        Ok(found)
-    }
-
-    /// Builds the LUN's steps against its existing backstore, or, when that no longer
-    /// matches, removes the old LUN so the steps make a new one.
-    fn adopt_lun_steps(
-        &mut self,
-        target: &Target,
-        lun: u32,
-        steps: &mut [Step],
-        dev: &mut Backstore,
-    ) {
-        let name = backstore_name(target.tid, lun);
-        let Some(existing) = self
-            .adopting
-            .as_ref()
-            .and_then(|a| a.backstores.get(&name).cloned())
-        else {
-            return;
-        };
-        let mut moved = steps.to_vec();
-        let mut moved_dev = dev.clone();
-        rebase(&mut moved, &mut moved_dev, &existing);
-        match backstore_mismatch(&self.fs, &existing, &moved) {
-            None => {
-                steps.clone_from_slice(&moved);
-                *dev = moved_dev;
-            }
-            Some(why) => {
-                warn!(self.log, "existing LUN does not match the configuration; making it anew";
-                      "target" => &target.name, "lun" => lun, "backstore" => &existing,
-                      "reason" => &why);
-                let tpg = tpg_path(&target.name);
-                let lun_dir = format!("{tpg}/lun/lun_{lun}");
-                let mut cleanup = Cleanup::new(&self.fs, self.hook.as_mut(), &self.log);
-                if self.fs.exists(&lun_dir) {
-                    cleanup.remove_tpg_lun(&tpg, &lun_dir);
-                }
-                cleanup.remove_backstore(&existing);
-                if let Some(a) = self.adopting.as_mut() {
-                    a.backstores.remove(&name);
-                }
-            }
-        }
-    }
-
-    /// Runs `steps` taking over what exists. On failure undoes only what it made.
-    fn run_adopting(
-        &mut self,
-        target: &Target,
-        steps: Vec<Step>,
-    ) -> Result<Vec<Step>, ProvisionError> {
-        let mut kept_dirs: Vec<String> = Vec::new();
-        let mut done: Vec<(Step, Fate)> = Vec::with_capacity(steps.len());
-        for step in steps {
-            let fate = self.adopt_step(target, &step, &mut kept_dirs);
-            match fate {
-                Ok(f) => done.push((step, f)),
-                Err(e) => {
-                    error!(self.log, "adoption failed, rolling back what was made"; "target" => &target.name,
-                           "lun" => ?step.lun, "error" => %e);
-                    let made: Vec<Step> = done
-                        .into_iter()
-                        .filter(|(_, f)| *f == Fate::Made)
-                        .map(|(s, _)| s)
-                        .collect();
-                    self.undo(target, made);
-                    return Err(e);
-                }
-            }
-        }
-        let kept = done.iter().filter(|(_, f)| *f == Fate::Kept).count();
-        debug!(self.log, "adoption steps"; "target" => &target.name, "kept" => kept,
-               "made" => done.len() - kept);
-        Ok(done.into_iter().map(|(s, _)| s).collect())
-    }
-
-    fn adopt_step(
-        &mut self,
-        target: &Target,
-        step: &Step,
-        kept_dirs: &mut Vec<String>,
-    ) -> Result<Fate, ProvisionError> {
-        let in_kept = |p: &str, kept: &[String]| kept.iter().any(|d| under(p, d));
-        match &step.action {
-            Action::Op(Op::Mkdir { path }) if self.fs.exists(path) => {
-                kept_dirs.push(path.clone());
-                Ok(Fate::Kept)
-            }
-            Action::Op(Op::Symlink { link, target: to })
-                if self.fs.abs(link).symlink_metadata().is_ok() =>
-            {
-                let have = self.fs.read_link(link)?;
-                if have == *to {
-                    Ok(Fate::Kept)
-                } else {
-                    Err(ProvisionError::Invalid(format!(
-                        "{link} points at {have}, the configuration wants {to}"
-                    )))
-                }
-            }
-            Action::Op(Op::Write { path, value, .. }) if in_kept(path, kept_dirs) => {
-                let leaf = path.rsplit('/').next().unwrap_or("");
-                let backstore_dir = path.starts_with("target/core/");
-                // A kept backstore was checked against these values already and refuses
-                // them once enabled.
-                if backstore_dir && (leaf == "control" || leaf == "enable") {
-                    return Ok(Fate::Kept);
-                }
-                if self
-                    .fs
-                    .read(path)
-                    .is_ok_and(|have| same_value(&have, value))
-                {
-                    return Ok(Fate::Kept);
-                }
-                match self.apply(target, &step.action) {
-                    Ok(()) => Ok(Fate::Made),
-                    // A live object may refuse a change (an exported backstore's
-                    // attributes): it keeps running with the old value.
-                    Err(e) if step.setting || backstore_dir => {
-                        warn!(self.log, "adopted object keeps its old value"; "target" => &target.name,
-                              "lun" => ?step.lun, "path" => path, "error" => %e);
-                        Ok(Fate::Kept)
-                    }
-                    Err(e) => Err(e),
-                }
-            }
-            Action::DeviceEnabled { lun, dev } if kept_dirs.contains(&dev.path) => {
-                let l = target.luns.get(lun).ok_or_else(|| {
-                    ProvisionError::NotFound(format!("target {} lun {lun}", target.name))
-                })?;
-                info!(self.log, "backstore adopted"; "target" => &target.name, "lun" => lun,
-                      "uio" => &dev.uio_name);
-                self.hook.device_adopted(target, l, dev)?;
-                Ok(Fate::Kept)
-            }
-            action => self.apply(target, action).map(|()| Fate::Made),
-        }
-    }
-
-    /// configfs paths (directories and links) the live targets own.
-    fn claimed(&self) -> BTreeSet<String> {
-        let mut out = BTreeSet::new();
-        for live in self.live.values() {
-            for s in &live.journal {
-                match &s.action {
-                    Action::Op(Op::Mkdir { path }) => {
-                        out.insert(path.clone());
-                    }
-                    Action::Op(Op::Symlink { link, .. }) => {
-                        out.insert(link.clone());
-                    }
-                    _ => {}
-                }
-            }
-        }
-        out
     }
 }
 
