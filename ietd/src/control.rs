@@ -260,7 +260,7 @@ fn refresh_views(opts: &ServeOptions, state: &State, failing: &mut bool, log: &L
 }
 
 /// Events from outside the control socket (TCM-USER netlink, datapath supervision).
-/// The real-kernel daemon's one dispatch point ([`crate::dispatch::Dispatcher`])
+/// The real-kernel daemon's one dispatch point ([`crate::events::Dispatcher`])
 /// applies them to the state, on the loop's thread, between requests.
 pub trait EventDispatch {
     /// Registers the event source (if there is one) under `token`.
@@ -360,38 +360,51 @@ pub fn serve(
             last_views = now;
             refresh_views(opts, state, &mut views_failing, log);
         }
-        for c in clients.values_mut() {
-            if !c.closing && now.duration_since(c.last_active) >= opts.client_timeout {
-                if c.input.is_empty() {
-                    debug!(log, "idle client closed"; "pid" => c.peer.pid);
-                } else {
-                    warn!(log, "unfinished request dropped"; "pid" => c.peer.pid, "bytes" => c.input.len());
-                    queue(
-                        c,
-                        &Response::error(
-                            libc::ETIMEDOUT,
-                            format!(
-                                "request not completed within {} s; closing",
-                                opts.client_timeout.as_secs()
-                            ),
-                        ),
-                    );
-                }
-                c.input.clear();
-                c.closing = true;
-                pump(c, state, log);
-            }
-        }
-        clients.retain(|_, c| {
-            let done = (c.closing || c.eof) && c.written >= c.output.len();
-            let stale = (c.closing || c.eof)
-                && now.duration_since(c.last_active) >= opts.client_timeout * 2;
-            if done || stale {
-                let _ = poll.registry().deregister(&mut c.stream);
-            }
-            !(done || stale)
-        });
+        expire_clients(&mut clients, &poll, state, opts, now, log);
     }
+}
+
+/// Answers and closes clients silent for `client_timeout`, and drops those whose
+/// answers are out (or that stopped reading them for twice that long).
+fn expire_clients(
+    clients: &mut HashMap<Token, Client>,
+    poll: &Poll,
+    state: &mut State,
+    opts: &ServeOptions,
+    now: Instant,
+    log: &Logger,
+) {
+    for c in clients.values_mut() {
+        if !c.closing && now.duration_since(c.last_active) >= opts.client_timeout {
+            if c.input.is_empty() {
+                debug!(log, "idle client closed"; "pid" => c.peer.pid);
+            } else {
+                warn!(log, "unfinished request dropped"; "pid" => c.peer.pid, "bytes" => c.input.len());
+                queue(
+                    c,
+                    &Response::error(
+                        libc::ETIMEDOUT,
+                        format!(
+                            "request not completed within {} s; closing",
+                            opts.client_timeout.as_secs()
+                        ),
+                    ),
+                );
+            }
+            c.input.clear();
+            c.closing = true;
+            pump(c, state, log);
+        }
+    }
+    clients.retain(|_, c| {
+        let done = (c.closing || c.eof) && c.written >= c.output.len();
+        let stale =
+            (c.closing || c.eof) && now.duration_since(c.last_active) >= opts.client_timeout * 2;
+        if done || stale {
+            let _ = poll.registry().deregister(&mut c.stream);
+        }
+        !(done || stale)
+    });
 }
 
 fn close_all(clients: &mut HashMap<Token, Client>, poll: &Poll) {
@@ -598,6 +611,7 @@ fn answer(state: &mut State, req: Request, peer: Peer, log: &Logger) -> Response
 }
 
 /// Translates one request into state-model calls and the result into a response.
+// Long: one arm per request kind, a table read best in one place.
 pub fn dispatch(state: &mut State, req: Request, log: &Logger) -> Response {
     let done = |warnings: Vec<String>| Reply::Done { warnings };
     let result = match req {

@@ -1,7 +1,7 @@
 //! Hands LIO's TCMU devices to the datapath: the [`DeviceHook`] that opens `/dev/uioN`
 //! and the backing store when a backstore is enabled and attaches them to the datapath
 //! before the LUN is exported. Called only from the provisioner, and only down into the
-//! supervisor; TCM-USER events are handled at the dispatch point ([`crate::dispatch`]).
+//! supervisor; TCM-USER events are handled at the dispatch point ([`crate::events`]).
 
 use std::os::fd::OwnedFd;
 

@@ -3,7 +3,7 @@
 
 pub mod conf;
 pub mod control;
-pub mod dispatch;
+pub mod events;
 pub mod handoff;
 pub mod log;
 pub mod netlink;

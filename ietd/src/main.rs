@@ -37,7 +37,7 @@ use slog::{error, info, warn, Logger};
 
 use ietd::conf::{self, Loaded};
 use ietd::control::{self, ControlSocket, EventDispatch, NoEvents, ServeOptions};
-use ietd::dispatch::Dispatcher;
+use ietd::events::Dispatcher;
 use ietd::handoff::DatapathHook;
 use ietd::platform::Platform;
 use ietd::protocol::{self, Direction};

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use datapath::control::proto::{Attach, LunStats, Reply, Request};
 use ietd::conf::model::{Lun, Target};
 use ietd::control::EventDispatch;
-use ietd::dispatch::Dispatcher;
+use ietd::events::Dispatcher;
 use ietd::netlink::{Event, EventKind, SimEvents};
 use ietd::platform::Platform;
 use ietd::provision::{Backstore, ConfigfsProvisioner, DeviceHook, ProvisionError, Settings};

@@ -1,7 +1,7 @@
-//! The daemon's one dispatch point for what happens outside the control socket. The
-//! TCM-USER side ([`TcmuEvents`]) and the datapath supervisor only report; [`Dispatcher`]
-//! alone applies their reports to the state model, on the control loop's thread, between
-//! requests. Nothing it calls calls back up (as in stratisd's `run`).
+//! Events from outside the control socket and the daemon's one dispatch point for them.
+//! The TCM-USER side ([`TcmuEvents`]) and the datapath supervisor only report;
+//! [`Dispatcher`] alone applies their reports to the state model, on the control loop's
+//! thread, between requests. Nothing it calls calls back up (as in stratisd's `run`).
 
 use slog::{debug, error, warn, Logger};
 
