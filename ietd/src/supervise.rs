@@ -19,9 +19,10 @@
 //! datapath's `stats` list; one it no longer serves is handed over again, one that
 //! cannot be is reported by [`Supervisor::failed`] and tried again every period.
 //!
-//! The model: [`Life`] is the process's state, [`Served`] the one map of devices it
-//! serves for us. The supervisor never calls up into the state model; its owner asks
-//! [`Supervisor::failed`] after each [`Supervisor::check`].
+//! The model: `Life` is the process's state, `Served` the one map of devices it serves
+//! for us. The supervisor never calls up into the state model; the daemon's dispatch
+//! point ([`crate::events`]) asks [`Supervisor::failed`] after each
+//! [`Supervisor::check`].
 
 use std::collections::{BTreeMap, VecDeque};
 use std::io::{self, BufRead, BufReader};
@@ -198,7 +199,7 @@ impl Served {
 
 /// The datapath process's life as ietd sees it.
 enum Life {
-    /// Not started yet, or stopped for good by [`Supervisor::stop`].
+    /// Not started yet, or stopped for good by `Supervisor::stop`.
     Stopped,
     /// Our child, answering on its socket.
     Started { child: Child, conn: Conn },

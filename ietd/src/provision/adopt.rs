@@ -330,7 +330,7 @@ impl<'a> Cleanup<'a> {
 
 /// Taking over a previous ietd's objects while the provisioner runs its steps.
 impl ConfigfsProvisioner {
-    /// Scans for objects of a previous ietd; until [`Provisioner::finish_adoption`],
+    /// Scans for objects of a previous ietd; until [`crate::provision::Provisioner::finish_adoption`],
     /// targets and LUNs take them over instead of creating them. Returns the number of
     /// backstores and targets found.
     pub fn begin_adoption(&mut self) -> Result<(usize, usize), ProvisionError> {
