@@ -466,6 +466,8 @@ impl Daemon {
         );
         let left = self.state.teardown();
         clear_discovery(&mut self.state, &log);
+        // The rest (datapath, views, socket, pid file) before the last log line.
+        drop(self);
         match result {
             Err(e) => {
                 error!(log, "control loop failed"; "error" => %e);
