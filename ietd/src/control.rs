@@ -36,7 +36,7 @@ use crate::state::State;
 
 const LISTENER: Token = Token(0);
 const SIGNALS: Token = Token(1);
-const EXTENSION: Token = Token(2);
+const EVENTS: Token = Token(2);
 const FIRST_CLIENT: usize = 3;
 /// More simultaneous clients than this are refused at accept: a stuck script must not
 /// make the daemon run out of descriptors.
@@ -259,11 +259,11 @@ fn refresh_views(opts: &ServeOptions, state: &State, failing: &mut bool, log: &L
     }
 }
 
-/// More work for the control loop than the socket: the real-kernel ietd adds TCM-USER
-/// netlink events and datapath supervision this way. Everything runs on the loop's
-/// thread, between requests, so it may change the state.
-pub trait Extension {
-    /// Registers the extension's event source (if it has one) under `token`.
+/// Events from outside the control socket (TCM-USER netlink, datapath supervision).
+/// The real-kernel daemon's one dispatch point ([`crate::events::Dispatcher`])
+/// applies them to the state, on the loop's thread, between requests.
+pub trait EventDispatch {
+    /// Registers the event source (if there is one) under `token`.
     fn register(&mut self, registry: &mio::Registry, token: Token) -> io::Result<()>;
     /// The registered source is readable.
     fn ready(&mut self, state: &mut State);
@@ -271,10 +271,10 @@ pub trait Extension {
     fn tick(&mut self, state: &mut State);
 }
 
-/// An extension that does nothing (temp-dir configfs, tests).
-pub struct NoExtension;
+/// No events besides the socket (temp-dir configfs, tests).
+pub struct NoEvents;
 
-impl Extension for NoExtension {
+impl EventDispatch for NoEvents {
     fn register(&mut self, _: &mio::Registry, _: Token) -> io::Result<()> {
         Ok(())
     }
@@ -285,12 +285,12 @@ impl Extension for NoExtension {
 /// Serves the socket until `signals` (SIGTERM, SIGINT, SIGHUP and possibly SIGCHLD,
 /// registered by the caller early so that startup is covered too) delivers SIGTERM or
 /// SIGINT. SIGHUP calls `on_hangup` (the daemon reloads its configuration there);
-/// SIGCHLD ticks `ext`.
+/// SIGCHLD ticks `outside`.
 pub fn serve(
     socket: &mut ControlSocket,
     signals: &mut Signals,
     state: &mut State,
-    ext: &mut dyn Extension,
+    outside: &mut dyn EventDispatch,
     on_hangup: &mut dyn FnMut(&mut State),
     opts: &ServeOptions,
     log: &Logger,
@@ -303,7 +303,8 @@ pub fn serve(
     poll.registry()
         .register(signals, SIGNALS, Interest::READABLE)
         .map_err(loop_err("registering signals"))?;
-    ext.register(poll.registry(), EXTENSION)
+    outside
+        .register(poll.registry(), EVENTS)
         .map_err(loop_err("registering kernel events"))?;
     let mut clients: HashMap<Token, Client> = HashMap::new();
     let mut next = FIRST_CLIENT;
@@ -330,7 +331,7 @@ pub fn serve(
                 SIGNALS => {
                     for sig in signals.pending() {
                         if sig == SIGCHLD {
-                            ext.tick(state);
+                            outside.tick(state);
                         } else if sig == SIGHUP {
                             info!(log, "SIGHUP: reloading the configuration");
                             on_hangup(state);
@@ -342,7 +343,7 @@ pub fn serve(
                     }
                 }
                 LISTENER => accept_all(socket, &poll, &mut clients, &mut next, opts, log),
-                EXTENSION => ext.ready(state),
+                EVENTS => outside.ready(state),
                 token => {
                     if let Some(c) = clients.get_mut(&token) {
                         pump(c, state, log);
@@ -353,44 +354,57 @@ pub fn serve(
         let now = Instant::now();
         if now.duration_since(last_tick) >= Duration::from_secs(1) {
             last_tick = now;
-            ext.tick(state);
+            outside.tick(state);
         }
         if touched || now.duration_since(last_views) >= VIEWS_PERIOD {
             last_views = now;
             refresh_views(opts, state, &mut views_failing, log);
         }
-        for c in clients.values_mut() {
-            if !c.closing && now.duration_since(c.last_active) >= opts.client_timeout {
-                if c.input.is_empty() {
-                    debug!(log, "idle client closed"; "pid" => c.peer.pid);
-                } else {
-                    warn!(log, "unfinished request dropped"; "pid" => c.peer.pid, "bytes" => c.input.len());
-                    queue(
-                        c,
-                        &Response::error(
-                            libc::ETIMEDOUT,
-                            format!(
-                                "request not completed within {} s; closing",
-                                opts.client_timeout.as_secs()
-                            ),
-                        ),
-                    );
-                }
-                c.input.clear();
-                c.closing = true;
-                pump(c, state, log);
-            }
-        }
-        clients.retain(|_, c| {
-            let done = (c.closing || c.eof) && c.written >= c.output.len();
-            let stale = (c.closing || c.eof)
-                && now.duration_since(c.last_active) >= opts.client_timeout * 2;
-            if done || stale {
-                let _ = poll.registry().deregister(&mut c.stream);
-            }
-            !(done || stale)
-        });
+        expire_clients(&mut clients, &poll, state, opts, now, log);
     }
+}
+
+/// Answers and closes clients silent for `client_timeout`, and drops those whose
+/// answers are out (or that stopped reading them for twice that long).
+fn expire_clients(
+    clients: &mut HashMap<Token, Client>,
+    poll: &Poll,
+    state: &mut State,
+    opts: &ServeOptions,
+    now: Instant,
+    log: &Logger,
+) {
+    for c in clients.values_mut() {
+        if !c.closing && now.duration_since(c.last_active) >= opts.client_timeout {
+            if c.input.is_empty() {
+                debug!(log, "idle client closed"; "pid" => c.peer.pid);
+            } else {
+                warn!(log, "unfinished request dropped"; "pid" => c.peer.pid, "bytes" => c.input.len());
+                queue(
+                    c,
+                    &Response::error(
+                        libc::ETIMEDOUT,
+                        format!(
+                            "request not completed within {} s; closing",
+                            opts.client_timeout.as_secs()
+                        ),
+                    ),
+                );
+            }
+            c.input.clear();
+            c.closing = true;
+            pump(c, state, log);
+        }
+    }
+    clients.retain(|_, c| {
+        let done = (c.closing || c.eof) && c.written >= c.output.len();
+        let stale =
+            (c.closing || c.eof) && now.duration_since(c.last_active) >= opts.client_timeout * 2;
+        if done || stale {
+            let _ = poll.registry().deregister(&mut c.stream);
+        }
+        !(done || stale)
+    });
 }
 
 fn close_all(clients: &mut HashMap<Token, Client>, poll: &Poll) {
@@ -597,6 +611,7 @@ fn answer(state: &mut State, req: Request, peer: Peer, log: &Logger) -> Response
 }
 
 /// Translates one request into state-model calls and the result into a response.
+// Long: one arm per request kind, a table read best in one place.
 pub fn dispatch(state: &mut State, req: Request, log: &Logger) -> Response {
     let done = |warnings: Vec<String>| Reply::Done { warnings };
     let result = match req {

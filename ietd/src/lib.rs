@@ -4,9 +4,11 @@
 
 pub mod conf;
 pub mod control;
+pub mod events;
 pub mod handoff;
 pub mod log;
 pub mod netlink;
+pub mod platform;
 pub mod protocol;
 pub mod provision;
 pub mod state;

@@ -36,14 +36,16 @@ use signal_hook_mio::v1_0::Signals;
 use slog::{error, info, warn, Logger};
 
 use ietd::conf::{self, Loaded};
-use ietd::control::{self, ControlSocket, Extension, NoExtension, ServeOptions};
-use ietd::handoff::{DatapathHook, Handle, KernelEvents, KernelProvisioner};
+use ietd::control::{self, ControlSocket, EventDispatch, NoEvents, ServeOptions};
+use ietd::events::Dispatcher;
+use ietd::handoff::DatapathHook;
+use ietd::platform::Platform;
 use ietd::protocol::{self, Direction};
 use ietd::provision::configfs::ConfigfsProvisioner;
 use ietd::provision::kernel::KERNEL_CONFIGFS;
-use ietd::provision::{owned_objects, plan, prepare_kernel, Provisioner, Settings};
+use ietd::provision::{owned_objects, plan, DeviceHook, NoHook, Settings};
 use ietd::state::State;
-use ietd::supervise::{sibling_binary, DatapathConfig, Supervisor};
+use ietd::supervise::{sibling_binary, DatapathConfig, SharedSupervisor, Supervisor};
 
 const PRIMARY_CONF: &str = "/etc/iet/ietd.conf";
 const LEGACY_CONF: &str = "/etc/ietd.conf";
@@ -273,10 +275,15 @@ fn run(mut cli: Cli) -> Result<ExitCode, String> {
     cli.configfs_root = absolute(&cli.configfs_root)?;
     let admin_gid = cli.admin_group.as_deref().map(resolve_group).transpose()?;
     let (loaded, notes) = load_config(&cli)?;
-    let settings = settings(&cli, &loaded)?;
+    let startup = Startup {
+        settings: settings(&cli, &loaded)?,
+        loaded,
+        notes,
+        admin_gid,
+    };
     if cli.foreground {
         let log = ietd::log::stderr_logger(ietd::log::level_for_debug(cli.debug));
-        return Ok(serve(&cli, loaded, notes, settings, admin_gid, None, &log));
+        return Ok(serve(&cli, startup, None, &log));
     }
     let (read_end, write_end) = nix::unistd::pipe().map_err(|e| format!("pipe: {e}"))?;
     // SAFETY: ietd has started no threads yet (no logger, no signal thread), so the
@@ -291,16 +298,7 @@ fn run(mut cli: Cli) -> Result<ExitCode, String> {
             let _ = nix::unistd::setsid();
             let _ = std::env::set_current_dir("/");
             let log = ietd::log::syslog_logger(ietd::log::level_for_debug(cli.debug));
-            let code = serve(
-                &cli,
-                loaded,
-                notes,
-                settings,
-                admin_gid,
-                Some(File::from(write_end)),
-                &log,
-            );
-            Ok(code)
+            Ok(serve(&cli, startup, Some(File::from(write_end)), &log))
         }
     }
 }
@@ -321,64 +319,185 @@ fn wait_ready(read_end: OwnedFd) -> ExitCode {
     }
 }
 
-/// Startup after the fork (or in the foreground), the serving loop and teardown.
-fn serve(
-    cli: &Cli,
+/// What `run` prepared before the fork: the configuration and everything derived from
+/// the command line.
+struct Startup {
     loaded: Loaded,
     notes: Vec<String>,
     settings: Settings,
     admin_gid: Option<u32>,
-    mut ready: Option<File>,
-    log: &Logger,
-) -> ExitCode {
-    // In the foreground the log already goes to stderr; a daemon's parent prints what
-    // it receives through the readiness pipe.
-    let mut fail = |msg: String| {
-        error!(log, "startup failed"; "error" => &msg);
-        if let Some(mut r) = ready.take() {
-            let _ = writeln!(r, "ERR {msg}");
+}
+
+/// Starts the daemon (after the fork, or in the foreground), serves until a stop signal,
+/// and tears down. `ready` tells a waiting parent how startup went.
+fn serve(cli: &Cli, startup: Startup, mut ready: Option<File>, log: &Logger) -> ExitCode {
+    let daemon = match Daemon::start(cli, startup, log) {
+        Ok(d) => d,
+        Err(msg) => {
+            // In the foreground the log already goes to stderr; a daemon's parent prints
+            // what it receives through the readiness pipe.
+            error!(log, "startup failed"; "error" => &msg);
+            if let Some(mut r) = ready.take() {
+                let _ = writeln!(r, "ERR {msg}");
+            }
+            return ExitCode::from(1);
         }
-        ExitCode::from(1)
     };
-    for n in &notes {
-        warn!(log, "{}", n);
+    if let Some(mut r) = ready.take() {
+        let _ = writeln!(r, "OK");
+        drop(r);
+        detach_stdio();
     }
-    for d in &loaded.diagnostics {
-        if d.is_error() {
-            error!(log, "{}", d);
-        } else {
-            warn!(log, "{}", d);
+    daemon.run(cli)
+}
+
+/// The pid file, locked while ietd runs and removed when dropped.
+struct PidFile {
+    path: PathBuf,
+    _file: File,
+}
+
+impl Drop for PidFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// The bound control socket; its file is removed when dropped (if still ours).
+struct Socket {
+    socket: ControlSocket,
+    log: Logger,
+}
+
+impl Drop for Socket {
+    fn drop(&mut self) {
+        self.socket.remove(&self.log);
+    }
+}
+
+/// A started daemon. Dropping it tears down what outlives the targets, in order: the
+/// datapath, the views, the control socket, the pid file (field order).
+struct Daemon {
+    state: State,
+    /// Kernel mode only.
+    dispatcher: Option<Dispatcher>,
+    signals: Signals,
+    opts: ServeOptions,
+    views_dir: PathBuf,
+    socket: Socket,
+    _pid_file: PidFile,
+    log: Logger,
+}
+
+impl Daemon {
+    /// Everything up to serving. On failure, what was made so far is undone by its own
+    /// `Drop` (socket file, pid file, datapath).
+    fn start(cli: &Cli, startup: Startup, log: &Logger) -> Result<Daemon, String> {
+        for n in &startup.notes {
+            warn!(log, "{}", n);
         }
-    }
-    // SIGCHLD: a datapath that dies is noticed at once (not only at the next tick).
-    let mut signals = match Signals::new([SIGTERM, SIGINT, SIGHUP, SIGCHLD]) {
-        Ok(s) => s,
-        Err(e) => return fail(format!("installing signal handlers: {e}")),
-    };
-    let (pid_file, unclean) = match lock_pid_file(&cli.pid_file) {
-        Ok(f) => f,
-        Err(e) => return fail(e),
-    };
-    let socket_path = cli
-        .socket
-        .clone()
-        .unwrap_or_else(|| protocol::socket_path(None));
-    let mut socket = match ControlSocket::bind(&socket_path, admin_gid) {
-        Ok(s) => s,
-        Err(e) => return fail(e.to_string()),
-    };
-    // Kernel work that needs root happens before privileges are dropped.
-    let kernel = if kernel_mode(&cli.configfs_root) {
-        match start_kernel(cli, &socket_path, unclean, log) {
-            Ok(k) => Some(k),
-            Err(e) => {
-                socket.remove(log);
-                return fail(e);
+        for d in &startup.loaded.diagnostics {
+            if d.is_error() {
+                error!(log, "{}", d);
+            } else {
+                warn!(log, "{}", d);
             }
         }
-    } else {
-        None
-    };
+        // SIGCHLD: a datapath that dies is noticed at once (not only at the next tick).
+        let signals = Signals::new([SIGTERM, SIGINT, SIGHUP, SIGCHLD])
+            .map_err(|e| format!("installing signal handlers: {e}"))?;
+        let (pid_file, unclean) = lock_pid_file(&cli.pid_file)?;
+        let socket_path = cli
+            .socket
+            .clone()
+            .unwrap_or_else(|| protocol::socket_path(None));
+        let socket = Socket {
+            socket: ControlSocket::bind(&socket_path, startup.admin_gid)
+                .map_err(|e| e.to_string())?,
+            log: log.clone(),
+        };
+        // Kernel work that needs root happens before privileges are dropped.
+        let platform = Platform::for_root(cli.configfs_root.clone());
+        let kernel = match platform.is_kernel() {
+            true => Some(start_kernel(cli, &platform, &socket_path, unclean, log)?),
+            false => None,
+        };
+        drop_privileges(cli)?;
+        let admin_gid = startup.admin_gid;
+        let sup = kernel.as_ref().map(|k| &k.0);
+        let (state, failures) = build_state(cli, &platform, startup, sup, log)?;
+        info!(log, "ietd started"; "targets" => state.target_count(), "failed" => failures,
+            "configfs" => %cli.configfs_root.display(), "socket" => %socket_path.display());
+        Ok(Daemon {
+            state,
+            dispatcher: kernel
+                .map(|(sup, nl)| Dispatcher::new(sup, nl, platform.clone(), log.clone())),
+            signals,
+            opts: ServeOptions {
+                admin_gid,
+                client_timeout: Duration::from_secs(cli.client_timeout.max(1)),
+                views_dir: Some(views_dir(&socket_path)),
+            },
+            views_dir: views_dir(&socket_path),
+            socket,
+            _pid_file: pid_file,
+            log: log.clone(),
+        })
+    }
+
+    /// Serves until SIGTERM/SIGINT, then removes the targets (their LUN links before the
+    /// backstores, each backstore detached from the datapath before its rmdir) and the
+    /// discovery accounts; dropping `self` does the rest.
+    fn run(mut self, cli: &Cli) -> ExitCode {
+        let log = self.log.clone();
+        let outside: &mut dyn EventDispatch = match self.dispatcher.as_mut() {
+            Some(d) => d,
+            None => &mut NoEvents,
+        };
+        let mut reload = |state: &mut State| reload_config(cli, state, &log);
+        let result = control::serve(
+            &mut self.socket.socket,
+            &mut self.signals,
+            &mut self.state,
+            outside,
+            &mut reload,
+            &self.opts,
+            &log,
+        );
+        let left = self.state.teardown();
+        clear_discovery(&mut self.state, &log);
+        // The rest (datapath, views, socket, pid file) before the last log line.
+        drop(self);
+        match result {
+            Err(e) => {
+                error!(log, "control loop failed"; "error" => %e);
+                ExitCode::from(1)
+            }
+            Ok(_) if !left.is_empty() => {
+                error!(log, "stopped, but some targets could not be removed"; "count" => left.len());
+                ExitCode::from(1)
+            }
+            Ok(stop) => {
+                info!(log, "ietd stopped"; "reason" => ?stop);
+                ExitCode::SUCCESS
+            }
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(d) = self.dispatcher.as_mut() {
+            d.shutdown();
+        }
+        // The views go with the daemon, as IET's /proc files went with its module: a
+        // script that finds none knows no ietd runs.
+        remove_views(&self.views_dir, &self.log);
+    }
+}
+
+/// Switches to `-u`/`-g` once the root-only work is done.
+fn drop_privileges(cli: &Cli) -> Result<(), String> {
     if cli.uid != 0 {
         // Root's supplementary groups must not survive the switch to another user.
         let keep = if cli.gid != 0 {
@@ -386,106 +505,47 @@ fn serve(
         } else {
             nix::unistd::getgid()
         };
-        if let Err(e) = nix::unistd::setgroups(&[keep]) {
-            socket.remove(log);
-            return fail(format!("setgroups {keep}: {e}"));
-        }
+        nix::unistd::setgroups(&[keep]).map_err(|e| format!("setgroups {keep}: {e}"))?;
     }
     if cli.gid != 0 {
-        if let Err(e) = nix::unistd::setgid(nix::unistd::Gid::from_raw(cli.gid)) {
-            socket.remove(log);
-            return fail(format!("setgid {}: {e}", cli.gid));
-        }
+        nix::unistd::setgid(nix::unistd::Gid::from_raw(cli.gid))
+            .map_err(|e| format!("setgid {}: {e}", cli.gid))?;
     }
     if cli.uid != 0 {
-        if let Err(e) = nix::unistd::setuid(nix::unistd::Uid::from_raw(cli.uid)) {
-            socket.remove(log);
-            return fail(format!("setuid {}: {e}", cli.uid));
-        }
+        nix::unistd::setuid(nix::unistd::Uid::from_raw(cli.uid))
+            .map_err(|e| format!("setuid {}: {e}", cli.uid))?;
     }
-    // Every start adopts what a previous ietd left (nothing after a clean stop): objects
-    // the configuration has are taken over, the rest removed after the state is built.
-    let prov: Result<Box<dyn Provisioner>, _> = match &kernel {
-        Some((handle, _)) => ConfigfsProvisioner::with_hook(
-            cli.configfs_root.clone(),
-            settings,
-            Box::new(DatapathHook::new(
-                handle.clone(),
-                cli.configfs_root.clone(),
-                log.clone(),
-            )),
+    Ok(())
+}
+
+/// The provisioner (with the datapath hook in kernel mode) and the state built from the
+/// configuration. Every start adopts what a previous ietd left (nothing after a clean
+/// stop): objects the configuration has are taken over, the rest removed.
+fn build_state(
+    cli: &Cli,
+    platform: &Platform,
+    startup: Startup,
+    supervisor: Option<&SharedSupervisor>,
+    log: &Logger,
+) -> Result<(State, usize), String> {
+    let hook: Box<dyn DeviceHook> = match supervisor {
+        Some(sup) => Box::new(DatapathHook::new(
+            sup.clone(),
+            platform.clone(),
             log.clone(),
-        )
-        .and_then(|mut p| p.begin_adoption().map(|_| p))
-        .map(|p| Box::new(KernelProvisioner::new(p, handle.clone(), log.clone())) as _),
-        None => ConfigfsProvisioner::new(cli.configfs_root.clone(), settings, log.clone())
-            .and_then(|mut p| p.begin_adoption().map(|_| p))
-            .map(|p| Box::new(p) as _),
+        )),
+        None => Box::new(NoHook),
     };
-    let prov = match prov {
-        Ok(p) => p,
-        Err(e) => {
-            socket.remove(log);
-            return fail(format!("configfs at {}: {e}", cli.configfs_root.display()));
-        }
-    };
-    let (mut state, failures) = State::from_config(loaded.config, prov, log.clone());
+    let mut prov = platform
+        .configfs()
+        .map(|fs| ConfigfsProvisioner::with_fs(fs, startup.settings, hook, log.clone()))
+        .map_err(|e| format!("configfs at {}: {e}", cli.configfs_root.display()))?;
+    prov.begin_adoption()
+        .map_err(|e| format!("configfs at {}: {e}", cli.configfs_root.display()))?;
+    let config = startup.loaded.config;
+    let (mut state, failures) = State::from_config(config, Box::new(prov), log.clone());
     state.finish_adoption();
-    info!(log, "ietd started"; "targets" => state.target_count(), "failed" => failures,
-        "configfs" => %cli.configfs_root.display(), "socket" => %socket_path.display());
-    if let Some(mut r) = ready.take() {
-        let _ = writeln!(r, "OK");
-        drop(r);
-        detach_stdio();
-    }
-    let opts = ServeOptions {
-        admin_gid,
-        client_timeout: Duration::from_secs(cli.client_timeout.max(1)),
-        views_dir: Some(views_dir(&socket_path)),
-    };
-    let mut kernel_events = kernel.map(|(handle, nl)| KernelEvents::new(handle, nl, log.clone()));
-    let ext: &mut dyn Extension = match kernel_events.as_mut() {
-        Some(k) => k,
-        None => &mut NoExtension,
-    };
-    let mut reload = |state: &mut State| reload_config(cli, state, log);
-    let result = control::serve(
-        &mut socket,
-        &mut signals,
-        &mut state,
-        ext,
-        &mut reload,
-        &opts,
-        log,
-    );
-    // Targets first (their LUN links go before the backstores, and each backstore is
-    // detached from the datapath before its rmdir), then discovery auth, then the
-    // datapath itself.
-    let left = state.teardown();
-    clear_discovery(&mut state, log);
-    if let Some(k) = kernel_events.as_mut() {
-        k.shutdown();
-    }
-    // The views go with the daemon, as IET's /proc files went with its module: a script
-    // that finds none knows no ietd runs.
-    remove_views(&views_dir(&socket_path), log);
-    socket.remove(log);
-    drop(pid_file);
-    let _ = std::fs::remove_file(&cli.pid_file);
-    match result {
-        Err(e) => {
-            error!(log, "control loop failed"; "error" => %e);
-            ExitCode::from(1)
-        }
-        Ok(_) if !left.is_empty() => {
-            error!(log, "stopped, but some targets could not be removed"; "count" => left.len());
-            ExitCode::from(1)
-        }
-        Ok(stop) => {
-            info!(log, "ietd stopped"; "reason" => ?stop);
-            ExitCode::SUCCESS
-        }
-    }
+    Ok((state, failures))
 }
 
 /// Where the IET views are kept: the control socket's directory (`/run/ietd`).
@@ -526,30 +586,22 @@ fn reload_config(cli: &Cli, state: &mut State, log: &Logger) {
     let _ = state.reload(loaded);
 }
 
-/// Whether `root` is the kernel's configfs (kernel mode) rather than a test directory.
-fn kernel_mode(root: &Path) -> bool {
-    root == Path::new(KERNEL_CONFIGFS)
-}
-
 /// Kernel-mode startup: modules and configfs, the TCM-USER listener, leftovers of an
 /// ietd that did not stop cleanly, and the datapath process.
 fn start_kernel(
     cli: &Cli,
+    platform: &Platform,
     socket_path: &Path,
     unclean: bool,
     log: &Logger,
-) -> Result<(Handle, Option<ietd::netlink::Listener>), String> {
-    prepare_kernel(&cli.configfs_root)
+) -> Result<(SharedSupervisor, Option<ietd::netlink::Listener>), String> {
+    platform
+        .prepare()
         .map_err(|e| format!("preparing LIO under {}: {e}", cli.configfs_root.display()))?;
     // Opened before anything is provisioned, so no event of ours is missed.
-    let nl = match ietd::netlink::Listener::open(log.clone()) {
-        Ok(nl) => Some(nl),
-        Err(e) => {
-            warn!(log, "TCM-USER netlink unavailable: backstores removed behind ietd's back will not be noticed"; "error" => %e);
-            None
-        }
-    };
-    let leftovers = ietd::provision::ConfigFs::open(cli.configfs_root.clone())
+    let nl = platform.netlink(log);
+    let leftovers = platform
+        .configfs()
         .and_then(|fs| owned_objects(&fs, &Settings::default().subtype))
         .map_err(|e| format!("scanning {}: {e}", cli.configfs_root.display()))?;
     if unclean || !leftovers.backstores.is_empty() {
@@ -579,7 +631,7 @@ fn start_kernel(
     }
     // A datapath left by an ietd that died still serves its rings: adopt it.
     let sup = Supervisor::start_or_adopt(cfg, log.clone()).map_err(|e| e.to_string())?;
-    Ok((Handle::new(sup), nl))
+    Ok((SharedSupervisor::new(sup), nl))
 }
 
 /// Removes the discovery accounts at shutdown, so LIO's `discovery_auth` does not keep
@@ -602,7 +654,7 @@ fn clear_discovery(state: &mut State, log: &Logger) {
 /// Creates and locks the pid file the way IET did (lockf F_TLOCK), then writes our pid.
 /// The returned file must stay open: closing it drops the lock. Also says whether the
 /// file still held a pid: the previous ietd did not stop cleanly (a clean stop removes it).
-fn lock_pid_file(path: &Path) -> Result<(File, bool), String> {
+fn lock_pid_file(path: &Path) -> Result<(PidFile, bool), String> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     }
@@ -628,7 +680,11 @@ fn lock_pid_file(path: &Path) -> Result<(File, bool), String> {
         .and_then(|()| f.seek(std::io::SeekFrom::Start(0)))
         .and_then(|_| writeln!(f, "{}", std::process::id()))
         .map_err(|e| format!("{}: {e}", path.display()))?;
-    Ok((f, unclean))
+    let pid_file = PidFile {
+        path: path.to_path_buf(),
+        _file: f,
+    };
+    Ok((pid_file, unclean))
 }
 
 /// Points stdin, stdout and stderr at /dev/null once a daemon no longer needs them.

@@ -10,23 +10,19 @@
 //! The datapath outlives a crashed ietd (no parent-death signal, its own session), so
 //! I/O continues while the control plane is down. A restarted ietd finds it on its
 //! control socket ([`Supervisor::start_or_adopt`]) and adopts the devices it serves.
-//! Limit of adoption: TCMU refuses a second open of a ring's uio device (EBUSY), so the
-//! new ietd cannot hold its own copy of an adopted device's descriptor; it keeps a way to
-//! re-open it instead ([`Reopen`]), used once the adopted datapath has died (its last
-//! descriptor closed, which makes the device openable again). Commands the dead
-//! datapath had taken from such a ring stay in it (closing the uio device does not
-//! complete them) and the new datapath executes them again; on a device that still has
-//! a kernel `cmd_time_out` it answers them BUSY unexecuted instead, as they may have
-//! expired (docs/command-lifetime.md).
+//! TCMU refuses a second open of an adopted ring (EBUSY), so for those ietd keeps a way
+//! to re-open them ([`Reopen`]), used once the adopted datapath has died. Commands the
+//! dead datapath had taken stay in the ring and are executed again, or answered BUSY on
+//! a device with a kernel `cmd_time_out` (docs/command-lifetime.md).
 //!
-//! Health: every [`HEALTH_PERIOD`] ietd compares the devices it handed over with the
-//! datapath's `stats` list. A device the datapath no longer serves (it gave the ring up
-//! after an error, or refused it at a restart) is handed over again; one that cannot be
-//! (refused, or an adopted device that cannot be re-opened) is reported by
-//! [`Supervisor::failed`], logged once, and tried again every period.
+//! Health: every [`HEALTH_PERIOD`] the devices handed over are compared with the
+//! datapath's `stats` list; one it no longer serves is handed over again, one that
+//! cannot be is reported by [`Supervisor::failed`] and tried again every period.
 //!
-//! Not its job: deciding which devices exist (the provisioner and its device hook in
-//! [`crate::handoff`]) or serving commands (the datapath).
+//! The model: `Life` is the process's state, `Served` the one map of devices it serves
+//! for us. The supervisor never calls up into the state model; the daemon's dispatch
+//! point ([`crate::events`]) asks [`Supervisor::failed`] after each
+//! [`Supervisor::check`].
 
 use std::collections::{BTreeMap, VecDeque};
 use std::io::{self, BufRead, BufReader};
@@ -35,13 +31,13 @@ use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use datapath::control::proto::{Attach, Reply, Request};
+use datapath::control::proto::{Attach, LunStats, Reply, Request};
 use datapath::control::send_with_fds;
 use slog::{debug, error, info, warn, Logger};
 use thiserror::Error;
-
 /// How the datapath is run and how long ietd waits for it.
 #[derive(Debug, Clone)]
 pub struct DatapathConfig {
@@ -155,12 +151,54 @@ impl Device {
 /// Re-opens an adopted device's descriptors (uio and backing store) for a new datapath.
 pub type Reopen = Box<dyn FnMut() -> Result<Device, String> + Send>;
 
-/// A device a previous ietd handed to the datapath that this ietd adopted: served,
-/// but ietd holds no descriptor of it.
-struct Adopted {
-    attach: Attach,
-    tid: u32,
-    reopen: Reopen,
+/// How ietd holds a device the datapath serves for it.
+enum Hold {
+    /// ietd keeps copies of its descriptors (it handed them over, or re-opened them).
+    Kept(Device),
+    /// Served by an adopted datapath; ietd holds no descriptor, only a way to re-open
+    /// it once that datapath is gone.
+    Adopted {
+        attach: Attach,
+        tid: u32,
+        reopen: Reopen,
+    },
+}
+
+/// One device handed to the datapath (kept or adopted), with its health record.
+struct Served {
+    hold: Hold,
+    /// Why the datapath does not serve it, while it does not.
+    failed: Option<String>,
+    /// Re-attaches by the health check since it was last seen served.
+    reattached: u32,
+    /// The store error its LUN latched (a failed flush or durable write, from the
+    /// datapath's stats): served, but refusing writes and flushes until removed.
+    store_error: Option<String>,
+}
+
+impl Served {
+    fn new(hold: Hold) -> Served {
+        Served {
+            hold,
+            failed: None,
+            reattached: 0,
+            store_error: None,
+        }
+    }
+
+    fn attach(&self) -> &Attach {
+        match &self.hold {
+            Hold::Kept(d) => &d.attach,
+            Hold::Adopted { attach, .. } => attach,
+        }
+    }
+
+    fn tid(&self) -> u32 {
+        match &self.hold {
+            Hold::Kept(d) => d.tid,
+            Hold::Adopted { tid, .. } => *tid,
+        }
+    }
 }
 
 /// The problem shown for a LUN with a latched store error (views, `ietadm --op show`).
@@ -169,6 +207,46 @@ fn store_error_problem(why: &str) -> String {
         "backing store failed a flush or durable write ({why}): acknowledged data may be lost; \
          writes and flushes are refused until the LUN is removed and added again"
     )
+}
+
+/// The datapath process's life as ietd sees it.
+enum Life {
+    /// Not started yet, or stopped for good by `Supervisor::stop`.
+    Stopped,
+    /// Our child, answering on its socket.
+    Started { child: Child, conn: Conn },
+    /// Left by a previous ietd, found answering on its socket (not our child: its exit
+    /// shows only in /proc). `found`: what it served then that no LUN claimed or
+    /// detached since.
+    Adopted {
+        pid: i32,
+        conn: Conn,
+        found: Vec<LunStats>,
+    },
+    /// Found dead (or killed as hung) at `since`; restarted once the backoff has passed.
+    Down { since: Instant },
+}
+
+impl Life {
+    fn conn(&mut self) -> Option<&mut Conn> {
+        match self {
+            Life::Started { conn, .. } | Life::Adopted { conn, .. } => Some(conn),
+            Life::Stopped | Life::Down { .. } => None,
+        }
+    }
+
+    fn running(&self) -> bool {
+        matches!(self, Life::Started { .. } | Life::Adopted { .. })
+    }
+}
+
+/// Recent restarts, for the backoff and the crash-loop limit.
+#[derive(Default)]
+struct Restarts {
+    /// Start times of recent restarts (not the first start).
+    times: VecDeque<Instant>,
+    /// The crash loop was reported; not again every tick.
+    crash_loop_logged: bool,
 }
 
 /// Whether process `pid` exists and is not a zombie (an adopted datapath is not our
@@ -213,29 +291,10 @@ impl Conn {
 /// The running datapath (or the wish to have one) and the devices it serves.
 pub struct Supervisor {
     cfg: DatapathConfig,
-    child: Option<Child>,
-    conn: Option<Conn>,
-    devices: BTreeMap<String, Device>,
-    /// Devices served by an adopted datapath, without descriptors of ours.
-    adopted: BTreeMap<String, Adopted>,
-    /// pid of an adopted datapath (not our child).
-    adopted_pid: Option<i32>,
-    /// uio names the adopted datapath reported serving when it was found.
-    found_serving: Vec<datapath::control::proto::LunStats>,
-    /// Start times of recent restarts (not the first start).
-    restarts: VecDeque<Instant>,
-    /// When the datapath was found dead; a restart is due after the backoff.
-    down_since: Option<Instant>,
-    /// The restart limit was hit and logged; do not log it every tick.
-    limit_logged: bool,
-    /// Devices handed over (kept or adopted) that the datapath does not serve, with why.
-    failed: BTreeMap<String, String>,
-    /// Devices whose LUN latched a store error (a failed flush or durable write, from the
-    /// datapath's stats): served, but refusing writes and flushes until removed.
-    store_errors: BTreeMap<String, String>,
-    /// Re-attaches by the health check since the device was last seen served: a device
-    /// the datapath gives up again after each one is failed, not "re-attached" forever.
-    reattached: BTreeMap<String, u32>,
+    life: Life,
+    /// Every device handed over, by uio name.
+    served: BTreeMap<String, Served>,
+    restarts: Restarts,
     /// When the health check last ran.
     last_health: Option<Instant>,
     log: Logger,
@@ -252,18 +311,9 @@ impl Supervisor {
     fn idle(cfg: DatapathConfig, log: Logger) -> Supervisor {
         Supervisor {
             cfg,
-            child: None,
-            conn: None,
-            devices: BTreeMap::new(),
-            adopted: BTreeMap::new(),
-            adopted_pid: None,
-            found_serving: Vec::new(),
-            restarts: VecDeque::new(),
-            down_since: None,
-            limit_logged: false,
-            failed: BTreeMap::new(),
-            store_errors: BTreeMap::new(),
-            reattached: BTreeMap::new(),
+            life: Life::Stopped,
+            served: BTreeMap::new(),
+            restarts: Restarts::default(),
             last_health: None,
             log,
         }
@@ -309,9 +359,11 @@ impl Supervisor {
                     info!(self.log, "datapath serves"; "uio" => &l.uio, "target" => &l.target,
                           "lun" => l.lun, "in_flight" => l.in_flight);
                 }
-                self.found_serving = luns;
-                self.adopted_pid = Some(creds.pid());
-                self.conn = Some(conn);
+                self.life = Life::Adopted {
+                    pid: creds.pid(),
+                    conn,
+                    found: luns,
+                };
                 Ok(true)
             }
             reply => Err(SuperviseError::Unexpected {
@@ -321,15 +373,19 @@ impl Supervisor {
         }
     }
 
-    /// What an adopted datapath served when it was found (empty for a started one).
-    pub fn found_serving(&self) -> &[datapath::control::proto::LunStats] {
-        &self.found_serving
+    /// What an adopted datapath served when it was found and nobody claimed or detached
+    /// since (empty for a started one).
+    pub fn found_serving(&self) -> &[LunStats] {
+        match &self.life {
+            Life::Adopted { found, .. } => found,
+            _ => &[],
+        }
     }
 
     /// Whether the datapath serves `uio` without ietd holding its descriptors: it was
     /// found serving it at adoption and nobody detached it since.
     pub fn serves_unowned(&self, uio: &str) -> bool {
-        self.conn.is_some() && self.found_serving.iter().any(|l| l.uio == uio)
+        self.found_serving().iter().any(|l| l.uio == uio)
     }
 
     /// Records a device the adopted datapath already serves. `reopen` gives the
@@ -341,19 +397,17 @@ impl Supervisor {
         reopen: Reopen,
     ) -> Result<(), SuperviseError> {
         let uio = attach.uio.clone();
-        if self.devices.contains_key(&uio) || self.adopted.contains_key(&uio) {
+        if self.served.contains_key(&uio) {
             return Err(SuperviseError::AlreadyAttached { uio });
         }
         info!(self.log, "device adopted (served by the running datapath)"; "uio" => &uio,
               "target" => &attach.target, "lun" => attach.lun);
-        self.adopted.insert(
-            uio,
-            Adopted {
-                attach,
-                tid,
-                reopen,
-            },
-        );
+        let hold = Hold::Adopted {
+            attach,
+            tid,
+            reopen,
+        };
+        self.served.insert(uio, Served::new(hold));
         Ok(())
     }
 
@@ -361,10 +415,10 @@ impl Supervisor {
     /// LUN is gone from the configuration). Returns their uio names.
     pub fn release_unclaimed(&mut self) -> Vec<String> {
         let unclaimed: Vec<String> = self
-            .found_serving
+            .found_serving()
             .iter()
             .map(|l| l.uio.clone())
-            .filter(|u| !self.devices.contains_key(u) && !self.adopted.contains_key(u))
+            .filter(|u| !self.served.contains_key(u))
             .collect();
         for u in &unclaimed {
             self.detach_uio(u);
@@ -374,32 +428,33 @@ impl Supervisor {
 
     /// The datapath's pid while it runs (started or adopted).
     pub fn pid(&self) -> Option<u32> {
-        match &self.child {
-            Some(c) => Some(c.id()),
-            None if self.conn.is_some() => self.adopted_pid.and_then(|p| u32::try_from(p).ok()),
-            None => None,
+        match &self.life {
+            Life::Started { child, .. } => Some(child.id()),
+            Life::Adopted { pid, .. } => u32::try_from(*pid).ok(),
+            Life::Stopped | Life::Down { .. } => None,
         }
     }
 
-    /// Devices currently handed to the datapath with descriptors ietd keeps, by uio name.
+    /// Devices currently handed to the datapath with descriptors ietd keeps.
     pub fn devices(&self) -> impl Iterator<Item = &Device> {
-        self.devices.values()
+        self.served.values().filter_map(|s| match &s.hold {
+            Hold::Kept(d) => Some(d),
+            Hold::Adopted { .. } => None,
+        })
     }
 
     pub fn device(&self, uio: &str) -> Option<&Device> {
-        self.devices.get(uio)
+        match &self.served.get(uio)?.hold {
+            Hold::Kept(d) => Some(d),
+            Hold::Adopted { .. } => None,
+        }
     }
 
     /// Every device ietd knows served (kept or adopted): uio name, tid and LUN.
     pub fn served(&self) -> Vec<(String, u32, u32)> {
-        self.devices
-            .values()
-            .map(|d| (d.attach.uio.clone(), d.tid, d.attach.lun))
-            .chain(
-                self.adopted
-                    .values()
-                    .map(|a| (a.attach.uio.clone(), a.tid, a.attach.lun)),
-            )
+        self.served
+            .iter()
+            .map(|(uio, s)| (uio.clone(), s.tid(), s.attach().lun))
             .collect()
     }
 
@@ -412,6 +467,8 @@ impl Supervisor {
         }
     }
 
+    /// Starts a datapath and waits for its `pong`; on success the life is `Started`,
+    /// on failure it is left as it was.
     fn spawn(&mut self) -> Result<(), SuperviseError> {
         let mut cmd = Command::new(&self.cfg.binary);
         cmd.arg("--control")
@@ -430,42 +487,26 @@ impl Supervisor {
                 Ok(())
             });
         }
-        let child = cmd.spawn().map_err(|source| SuperviseError::Spawn {
+        let mut child = cmd.spawn().map_err(|source| SuperviseError::Spawn {
             binary: self.cfg.binary.clone(),
             source,
         })?;
-        let pid = child.id();
-        self.child = Some(child);
         let deadline = Instant::now() + self.cfg.start_timeout;
         loop {
-            let exited = self
-                .child
-                .as_mut()
-                .and_then(|c| c.try_wait().ok().flatten());
+            let exited = child.try_wait().ok().flatten();
             if exited.is_none() {
-                if let Ok(mut conn) = Conn::connect(&self.cfg.socket, self.cfg.reply_timeout) {
-                    match conn.call(&Request::Ping, &[]) {
-                        Ok(Reply::Pong) => {
-                            self.conn = Some(conn);
-                            self.down_since = None;
-                            info!(self.log, "datapath running"; "pid" => pid,
-                                  "control" => %self.cfg.socket.display());
-                            return Ok(());
-                        }
-                        Ok(other) => {
-                            debug!(self.log, "datapath start: odd ping answer"; "reply" => ?other)
-                        }
-                        // A socket file left by the previous datapath refuses connections
-                        // until the new one has replaced it.
-                        Err(e) => debug!(self.log, "datapath start: ping"; "error" => %e),
-                    }
+                if let Some(conn) = self.ping() {
+                    info!(self.log, "datapath running"; "pid" => child.id(),
+                          "control" => %self.cfg.socket.display());
+                    self.life = Life::Started { child, conn };
+                    return Ok(());
                 }
             }
             if exited.is_some() || Instant::now() >= deadline {
                 if exited.is_none() {
-                    self.kill_child();
+                    let _ = child.kill();
+                    let _ = child.wait();
                 }
-                self.child = None;
                 return Err(SuperviseError::NotReady {
                     binary: self.cfg.binary.clone(),
                     socket: self.cfg.socket.clone(),
@@ -477,16 +518,43 @@ impl Supervisor {
         }
     }
 
-    fn kill_child(&mut self) {
-        if let Some(c) = self.child.as_mut() {
-            let _ = c.kill();
-            let _ = c.wait();
+    /// A connection to a datapath that answers `ping`, if one does.
+    fn ping(&self) -> Option<Conn> {
+        let mut conn = Conn::connect(&self.cfg.socket, self.cfg.reply_timeout).ok()?;
+        match conn.call(&Request::Ping, &[]) {
+            Ok(Reply::Pong) => Some(conn),
+            Ok(other) => {
+                debug!(self.log, "datapath start: odd ping answer"; "reply" => ?other);
+                None
+            }
+            // A socket file left by the previous datapath refuses connections until the
+            // new one has replaced it.
+            Err(e) => {
+                debug!(self.log, "datapath start: ping"; "error" => %e);
+                None
+            }
         }
-        if let Some(pid) = self.adopted_pid.take() {
-            let pid = nix::unistd::Pid::from_raw(pid);
-            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
-            self.wait_gone(pid.as_raw(), STOP_GRACE);
+    }
+
+    /// Kills a running datapath (hung or broken connection) and marks it down now.
+    fn kill(&mut self) {
+        match std::mem::replace(&mut self.life, Life::Stopped) {
+            Life::Started { mut child, .. } => {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+            Life::Adopted { pid, .. } => {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+                self.wait_gone(pid, STOP_GRACE);
+            }
+            Life::Stopped | Life::Down { .. } => {}
         }
+        self.life = Life::Down {
+            since: Instant::now(),
+        };
     }
 
     /// Waits until the adopted datapath `pid` is gone; its parent (init) reaps it.
@@ -504,20 +572,16 @@ impl Supervisor {
     /// Sends one request; on a broken or silent connection the datapath is treated as
     /// dead (killed if still there) and the supervisor restarts it on its next check.
     fn call(&mut self, req: &Request, fds: &[BorrowedFd<'_>]) -> Result<Reply, SuperviseError> {
-        let Some(conn) = self.conn.as_mut() else {
-            return Err(SuperviseError::NotRunning {
-                limit: self.cfg.max_restarts_per_window,
-            });
+        let limit = self.cfg.max_restarts_per_window;
+        let Some(conn) = self.life.conn() else {
+            return Err(SuperviseError::NotRunning { limit });
         };
         match conn.call(req, fds) {
             Ok(r) => Ok(r),
             Err(e) => {
                 warn!(self.log, "datapath control connection failed; killing the datapath";
                       "error" => %e);
-                self.conn = None;
-                self.kill_child();
-                self.child = None;
-                self.down_since.get_or_insert_with(Instant::now);
+                self.kill();
                 Err(self.io_err("request")(e))
             }
         }
@@ -540,11 +604,10 @@ impl Supervisor {
     /// limit says wait. Used before an attach, which cannot wait for the next tick.
     fn ensure_running(&mut self) -> Result<(), SuperviseError> {
         self.check_child();
-        if self.conn.is_some() {
-            return Ok(());
+        if !self.life.running() {
+            self.restart(true)?;
         }
-        self.restart(true)?;
-        if self.conn.is_some() {
+        if self.life.running() {
             Ok(())
         } else {
             Err(SuperviseError::NotRunning {
@@ -557,7 +620,7 @@ impl Supervisor {
     /// keeps the descriptors; on failure they are closed.
     pub fn attach(&mut self, dev: Device) -> Result<(), SuperviseError> {
         let uio = dev.attach.uio.clone();
-        if self.devices.contains_key(&uio) || self.adopted.contains_key(&uio) {
+        if self.served.contains_key(&uio) {
             return Err(SuperviseError::AlreadyAttached { uio });
         }
         self.ensure_running()?;
@@ -565,37 +628,30 @@ impl Supervisor {
         self.expect_ok(format!("attach of {uio}"), &req, &dev.fds())?;
         info!(self.log, "device attached to the datapath"; "uio" => &uio,
               "target" => &dev.attach.target, "lun" => dev.attach.lun);
-        self.devices.insert(uio, dev);
+        self.served.insert(uio, Served::new(Hold::Kept(dev)));
         Ok(())
     }
 
     /// Tells the datapath to stop serving `uio` and closes ietd's copies of its
-    /// descriptors. Returns the device, if it was attached. A datapath that is down
-    /// has nothing to detach; it will simply not get the device back.
-    /// An adopted device (served without descriptors of ours) is detached the same way;
-    /// it returns None as there is nothing of ours to close.
+    /// descriptors. Returns the device if ietd kept its descriptors (None for an adopted
+    /// one). A datapath that is down has nothing to detach; it will not get it back.
     pub fn detach(&mut self, uio: &str) -> Option<Device> {
-        self.failed.remove(uio);
-        self.store_errors.remove(uio);
-        self.reattached.remove(uio);
-        if self.adopted.remove(uio).is_some() {
+        let served = self.served.remove(uio);
+        // Also one served by an adopted datapath that no LUN claimed (yet).
+        if served.is_some() || self.serves_unowned(uio) {
             self.detach_uio(uio);
-            return None;
         }
-        let Some(dev) = self.devices.remove(uio) else {
-            // Served by an adopted datapath but not (yet) claimed by any LUN.
-            if self.found_serving.iter().any(|l| l.uio == uio) {
-                self.detach_uio(uio);
-            }
-            return None;
-        };
-        self.detach_uio(uio);
-        Some(dev)
+        match served?.hold {
+            Hold::Kept(d) => Some(d),
+            Hold::Adopted { .. } => None,
+        }
     }
 
     fn detach_uio(&mut self, uio: &str) {
-        self.found_serving.retain(|l| l.uio != uio);
-        if self.conn.is_some() {
+        if let Life::Adopted { found, .. } = &mut self.life {
+            found.retain(|l| l.uio != uio);
+        }
+        if self.life.running() {
             let req = Request::Detach {
                 uio: uio.to_string(),
             };
@@ -628,38 +684,34 @@ impl Supervisor {
 
     /// Notices a datapath that exited (reaps it).
     fn check_child(&mut self) {
-        if let Some(pid) = self.adopted_pid {
-            if !process_alive(pid) {
-                error!(self.log, "adopted datapath exited"; "pid" => pid,
-                       "devices" => self.devices.len() + self.adopted.len());
-                self.adopted_pid = None;
-                self.conn = None;
-                self.found_serving.clear();
-                self.down_since.get_or_insert_with(Instant::now);
+        let devices = self.served.len();
+        match &mut self.life {
+            Life::Adopted { pid, .. } if !process_alive(*pid) => {
+                error!(self.log, "adopted datapath exited"; "pid" => *pid, "devices" => devices);
             }
-            return;
+            Life::Started { child, .. } => match child.try_wait() {
+                Ok(None) => return,
+                Ok(Some(status)) => {
+                    error!(self.log, "datapath exited"; "pid" => child.id(), "status" => %status,
+                           "devices" => devices);
+                }
+                Err(e) => {
+                    warn!(self.log, "waiting for the datapath"; "error" => %e);
+                    return;
+                }
+            },
+            _ => return,
         }
-        let Some(child) = self.child.as_mut() else {
-            return;
+        self.life = Life::Down {
+            since: Instant::now(),
         };
-        match child.try_wait() {
-            Ok(None) => {}
-            Ok(Some(status)) => {
-                error!(self.log, "datapath exited"; "pid" => child.id(), "status" => %status,
-                       "devices" => self.devices.len());
-                self.child = None;
-                self.conn = None;
-                self.down_since.get_or_insert_with(Instant::now);
-            }
-            Err(e) => warn!(self.log, "waiting for the datapath"; "error" => %e),
-        }
     }
 
     /// Called from the event loop (on SIGCHLD and every tick): notices a dead datapath
     /// and restarts it when its backoff has passed, re-attaching every device.
     pub fn check(&mut self) {
         self.check_child();
-        if self.conn.is_none() {
+        if let Life::Down { .. } = self.life {
             if let Err(e) = self.restart(false) {
                 error!(self.log, "datapath restart failed"; "error" => %e);
             }
@@ -667,7 +719,7 @@ impl Supervisor {
         let due = self
             .last_health
             .is_none_or(|t| t.elapsed() >= HEALTH_PERIOD);
-        if due && self.conn.is_some() {
+        if due && self.life.running() {
             self.check_health();
         }
     }
@@ -676,88 +728,57 @@ impl Supervisor {
     /// the datapath has been down for longer than a quick restart takes, that is all of
     /// them.
     pub fn failed(&self) -> Vec<(u32, u32, String)> {
-        let down = self.conn.is_none()
-            && self
-                .down_since
-                .is_some_and(|t| t.elapsed() >= HEALTH_PERIOD);
-        if down {
-            let why = "the datapath is not running; it is restarted every few seconds";
-            return self
-                .devices
-                .values()
-                .map(|d| (d.tid, d.attach.lun, why.to_string()))
-                .chain(
-                    self.adopted
-                        .values()
-                        .map(|a| (a.tid, a.attach.lun, why.to_string())),
-                )
-                .collect();
-        }
-        self.failed
-            .iter()
-            .filter_map(|(uio, why)| {
-                let (tid, lun) = match (self.devices.get(uio), self.adopted.get(uio)) {
-                    (Some(d), _) => (d.tid, d.attach.lun),
-                    (None, Some(a)) => (a.tid, a.attach.lun),
-                    (None, None) => return None,
-                };
-                Some((tid, lun, why.clone()))
+        let down = matches!(self.life, Life::Down { since } if since.elapsed() >= HEALTH_PERIOD);
+        let why_down = "the datapath is not running; it is restarted every few seconds";
+        self.served
+            .values()
+            .filter_map(|s| {
+                match (&s.failed, down, &s.store_error) {
+                    (_, true, _) => Some(why_down.to_string()),
+                    (Some(why), false, _) => Some(why.clone()),
+                    (None, false, Some(e)) => Some(store_error_problem(e)),
+                    (None, false, None) => None,
+                }
+                .map(|why| (s.tid(), s.attach().lun, why))
             })
-            .chain(
-                self.store_errors
-                    .iter()
-                    .filter(|(uio, _)| !self.failed.contains_key(*uio))
-                    .filter_map(|(uio, why)| {
-                        let (tid, lun) = match (self.devices.get(uio), self.adopted.get(uio)) {
-                            (Some(d), _) => (d.tid, d.attach.lun),
-                            (None, Some(a)) => (a.tid, a.attach.lun),
-                            (None, None) => return None,
-                        };
-                        Some((tid, lun, store_error_problem(why)))
-                    }),
-            )
             .collect()
-    }
-
-    /// Records the store error the datapath reports for `uio` (None: none); logged once.
-    fn note_store_error(&mut self, uio: &str, why: Option<&str>) {
-        match why {
-            Some(why) if self.store_errors.get(uio).map(String::as_str) != Some(why) => {
-                let (target, lun) = self
-                    .devices
-                    .get(uio)
-                    .map(|d| (d.attach.target.clone(), d.attach.lun))
-                    .or_else(|| {
-                        self.adopted
-                            .get(uio)
-                            .map(|a| (a.attach.target.clone(), a.attach.lun))
-                    })
-                    .unwrap_or_default();
-                error!(self.log, "LUN failed: its backing store failed a flush or durable write; \
-                       acknowledged data may be lost; writes and flushes are refused until the \
-                       LUN is removed and added again";
-                       "uio" => uio, "target" => target, "lun" => lun, "error" => why);
-                self.store_errors.insert(uio.to_string(), why.to_string());
-            }
-            Some(_) => {}
-            None => {
-                self.store_errors.remove(uio);
-            }
-        }
     }
 
     /// Records that `uio` is not served; logged when it starts or its reason changes.
     fn mark_failed(&mut self, uio: &str, why: String) {
-        if self.failed.get(uio) != Some(&why) {
+        let Some(s) = self.served.get_mut(uio) else {
+            return;
+        };
+        if s.failed.as_ref() != Some(&why) {
             error!(self.log, "LUN not served by the datapath; retrying every few seconds";
                    "uio" => uio, "reason" => &why, "retry_s" => HEALTH_PERIOD.as_secs());
-            self.failed.insert(uio.to_string(), why);
+            s.failed = Some(why);
+        }
+    }
+
+    /// Records the store error the datapath reports for `uio` (None: none); logged once.
+    fn note_store_error(&mut self, uio: &str, why: Option<&str>) {
+        let Some(s) = self.served.get_mut(uio) else {
+            return;
+        };
+        if s.store_error.as_deref() == why {
+            return;
+        }
+        s.store_error = why.map(str::to_owned);
+        if let Some(why) = why {
+            let a = s.attach();
+            error!(self.log, "LUN failed: its backing store failed a flush or durable write; \
+                   acknowledged data may be lost; writes and flushes are refused until the \
+                   LUN is removed and added again";
+                   "uio" => uio, "target" => &a.target, "lun" => a.lun, "error" => why);
         }
     }
 
     fn mark_served(&mut self, uio: &str) {
-        if self.failed.remove(uio).is_some() {
-            info!(self.log, "LUN served by the datapath again"; "uio" => uio);
+        if let Some(s) = self.served.get_mut(uio) {
+            if s.failed.take().is_some() {
+                info!(self.log, "LUN served by the datapath again"; "uio" => uio);
+            }
         }
     }
 
@@ -783,21 +804,15 @@ impl Supervisor {
             e.1 |= l.closing;
         }
         for l in luns.iter().filter(|l| !l.closing) {
-            if self.devices.contains_key(&l.uio) || self.adopted.contains_key(&l.uio) {
-                self.note_store_error(&l.uio, l.store_error.as_deref());
-            }
+            self.note_store_error(&l.uio, l.store_error.as_deref());
         }
-        let state = |uio: &str| seen.get(uio).copied().unwrap_or_default();
-        let wanted: Vec<String> = self
-            .devices
-            .keys()
-            .chain(self.adopted.keys())
-            .cloned()
-            .collect();
+        let wanted: Vec<String> = self.served.keys().cloned().collect();
         for uio in wanted {
-            let (served, closing) = state(&uio);
+            let (served, closing) = seen.get(uio.as_str()).copied().unwrap_or_default();
             if served {
-                self.reattached.remove(&uio);
+                if let Some(s) = self.served.get_mut(&uio) {
+                    s.reattached = 0;
+                }
                 self.mark_served(&uio);
             } else if closing {
                 // Its commands still at the workers would complete into the ring a new
@@ -807,40 +822,53 @@ impl Supervisor {
                     "the datapath is releasing it; waiting for its commands in progress".into(),
                 );
             } else {
-                if self.reattached.get(&uio).is_some_and(|&n| n >= FLAPPING) {
-                    self.mark_failed(
-                        &uio,
-                        "the datapath gives it up again after every re-attach (its log says why)"
-                            .into(),
-                    );
-                } else if !self.failed.contains_key(&uio) {
-                    warn!(self.log, "the datapath no longer serves a device; handing it over again";
-                          "uio" => &uio);
-                }
-                self.hand_over_again(&uio);
+                self.dropped(&uio);
             }
-            if self.conn.is_none() {
+            if !self.life.running() {
                 return;
             }
         }
     }
 
+    /// The datapath no longer lists `uio`: hand it over again, or call it failed once it
+    /// keeps being dropped after every attach.
+    fn dropped(&mut self, uio: &str) {
+        let Some(s) = self.served.get(uio) else {
+            return;
+        };
+        if s.reattached >= FLAPPING {
+            self.mark_failed(
+                uio,
+                "the datapath gives it up again after every re-attach (its log says why)".into(),
+            );
+        } else if s.failed.is_none() {
+            warn!(self.log, "the datapath no longer serves a device; handing it over again";
+                  "uio" => uio);
+        }
+        self.hand_over_again(uio);
+    }
+
+    /// An adopted device's datapath closed its descriptor, so it can be opened again: it
+    /// becomes a kept device. Err: why not (it stays adopted).
+    fn reopen(&mut self, uio: &str) -> Result<(), String> {
+        let Some(s) = self.served.get_mut(uio) else {
+            return Ok(());
+        };
+        let Hold::Adopted { reopen, .. } = &mut s.hold else {
+            return Ok(());
+        };
+        s.hold = Hold::Kept(reopen()?);
+        Ok(())
+    }
+
     /// Attaches `uio` again, re-opening it first if it was adopted (the datapath that
     /// dropped it closed its descriptor, so it can be opened again).
     fn hand_over_again(&mut self, uio: &str) {
-        if let Some(a) = self.adopted.get_mut(uio) {
-            match (a.reopen)() {
-                Ok(dev) => {
-                    self.adopted.remove(uio);
-                    self.devices.insert(uio.to_string(), dev);
-                }
-                Err(e) => {
-                    self.mark_failed(uio, format!("cannot re-open the adopted device: {e}"));
-                    return;
-                }
-            }
+        if let Err(e) = self.reopen(uio) {
+            self.mark_failed(uio, format!("cannot re-open the adopted device: {e}"));
+            return;
         }
-        let Some(dev) = self.devices.get(uio) else {
+        let Some(dev) = self.device(uio) else {
             return;
         };
         let req = Request::Attach(dev.attach.clone());
@@ -852,9 +880,14 @@ impl Supervisor {
         let borrowed: Vec<BorrowedFd<'_>> = fds.iter().map(AsFd::as_fd).collect();
         match self.call(&req, &borrowed) {
             Ok(Reply::Ok) => {
-                let n = self.reattached.entry(uio.to_string()).or_default();
-                *n += 1;
-                if *n <= FLAPPING {
+                let n = match self.served.get_mut(uio) {
+                    Some(s) => {
+                        s.reattached += 1;
+                        s.reattached
+                    }
+                    None => return,
+                };
+                if n <= FLAPPING {
                     info!(self.log, "device re-attached"; "uio" => uio);
                     self.mark_served(uio);
                 }
@@ -873,25 +906,31 @@ impl Supervisor {
     /// passed), then re-attaches all devices. Ok(()) also when it decided to wait.
     fn restart(&mut self, now: bool) -> Result<(), SuperviseError> {
         let t = Instant::now();
-        while self
-            .restarts
+        let since = match self.life {
+            Life::Down { since } => since,
+            // Stopped for good: nothing to restart.
+            Life::Stopped => return Ok(()),
+            Life::Started { .. } | Life::Adopted { .. } => return Ok(()),
+        };
+        let restarts = &mut self.restarts.times;
+        while restarts
             .front()
             .is_some_and(|s| t.duration_since(*s) > RESTART_WINDOW)
         {
-            self.restarts.pop_front();
+            restarts.pop_front();
         }
         // Past the limit the datapath is crash-looping: say so once, and keep trying at
         // the slowest pace. Our devices have no kernel cmd_time_out, so while no datapath
         // runs their commands wait in the rings (and the initiators' aborts with them):
         // giving up would hang them all, while a retry every MAX_BACKOFF costs little.
-        let crash_loop = self.restarts.len() >= self.cfg.max_restarts_per_window;
-        if crash_loop && !self.limit_logged {
+        let crash_loop = restarts.len() >= self.cfg.max_restarts_per_window;
+        if crash_loop && !self.restarts.crash_loop_logged {
             error!(self.log, "datapath keeps dying; restarting it every few seconds";
-                   "restarts" => self.restarts.len(), "window_s" => RESTART_WINDOW.as_secs(),
+                   "restarts" => self.restarts.times.len(), "window_s" => RESTART_WINDOW.as_secs(),
                    "interval_s" => MAX_BACKOFF.as_secs());
-            self.limit_logged = true;
+            self.restarts.crash_loop_logged = true;
         }
-        let shift = u32::try_from(self.restarts.len())
+        let shift = u32::try_from(self.restarts.times.len())
             .unwrap_or(u32::MAX)
             .min(16);
         let backoff = if crash_loop {
@@ -899,16 +938,15 @@ impl Supervisor {
         } else {
             FIRST_BACKOFF.saturating_mul(1 << shift).min(MAX_BACKOFF)
         };
-        let since = self.down_since.get_or_insert(t);
-        if !now && t.duration_since(*since) < backoff {
+        if !now && t.duration_since(since) < backoff {
             return Ok(());
         }
         if !crash_loop {
-            self.limit_logged = false;
+            self.restarts.crash_loop_logged = false;
         }
-        self.restarts.push_back(t);
-        info!(self.log, "restarting the datapath"; "attempt_in_window" => self.restarts.len(),
-              "devices" => self.devices.len());
+        self.restarts.times.push_back(t);
+        info!(self.log, "restarting the datapath"; "attempt_in_window" => self.restarts.times.len(),
+              "devices" => self.served.len());
         self.spawn()?;
         self.reopen_adopted();
         self.reattach_all();
@@ -919,20 +957,23 @@ impl Supervisor {
     /// be opened again: they become ordinary kept devices. One that cannot be opened
     /// stays adopted and is tried again at the next restart.
     fn reopen_adopted(&mut self) {
-        let uios: Vec<String> = self.adopted.keys().cloned().collect();
-        for uio in uios {
-            let Some(a) = self.adopted.get_mut(&uio) else {
-                continue;
+        let adopted: Vec<String> = self
+            .served
+            .iter()
+            .filter(|(_, s)| matches!(s.hold, Hold::Adopted { .. }))
+            .map(|(u, _)| u.clone())
+            .collect();
+        for uio in adopted {
+            let (target, lun) = match self.served.get(&uio) {
+                Some(s) => (s.attach().target.clone(), s.attach().lun),
+                None => continue,
             };
-            match (a.reopen)() {
-                Ok(dev) => {
+            match self.reopen(&uio) {
+                Ok(()) => {
                     info!(self.log, "adopted device re-opened for the new datapath"; "uio" => &uio,
-                          "target" => &a.attach.target, "lun" => a.attach.lun);
-                    self.adopted.remove(&uio);
-                    self.devices.insert(uio, dev);
+                          "target" => target, "lun" => lun);
                 }
                 Err(e) => {
-                    let (target, lun) = (a.attach.target.clone(), a.attach.lun);
                     error!(self.log, "adopted device cannot be re-opened; its LUN stays unserved";
                            "uio" => &uio, "target" => target, "lun" => lun, "error" => %e);
                     self.mark_failed(&uio, format!("cannot re-open the adopted device: {e}"));
@@ -944,18 +985,23 @@ impl Supervisor {
     /// Sends every kept device to a fresh datapath. A device it refuses stays kept (the
     /// next restart tries again) and is logged: its LUN answers nothing until then.
     fn reattach_all(&mut self) {
-        let uios: Vec<String> = self.devices.keys().cloned().collect();
+        let uios: Vec<String> = self.devices().map(|d| d.attach.uio.clone()).collect();
         for uio in uios {
-            let Some(dev) = self.devices.get(&uio) else {
+            let Some(dev) = self.device(&uio) else {
                 continue;
             };
             let req = Request::Attach(dev.attach.clone());
             // The descriptors are duplicated by the kernel when sent; ours stay ours.
-            let result = match self.conn.as_mut() {
-                Some(conn) => conn.call(&req, &dev.fds()),
-                None => return,
+            let fds: Vec<OwnedFd> = dev
+                .fds()
+                .iter()
+                .filter_map(|f| f.try_clone_to_owned().ok())
+                .collect();
+            let borrowed: Vec<BorrowedFd<'_>> = fds.iter().map(AsFd::as_fd).collect();
+            let Some(conn) = self.life.conn() else {
+                return;
             };
-            match result {
+            match conn.call(&req, &borrowed) {
                 Ok(Reply::Ok) => {
                     info!(self.log, "device re-attached"; "uio" => &uio);
                     self.mark_served(&uio);
@@ -966,10 +1012,7 @@ impl Supervisor {
                 Ok(other) => self.mark_failed(&uio, format!("unexpected answer: {other:?}")),
                 Err(e) => {
                     error!(self.log, "re-attach failed; datapath considered dead"; "uio" => &uio, "error" => %e);
-                    self.conn = None;
-                    self.kill_child();
-                    self.child = None;
-                    self.down_since = Some(Instant::now());
+                    self.kill();
                     return;
                 }
             }
@@ -979,61 +1022,76 @@ impl Supervisor {
     /// Detaches whatever is still attached, then stops the datapath (SIGTERM, then
     /// SIGKILL after a grace period) and removes its socket file.
     pub fn stop(&mut self) {
-        let uios: Vec<String> = self.devices.keys().cloned().collect();
+        let uios: Vec<String> = self.served.keys().cloned().collect();
         for uio in uios {
             self.detach(&uio);
         }
-        let adopted: Vec<String> = self.adopted.keys().cloned().collect();
-        for uio in adopted {
-            self.detach(&uio);
+        match std::mem::replace(&mut self.life, Life::Stopped) {
+            Life::Adopted { pid, .. } => self.stop_adopted(pid),
+            Life::Started { child, .. } => self.stop_child(child),
+            Life::Stopped | Life::Down { .. } => {}
         }
-        self.conn = None;
-        if let Some(pid) = self.adopted_pid.take() {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(pid),
-                nix::sys::signal::Signal::SIGTERM,
-            );
-            if self.wait_gone(pid, STOP_GRACE) {
-                info!(self.log, "adopted datapath stopped"; "pid" => pid);
-            } else {
-                warn!(self.log, "adopted datapath did not stop in time; killing it"; "pid" => pid);
-                let _ = nix::sys::signal::kill(
-                    nix::unistd::Pid::from_raw(pid),
-                    nix::sys::signal::Signal::SIGKILL,
-                );
-                self.wait_gone(pid, STOP_GRACE);
-            }
+        let _ = std::fs::remove_file(&self.cfg.socket);
+    }
+
+    fn stop_adopted(&self, pid: i32) {
+        let pid_t = nix::unistd::Pid::from_raw(pid);
+        let _ = nix::sys::signal::kill(pid_t, nix::sys::signal::Signal::SIGTERM);
+        if self.wait_gone(pid, STOP_GRACE) {
+            info!(self.log, "adopted datapath stopped"; "pid" => pid);
+        } else {
+            warn!(self.log, "adopted datapath did not stop in time; killing it"; "pid" => pid);
+            let _ = nix::sys::signal::kill(pid_t, nix::sys::signal::Signal::SIGKILL);
+            self.wait_gone(pid, STOP_GRACE);
         }
-        if let Some(mut child) = self.child.take() {
-            let pid = nix::unistd::Pid::from_raw(child.id() as i32);
-            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-            let deadline = Instant::now() + STOP_GRACE;
-            loop {
-                match child.try_wait() {
-                    Ok(Some(status)) => {
-                        info!(self.log, "datapath stopped"; "status" => %status);
-                        break;
-                    }
-                    Ok(None) if Instant::now() < deadline => {
-                        std::thread::sleep(Duration::from_millis(20))
-                    }
-                    _ => {
-                        warn!(self.log, "datapath did not stop in time; killing it");
-                        let _ = child.kill();
-                        let _ = child.wait();
-                        break;
-                    }
+    }
+
+    fn stop_child(&self, mut child: Child) {
+        let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let deadline = Instant::now() + STOP_GRACE;
+        loop {
+            match child.try_wait() {
+                Ok(Some(status)) => {
+                    info!(self.log, "datapath stopped"; "status" => %status);
+                    return;
+                }
+                Ok(None) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(20))
+                }
+                _ => {
+                    warn!(self.log, "datapath did not stop in time; killing it");
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    return;
                 }
             }
         }
-        let _ = std::fs::remove_file(&self.cfg.socket);
     }
 }
 
 impl Drop for Supervisor {
     fn drop(&mut self) {
-        if self.child.is_some() || self.adopted_pid.is_some() {
+        if self.life.running() {
             self.stop();
         }
+    }
+}
+
+/// The one supervisor, reached from two places on the control thread: the device hook
+/// inside the provisioner (attach, detach) and the daemon's dispatch point (checks,
+/// vanished devices, shutdown). Neither calls back into the other.
+#[derive(Clone)]
+pub struct SharedSupervisor(Arc<Mutex<Supervisor>>);
+
+impl SharedSupervisor {
+    pub fn new(supervisor: Supervisor) -> SharedSupervisor {
+        SharedSupervisor(Arc::new(Mutex::new(supervisor)))
+    }
+
+    /// A panic while it was held cannot leave it half-changed in a way that matters more
+    /// than stopping would, so a poisoned lock is taken as is.
+    pub fn lock(&self) -> MutexGuard<'_, Supervisor> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
     }
 }

@@ -2,7 +2,8 @@
 //! binary re-run as a small process that speaks the control protocol and can be told to
 //! drop a device, as the real one does when it gives a ring up, or to refuse attaches):
 //! a dropped device is handed over again; one that cannot be (refused, or an adopted
-//! device that cannot be re-opened) is reported as failed until it can.
+//! device that cannot be re-opened) is reported as failed until it can. And the
+//! dispatch point with the TCM-USER twin: a backstore removed behind ietd's back.
 
 use std::collections::BTreeSet;
 use std::fs::{self, File};
@@ -16,7 +17,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use datapath::control::proto::{Attach, LunStats, Reply, Request};
-use ietd::supervise::{DatapathConfig, Device, Supervisor};
+use ietd::conf::model::{Lun, Target};
+use ietd::control::EventDispatch;
+use ietd::events::Dispatcher;
+use ietd::netlink::{Event, EventKind, SimEvents};
+use ietd::platform::Platform;
+use ietd::provision::{Backstore, ConfigfsProvisioner, DeviceHook, ProvisionError, Settings};
+use ietd::state::State;
+use ietd::supervise::{DatapathConfig, Device, SharedSupervisor, Supervisor};
 use test_support::discard_log;
 
 const UIO: &str = "tcm-user/1/ietd_t1_l0/ietd/nullio";
@@ -389,4 +397,112 @@ fn a_latched_store_error_is_reported_until_the_lun_is_removed() {
     assert_eq!(sup.failed(), vec![]);
     assert!(!record.exists(), "the record goes with the LUN");
     sup.stop();
+}
+
+/// A device hook that hands each enabled backstore to the shared supervisor, with
+/// /dev/null standing in for its uio device (as the real hook does with `/dev/uioN`).
+struct StandInHook(SharedSupervisor);
+
+impl DeviceHook for StandInHook {
+    fn device_enabled(
+        &mut self,
+        target: &Target,
+        lun: &Lun,
+        dev: &Backstore,
+    ) -> Result<(), ProvisionError> {
+        let mut d = device(&dev.uio_name, lun.lun);
+        d.tid = target.tid;
+        self.0
+            .lock()
+            .attach(d)
+            .map_err(|e| ProvisionError::Invalid(e.to_string()))
+    }
+    fn device_removing(&mut self, _: &Target, _: u32, dev: &Backstore) {
+        drop(self.0.lock().detach(&dev.uio_name));
+    }
+}
+
+/// Two LUNs on a simulated configfs, handed to the stand-in datapath.
+fn two_luns(dir: &Path, sup: &SharedSupervisor) -> State {
+    let cfs = dir.join("cfs");
+    fs::create_dir_all(cfs.join("target/core")).unwrap();
+    let conf = dir.join("ietd.conf");
+    fs::write(
+        &conf,
+        "Target iqn.2024-01.com.example:t1\n\
+         \tLun 0 Type=nullio,Blocks=1000\n\
+         \tLun 1 Type=nullio,Blocks=1000\n",
+    )
+    .unwrap();
+    let loaded = ietd::conf::load(&conf, &[dir.to_path_buf()]);
+    assert!(!loaded.has_errors(), "{:?}", loaded.diagnostics);
+    let hook = Box::new(StandInHook(sup.clone()));
+    let fs = Platform::for_root(&cfs).configfs().unwrap();
+    let prov = ConfigfsProvisioner::with_fs(fs, Settings::default(), hook, discard_log());
+    let (state, failures) = State::from_config(loaded.config, Box::new(prov), discard_log());
+    assert_eq!(failures, 0);
+    state
+}
+
+fn luns(state: &State) -> Vec<u32> {
+    state.volumes()[0].luns.iter().map(|l| l.lun).collect()
+}
+
+/// What targetcli does: the backstore directory goes (and its uio device with it).
+fn remove_backstore(cfs: &Path, uio: &str) {
+    let n = ietd::netlink::UioName::parse(uio).unwrap();
+    fs::remove_dir_all(cfs.join(format!("target/core/user_{}/{}", n.hba, n.name))).unwrap();
+}
+
+/// A backstore removed behind ietd's back, reported by the TCM-USER twin (an event, or
+/// lost events and a rescan): its device is detached, its LUN leaves the state, and the
+/// event is answered after that.
+#[test]
+fn a_vanished_backstore_is_detached_and_its_lun_dropped() {
+    let dir = tempfile::tempdir().unwrap();
+    let child = spawn(dir.path(), &[]);
+    let sup = SharedSupervisor::new(adopt(dir.path()));
+    let mut state = two_luns(dir.path(), &sup);
+    let served = sup.lock().served();
+    assert_eq!(served.len(), 2, "{served:?}");
+    let cfs = dir.path().join("cfs");
+    let by_lun = |n: u32| served.iter().find(|s| s.2 == n).unwrap().0.clone();
+    let (uio0, uio1) = (by_lun(0), by_lun(1));
+
+    remove_backstore(&cfs, &uio0);
+    let mut sim = SimEvents::new();
+    sim.push_waiting(Event {
+        kind: EventKind::Removed,
+        device: uio0.clone(),
+        minor: 0,
+        device_id: Some(7),
+        version: 2,
+    });
+    let platform = Platform::for_root(&cfs);
+    let mut d = Dispatcher::new(sup.clone(), Some(sim), platform, discard_log());
+    d.ready(&mut state);
+    assert_eq!(luns(&state), vec![1]);
+    assert!(sup.lock().served().iter().all(|s| s.0 != uio0));
+    let nl = d.netlink().unwrap();
+    assert_eq!(nl.replies().len(), 1);
+    assert_eq!(nl.replies()[0].1, 0);
+    assert!(nl.still_waiting().is_empty(), "the removal is answered");
+
+    // Events lost: the rescan finds the other device gone.
+    remove_backstore(&cfs, &uio1);
+    let mut sim = SimEvents::new();
+    sim.lose_events();
+    let mut d = Dispatcher::new(
+        sup.clone(),
+        Some(sim),
+        Platform::for_root(&cfs),
+        discard_log(),
+    );
+    d.ready(&mut state);
+    assert_eq!(luns(&state), Vec::<u32>::new());
+    assert_eq!(sup.lock().served(), vec![]);
+    sup.lock().stop();
+    let mut child = child;
+    let _ = child.kill();
+    let _ = child.wait();
 }

@@ -314,6 +314,11 @@ pub trait EventSource {
     /// Sends the `*_DONE` reply for `event` with `status` (0 or -errno), only when
     /// `event.version > 1`.
     fn reply(&mut self, event: &Event, status: i32) -> Result<ReplyOutcome, NetlinkError>;
+    /// What a poll loop waits on for the next event; none for a simulation, which a
+    /// test drains by hand.
+    fn poll_source(&mut self) -> Option<&mut dyn mio::event::Source> {
+        None
+    }
 }
 
 /// Applies [`decide`] to `event` and sends the reply it calls for. ietd calls this for
@@ -568,6 +573,9 @@ impl EventSource for Listener {
     fn reply(&mut self, event: &Event, status: i32) -> Result<ReplyOutcome, NetlinkError> {
         Listener::reply(self, event, status)
     }
+    fn poll_source(&mut self) -> Option<&mut dyn mio::event::Source> {
+        Some(self)
+    }
 }
 
 impl AsRawFd for Listener {
@@ -616,6 +624,8 @@ pub struct SimEvents {
     /// appears when the event is received, as the kernel registers it just before sending.
     waiting: Vec<(u32, &'static str)>,
     replies: Vec<(Event, i32)>,
+    /// The next `recv` reports lost events, as the kernel's socket does on overflow.
+    lost: bool,
 }
 
 impl SimEvents {
@@ -633,6 +643,11 @@ impl SimEvents {
         self.pending.push_back((event, true));
     }
 
+    /// Makes the next `recv` fail with [`NetlinkError::EventsLost`] (receive overflow).
+    pub fn lose_events(&mut self) {
+        self.lost = true;
+    }
+
     /// Every reply sent, in order.
     pub fn replies(&self) -> &[(Event, i32)] {
         &self.replies
@@ -646,6 +661,9 @@ impl SimEvents {
 
 impl EventSource for SimEvents {
     fn recv(&mut self) -> Result<Option<Event>, NetlinkError> {
+        if std::mem::take(&mut self.lost) {
+            return Err(NetlinkError::EventsLost);
+        }
         let Some((event, waits)) = self.pending.pop_front() else {
             return Ok(None);
         };

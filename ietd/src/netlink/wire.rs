@@ -265,6 +265,37 @@ fn string(t: u16, payload: &[u8]) -> Result<String, WireError> {
     })
 }
 
+/// The first attribute of `rest`: its type, its payload, and what follows it.
+fn split_attr(rest: &[u8]) -> Result<(u16, &[u8], &[u8]), WireError> {
+    if rest.len() < NLA_HDRLEN {
+        return Err(WireError::Truncated {
+            what: "nlattr header",
+            need: NLA_HDRLEN,
+            have: rest.len(),
+        });
+    }
+    let len = u16_at(rest, 0) as usize;
+    let t = u16_at(rest, 2) & NLA_TYPE_MASK;
+    if len < NLA_HDRLEN {
+        return Err(WireError::BadLength {
+            len,
+            reason: "attribute shorter than its header",
+        });
+    }
+    if len > rest.len() {
+        return Err(WireError::Truncated {
+            what: "nlattr",
+            need: len,
+            have: rest.len(),
+        });
+    }
+    Ok((
+        t,
+        &rest[NLA_HDRLEN..len],
+        &rest[align4(len).min(rest.len())..],
+    ))
+}
+
 /// Parses a genl header plus attributes (the payload after `nlmsghdr`) into an [`Event`].
 /// Unknown attributes are skipped (newer kernels may add some); for a repeated attribute
 /// the last one wins, as in the kernel's own `nla_parse`.
@@ -294,29 +325,8 @@ pub fn parse_genl_event(payload: &[u8]) -> Result<Event, WireError> {
 
     let mut rest = &payload[GENL_HDRLEN..];
     while !rest.is_empty() {
-        if rest.len() < NLA_HDRLEN {
-            return Err(WireError::Truncated {
-                what: "nlattr header",
-                need: NLA_HDRLEN,
-                have: rest.len(),
-            });
-        }
-        let len = u16_at(rest, 0) as usize;
-        let t = u16_at(rest, 2) & NLA_TYPE_MASK;
-        if len < NLA_HDRLEN {
-            return Err(WireError::BadLength {
-                len,
-                reason: "attribute shorter than its header",
-            });
-        }
-        if len > rest.len() {
-            return Err(WireError::Truncated {
-                what: "nlattr",
-                need: len,
-                have: rest.len(),
-            });
-        }
-        let body = &rest[NLA_HDRLEN..len];
+        let (t, body, next) = split_attr(rest)?;
+        rest = next;
         match t {
             ATTR_DEVICE => device = Some(string(t, body)?),
             ATTR_MINOR => minor = Some(u32::from_ne_bytes(fixed(t, body)?)),
@@ -326,7 +336,6 @@ pub fn parse_genl_event(payload: &[u8]) -> Result<Event, WireError> {
             ATTR_WRITECACHE => write_cache = Some(fixed::<1>(t, body)?[0] != 0),
             _ => {}
         }
-        rest = &rest[align4(len).min(rest.len())..];
     }
 
     let device = device.ok_or(WireError::MissingAttr {

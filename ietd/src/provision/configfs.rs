@@ -8,21 +8,21 @@
 //! already has its value is not rewritten), so LUNs keep their identity and sessions
 //! survive. A LUN whose backstore no longer matches the configuration (other backing
 //! file, size, block size) is removed and made anew. [`Provisioner::finish_adoption`]
-//! then removes what the configuration no longer has.
+//! then removes what the configuration no longer has. The adoption code lives in `adopt`.
 //!
-//! Not its job: deciding the steps (`plan`), the filesystem primitives (`fs`), or finding
-//! the UIO device and feeding the datapath (a [`DeviceHook`] does that).
+//! Not its job: deciding the steps (`plan`), the filesystem primitives (`fs`), or feeding
+//! the datapath (a [`DeviceHook`] does that).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 
 use slog::{debug, error, info, warn, Logger};
 
+pub use super::adopt::AdoptionReport;
+use super::adopt::{same_value, Adoption, Cleanup};
 use super::fs::ConfigFs;
-use super::kernel::owned_objects;
 use super::plan::{
-    backstore_name, tpg_path, Acl, Action, Backstore, Builder, Op, Setting, Settings, Step,
-    ISCSI_DIR,
+    tpg_path, Acl, Action, Backstore, Builder, Op, Setting, Settings, Step, ISCSI_DIR,
 };
 use super::session;
 use super::{ProvisionError, Provisioner, Session};
@@ -57,6 +57,8 @@ pub trait DeviceHook: Send {
     fn device_released(&mut self, dev: &Backstore) {
         let _ = dev;
     }
+    /// Adoption is over: whatever a previous ietd handed over that no LUN claimed can go.
+    fn adoption_finished(&mut self) {}
 }
 
 /// A hook that does nothing: for a temp-dir configfs, where there is no device.
@@ -72,9 +74,9 @@ impl DeviceHook for NoHook {
 
 /// What we made for one target.
 #[derive(Debug)]
-struct LiveTarget {
+pub(super) struct LiveTarget {
     /// Executed steps in order; undone from the end.
-    journal: Vec<Step>,
+    pub(super) journal: Vec<Step>,
     acl: Acl,
     /// Settings as last written, by path (for `update_target`).
     applied: BTreeMap<String, Setting>,
@@ -83,103 +85,16 @@ struct LiveTarget {
 
 /// Provisions targets into a configfs root (the kernel's or a temp dir).
 pub struct ConfigfsProvisioner {
-    fs: ConfigFs,
-    settings: Settings,
-    hook: Box<dyn DeviceHook>,
-    log: Logger,
+    pub(super) fs: ConfigFs,
+    pub(super) settings: Settings,
+    pub(super) hook: Box<dyn DeviceHook>,
+    pub(super) log: Logger,
     /// Keyed by lower-cased target name (IET names are case-insensitive).
-    live: BTreeMap<String, LiveTarget>,
+    pub(super) live: BTreeMap<String, LiveTarget>,
     discovery: BTreeMap<String, Setting>,
     warned: BTreeSet<String>,
     /// Set between `begin_adoption` and `finish_adoption`.
-    adopting: Option<Adoption>,
-}
-
-/// Objects of a previous ietd found at startup, while they are being adopted.
-#[derive(Debug, Default)]
-struct Adoption {
-    /// Our backstores by name (`ietd_t<tid>_l<lun>`): their path.
-    backstores: BTreeMap<String, String>,
-    /// Targets exporting one of them.
-    targets: Vec<String>,
-}
-
-/// What adoption found, kept and removed (for the log and tests).
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct AdoptionReport {
-    /// configfs paths removed because the configuration no longer has them.
-    pub removed: Vec<String>,
-    /// Removals that failed, with the reason.
-    pub failed: Vec<(String, String)>,
-}
-
-/// How a step fared during adoption.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Fate {
-    /// The object or value was already there and is now ours.
-    Kept,
-    /// Made or written now.
-    Made,
-}
-
-/// Whether a value read back from configfs is the value that was written. LIO appends
-/// a newline, and `vpd_unit_serial` reads back with a label.
-fn same_value(read: &str, written: &str) -> bool {
-    let r = read.trim_end_matches('\n');
-    r == written
-        || r.strip_prefix("T10 VPD Unit Serial Number: ")
-            .is_some_and(|v| v == written)
-}
-
-/// Moves the steps of a LUN from the backstore path the builder chose to the existing
-/// one at `existing` (`target/core/user_<K>/<name>`).
-fn rebase(steps: &mut [Step], dev: &mut Backstore, existing: &str) {
-    let Some((hba_dir, _)) = existing.rsplit_once('/') else {
-        return;
-    };
-    let Some(hba) = hba_dir
-        .rsplit_once("user_")
-        .and_then(|(_, n)| n.parse::<u32>().ok())
-    else {
-        return;
-    };
-    let old_path = dev.path.clone();
-    let old_hba_dir = format!("target/core/user_{}", dev.hba);
-    let moved = Backstore {
-        hba,
-        name: dev.name.clone(),
-        path: existing.to_string(),
-        dev_config: dev.dev_config.clone(),
-        uio_name: format!("tcm-user/{hba}/{}/{}", dev.name, dev.dev_config),
-    };
-    let fix = |p: &mut String| {
-        if *p == old_hba_dir {
-            *p = hba_dir.to_string();
-        } else if let Some(rest) = p.strip_prefix(&old_path) {
-            if rest.is_empty() || rest.starts_with('/') {
-                *p = format!("{existing}{rest}");
-            }
-        }
-    };
-    let fix_action = |a: &mut Action| match a {
-        Action::Op(
-            Op::Mkdir { path } | Op::Write { path, .. } | Op::Unlink { path } | Op::Rmdir { path },
-        ) => fix(path),
-        Action::Op(Op::Symlink { link, target }) => {
-            fix(link);
-            fix(target);
-        }
-        Action::DeviceEnabled { dev, .. } | Action::DeviceRemoving { dev, .. } => {
-            *dev = moved.clone()
-        }
-    };
-    for s in steps.iter_mut() {
-        fix_action(&mut s.action);
-        if let Some(u) = s.undo.as_mut() {
-            fix_action(u);
-        }
-    }
-    *dev = moved;
+    pub(super) adopting: Option<Adoption>,
 }
 
 fn key(name: &str) -> String {
@@ -204,7 +119,7 @@ fn already_gone(action: &Action, e: &ProvisionError) -> bool {
 }
 
 /// Whether `path` is `dir` or lies below it.
-fn under(path: &str, dir: &str) -> bool {
+pub(super) fn under(path: &str, dir: &str) -> bool {
     path.strip_prefix(dir)
         .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
 }
@@ -286,6 +201,34 @@ impl ConfigfsProvisioner {
         }
     }
 
+    /// Whether a backstore of `target` (of LUN `only`, or any) was removed by someone
+    /// else (targetcli): its LUN's removal can no longer be undone step by step.
+    fn backstore_vanished(&self, target: &Target, only: Option<u32>) -> bool {
+        self.live.get(&key(&target.name)).is_some_and(|live| {
+            live.devs
+                .iter()
+                .filter(|(lun, _)| only.is_none_or(|o| o == **lun))
+                .any(|(_, dev)| !self.fs.exists(&dev.path))
+        })
+    }
+
+    /// Undo errors of a removal are expected when a backstore had vanished (its LUN links
+    /// and directories went with it): logged, not returned, and the record (which a
+    /// retry could not undo either) is dropped.
+    fn forgive_vanished(
+        &mut self,
+        result: Result<(), ProvisionError>,
+        target: &Target,
+        lun: Option<u32>,
+    ) -> Result<(), ProvisionError> {
+        if let Err(e) = result {
+            warn!(self.log, "removal of a LUN whose backstore had vanished left errors (expected)";
+                  "target" => &target.name, "error" => %e);
+            self.forget(target, lun);
+        }
+        Ok(())
+    }
+
     /// The backstore of a live LUN (for the datapath supervisor and tests).
     pub fn backstore(&self, target: &str, lun: u32) -> Option<&Backstore> {
         self.live.get(&key(target))?.devs.get(&lun)
@@ -337,7 +280,7 @@ impl ConfigfsProvisioner {
         }
     }
 
-    fn apply(&mut self, target: &Target, action: &Action) -> Result<(), ProvisionError> {
+    pub(super) fn apply(&mut self, target: &Target, action: &Action) -> Result<(), ProvisionError> {
         match action {
             Action::Op(op) => self.apply_op(op),
             Action::DeviceEnabled { lun, dev } => {
@@ -376,7 +319,11 @@ impl ConfigfsProvisioner {
     /// Returns the steps whose undo failed (in journal order), which a retry undoes, and
     /// the first error. Removing what is already gone counts as done, so a retry after
     /// someone cleaned up by hand succeeds.
-    fn undo(&mut self, target: &Target, steps: Vec<Step>) -> (Vec<Step>, Option<ProvisionError>) {
+    pub(super) fn undo(
+        &mut self,
+        target: &Target,
+        steps: Vec<Step>,
+    ) -> (Vec<Step>, Option<ProvisionError>) {
         let mut first = None;
         let mut left = Vec::new();
         for step in steps.into_iter().rev() {
@@ -493,379 +440,6 @@ impl ConfigfsProvisioner {
     }
 }
 
-/// Adoption of a previous ietd's objects (see the module notes).
-impl ConfigfsProvisioner {
-    /// Scans for objects of a previous ietd; until [`Provisioner::finish_adoption`],
-    /// targets and LUNs take them over instead of creating them. Returns the number of
-    /// backstores and targets found.
-    pub fn begin_adoption(&mut self) -> Result<(usize, usize), ProvisionError> {
-        let owned = owned_objects(&self.fs, &self.settings.subtype)?;
-        let mut adoption = Adoption {
-            targets: owned.targets,
-            ..Adoption::default()
-        };
-        for path in owned.backstores {
-            if let Some((_, name)) = path.rsplit_once('/') {
-                adoption.backstores.insert(name.to_string(), path);
-            }
-        }
-        let found = (adoption.backstores.len(), adoption.targets.len());
-        if found != (0, 0) {
-            info!(self.log, "objects of a previous ietd found; adopting those the configuration has";
-                  "backstores" => found.0, "targets" => found.1);
-        }
-        self.adopting = Some(adoption);
-        Ok(found)
-    }
-
-    /// Why the existing backstore at `path` cannot serve the LUN these steps describe:
-    /// a `control` value that reads back differently, or not enabled. Values that
-    /// cannot be read back (a simulated tree) are not held against it.
-    fn backstore_mismatch(&self, path: &str, steps: &[Step]) -> Option<String> {
-        let control = format!("{path}/control");
-        for s in steps {
-            let Action::Op(Op::Write { path: p, value, .. }) = &s.action else {
-                continue;
-            };
-            if *p != control {
-                continue;
-            }
-            let Some((k, v)) = value.split_once('=') else {
-                continue;
-            };
-            if let Ok(have) = self.fs.read(&format!("{path}/attrib/{k}")) {
-                // LIO reports the opt-out of netlink replies as 0 once it is in effect
-                // on some kernels; any non-positive value means no replies.
-                let equal = same_value(&have, v)
-                    || (k == "nl_reply_supported"
-                        && have.trim().parse::<i32>().is_ok_and(|n| n <= 0)
-                        && v.parse::<i32>().is_ok_and(|n| n <= 0));
-                if !equal {
-                    return Some(format!(
-                        "{k} is {}, the configuration wants {v}",
-                        have.trim()
-                    ));
-                }
-            }
-        }
-        match self.fs.read(&format!("{path}/enable")) {
-            Ok(e) if e.trim() != "1" => Some("not enabled".into()),
-            _ => None,
-        }
-    }
-
-    /// Removes LUN `lun` of the TPG at `tpg` as a previous ietd left it: the mapped LUNs
-    /// in the node ACLs, the LUN link and directory. Errors are collected.
-    fn remove_tpg_lun(&self, tpg: &str, lun_dir: &str, report: &mut AdoptionReport) {
-        for ini in self.fs.list(&format!("{tpg}/acls")).unwrap_or_default() {
-            for m in self
-                .fs
-                .list(&format!("{tpg}/acls/{ini}"))
-                .unwrap_or_default()
-            {
-                let mdir = format!("{tpg}/acls/{ini}/{m}");
-                if !m.starts_with("lun_") {
-                    continue;
-                }
-                let points_here = self.fs.list(&mdir).unwrap_or_default().iter().any(|e| {
-                    self.fs
-                        .read_link(&format!("{mdir}/{e}"))
-                        .is_ok_and(|t| t == lun_dir)
-                });
-                if points_here {
-                    self.remove_dir_with_links(&mdir, report);
-                }
-            }
-        }
-        self.remove_dir_with_links(lun_dir, report);
-    }
-
-    /// Unlinks the symlinks in `dir`, then removes it.
-    fn remove_dir_with_links(&self, dir: &str, report: &mut AdoptionReport) {
-        for e in self.fs.list(dir).unwrap_or_default() {
-            let p = format!("{dir}/{e}");
-            if self.fs.read_link(&p).is_ok() {
-                if let Err(err) = self.fs.unlink(&p) {
-                    report.failed.push((p, err.to_string()));
-                }
-            }
-        }
-        match self.fs.rmdir(dir) {
-            Ok(()) => {
-                info!(self.log, "removed (no longer in the configuration)"; "object" => dir);
-                report.removed.push(dir.to_string());
-            }
-            Err(e) => {
-                error!(self.log, "not removed"; "object" => dir, "error" => %e);
-                report.failed.push((dir.to_string(), e.to_string()));
-            }
-        }
-    }
-
-    /// Removes a backstore of a previous ietd (already unexported) and its HBA
-    /// directory when nothing else is in it.
-    fn remove_backstore(&mut self, path: &str, report: &mut AdoptionReport) {
-        let Some((hba_dir, name)) = path.rsplit_once('/') else {
-            return;
-        };
-        let hba = hba_dir
-            .rsplit_once("user_")
-            .and_then(|(_, n)| n.parse::<u32>().ok())
-            .unwrap_or_default();
-        let dev_config = self
-            .fs
-            .read(&format!("{path}/attrib/dev_config"))
-            .map(|c| c.trim_end().to_string())
-            .unwrap_or_default();
-        let dev = Backstore {
-            hba,
-            name: name.to_string(),
-            path: path.to_string(),
-            uio_name: format!("tcm-user/{hba}/{name}/{dev_config}"),
-            dev_config,
-        };
-        self.hook.device_released(&dev);
-        match self.fs.rmdir(path) {
-            Ok(()) => {
-                info!(self.log, "removed (no longer in the configuration)"; "object" => path);
-                report.removed.push(path.to_string());
-            }
-            Err(e) => {
-                error!(self.log, "not removed"; "object" => path, "error" => %e);
-                report.failed.push((path.to_string(), e.to_string()));
-                return;
-            }
-        }
-        let others = self
-            .fs
-            .list(hba_dir)
-            .unwrap_or_default()
-            .into_iter()
-            .any(|e| self.fs.abs(&format!("{hba_dir}/{e}")).is_dir());
-        if !others {
-            if let Err(e) = self.fs.rmdir(hba_dir) {
-                warn!(self.log, "empty HBA not removed"; "object" => hba_dir, "error" => %e);
-            }
-        }
-    }
-
-    /// Builds the LUN's steps against its existing backstore, or, when that no longer
-    /// matches, removes the old LUN so the steps make a new one.
-    fn adopt_lun_steps(
-        &mut self,
-        target: &Target,
-        lun: u32,
-        steps: &mut [Step],
-        dev: &mut Backstore,
-    ) {
-        let name = backstore_name(target.tid, lun);
-        let Some(existing) = self
-            .adopting
-            .as_ref()
-            .and_then(|a| a.backstores.get(&name).cloned())
-        else {
-            return;
-        };
-        let mut moved = steps.to_vec();
-        let mut moved_dev = dev.clone();
-        rebase(&mut moved, &mut moved_dev, &existing);
-        match self.backstore_mismatch(&existing, &moved) {
-            None => {
-                steps.clone_from_slice(&moved);
-                *dev = moved_dev;
-            }
-            Some(why) => {
-                warn!(self.log, "existing LUN does not match the configuration; making it anew";
-                      "target" => &target.name, "lun" => lun, "backstore" => &existing,
-                      "reason" => &why);
-                let tpg = tpg_path(&target.name);
-                let mut report = AdoptionReport::default();
-                let lun_dir = format!("{tpg}/lun/lun_{lun}");
-                if self.fs.exists(&lun_dir) {
-                    self.remove_tpg_lun(&tpg, &lun_dir, &mut report);
-                }
-                self.remove_backstore(&existing, &mut report);
-                if let Some(a) = self.adopting.as_mut() {
-                    a.backstores.remove(&name);
-                }
-            }
-        }
-    }
-
-    /// Runs `steps` taking over what exists. On failure undoes only what it made.
-    fn run_adopting(
-        &mut self,
-        target: &Target,
-        steps: Vec<Step>,
-    ) -> Result<Vec<Step>, ProvisionError> {
-        let mut kept_dirs: Vec<String> = Vec::new();
-        let mut done: Vec<(Step, Fate)> = Vec::with_capacity(steps.len());
-        for step in steps {
-            let fate = self.adopt_step(target, &step, &mut kept_dirs);
-            match fate {
-                Ok(f) => done.push((step, f)),
-                Err(e) => {
-                    error!(self.log, "adoption failed, rolling back what was made"; "target" => &target.name,
-                           "lun" => ?step.lun, "error" => %e);
-                    let made: Vec<Step> = done
-                        .into_iter()
-                        .filter(|(_, f)| *f == Fate::Made)
-                        .map(|(s, _)| s)
-                        .collect();
-                    self.undo(target, made);
-                    return Err(e);
-                }
-            }
-        }
-        let kept = done.iter().filter(|(_, f)| *f == Fate::Kept).count();
-        debug!(self.log, "adoption steps"; "target" => &target.name, "kept" => kept,
-               "made" => done.len() - kept);
-        Ok(done.into_iter().map(|(s, _)| s).collect())
-    }
-
-    fn adopt_step(
-        &mut self,
-        target: &Target,
-        step: &Step,
-        kept_dirs: &mut Vec<String>,
-    ) -> Result<Fate, ProvisionError> {
-        let in_kept = |p: &str, kept: &[String]| kept.iter().any(|d| under(p, d));
-        match &step.action {
-            Action::Op(Op::Mkdir { path }) if self.fs.exists(path) => {
-                kept_dirs.push(path.clone());
-                Ok(Fate::Kept)
-            }
-            Action::Op(Op::Symlink { link, target: to })
-                if self.fs.abs(link).symlink_metadata().is_ok() =>
-            {
-                let have = self.fs.read_link(link)?;
-                if have == *to {
-                    Ok(Fate::Kept)
-                } else {
-                    Err(ProvisionError::Invalid(format!(
-                        "{link} points at {have}, the configuration wants {to}"
-                    )))
-                }
-            }
-            Action::Op(Op::Write { path, value, .. }) if in_kept(path, kept_dirs) => {
-                let leaf = path.rsplit('/').next().unwrap_or("");
-                let backstore_dir = path.starts_with("target/core/");
-                // A kept backstore was checked against these values already and refuses
-                // them once enabled.
-                if backstore_dir && (leaf == "control" || leaf == "enable") {
-                    return Ok(Fate::Kept);
-                }
-                if self
-                    .fs
-                    .read(path)
-                    .is_ok_and(|have| same_value(&have, value))
-                {
-                    return Ok(Fate::Kept);
-                }
-                match self.apply(target, &step.action) {
-                    Ok(()) => Ok(Fate::Made),
-                    // A live object may refuse a change (an exported backstore's
-                    // attributes): it keeps running with the old value.
-                    Err(e) if step.setting || backstore_dir => {
-                        warn!(self.log, "adopted object keeps its old value"; "target" => &target.name,
-                              "lun" => ?step.lun, "path" => path, "error" => %e);
-                        Ok(Fate::Kept)
-                    }
-                    Err(e) => Err(e),
-                }
-            }
-            Action::DeviceEnabled { lun, dev } if kept_dirs.contains(&dev.path) => {
-                let l = target.luns.get(lun).ok_or_else(|| {
-                    ProvisionError::NotFound(format!("target {} lun {lun}", target.name))
-                })?;
-                info!(self.log, "backstore adopted"; "target" => &target.name, "lun" => lun,
-                      "uio" => &dev.uio_name);
-                self.hook.device_adopted(target, l, dev)?;
-                Ok(Fate::Kept)
-            }
-            action => self.apply(target, action).map(|()| Fate::Made),
-        }
-    }
-
-    /// configfs paths (directories and links) the live targets own.
-    fn claimed(&self) -> BTreeSet<String> {
-        let mut out = BTreeSet::new();
-        for live in self.live.values() {
-            for s in &live.journal {
-                match &s.action {
-                    Action::Op(Op::Mkdir { path }) => {
-                        out.insert(path.clone());
-                    }
-                    Action::Op(Op::Symlink { link, .. }) => {
-                        out.insert(link.clone());
-                    }
-                    _ => {}
-                }
-            }
-        }
-        out
-    }
-
-    /// Removes what a previous ietd left that the live targets did not claim: under
-    /// our targets the LUNs, node ACLs, mapped LUNs and portals no longer configured,
-    /// our targets no longer configured, then our unclaimed backstores.
-    fn remove_unclaimed(&mut self, adoption: Adoption) -> AdoptionReport {
-        let mut report = AdoptionReport::default();
-        let claimed = self.claimed();
-        for iqn in &adoption.targets {
-            let tdir = format!("target/iscsi/{iqn}");
-            let whole = !claimed.contains(&tdir);
-            for tpgt in self.fs.list(&tdir).unwrap_or_default() {
-                if !tpgt.starts_with("tpgt_") {
-                    continue;
-                }
-                let tpg = format!("{tdir}/{tpgt}");
-                let whole_tpg = whole || !claimed.contains(&tpg);
-                if whole_tpg {
-                    // Stop logins first; sessions end with the TPG.
-                    let _ = self.fs.write(&format!("{tpg}/enable"), "0");
-                }
-                for ini in self.fs.list(&format!("{tpg}/acls")).unwrap_or_default() {
-                    let acl = format!("{tpg}/acls/{ini}");
-                    for m in self.fs.list(&acl).unwrap_or_default() {
-                        let mdir = format!("{acl}/{m}");
-                        if m.starts_with("lun_") && (whole_tpg || !claimed.contains(&mdir)) {
-                            self.remove_dir_with_links(&mdir, &mut report);
-                        }
-                    }
-                    if whole_tpg || !claimed.contains(&acl) {
-                        self.remove_dir_with_links(&acl, &mut report);
-                    }
-                }
-                for l in self.fs.list(&format!("{tpg}/lun")).unwrap_or_default() {
-                    let ldir = format!("{tpg}/lun/{l}");
-                    if whole_tpg || !claimed.contains(&ldir) {
-                        self.remove_tpg_lun(&tpg, &ldir, &mut report);
-                    }
-                }
-                for np in self.fs.list(&format!("{tpg}/np")).unwrap_or_default() {
-                    let npdir = format!("{tpg}/np/{np}");
-                    if whole_tpg || !claimed.contains(&npdir) {
-                        self.remove_dir_with_links(&npdir, &mut report);
-                    }
-                }
-                if whole_tpg {
-                    self.remove_dir_with_links(&tpg, &mut report);
-                }
-            }
-            if whole {
-                self.remove_dir_with_links(&tdir, &mut report);
-            }
-        }
-        for path in adoption.backstores.values() {
-            if !claimed.contains(path) {
-                self.remove_backstore(path, &mut report);
-            }
-        }
-        report
-    }
-}
-
 fn settings_of(steps: &[Step]) -> BTreeMap<String, Setting> {
     let mut out = BTreeMap::new();
     for s in steps.iter().filter(|s| s.setting) {
@@ -886,6 +460,71 @@ fn settings_of(steps: &[Step]) -> BTreeMap<String, Setting> {
         }
     }
     out
+}
+
+impl ConfigfsProvisioner {
+    /// The record stays until every step is undone: a failed removal keeps what is left
+    /// of the target (and the LUNs that still have objects), and a retry removes the rest.
+    fn delete_target_steps(&mut self, target: &Target) -> Result<(), ProvisionError> {
+        let k = key(&target.name);
+        let journal = match self.live.get_mut(&k) {
+            Some(live) => std::mem::take(&mut live.journal),
+            None => return Err(ProvisionError::NotFound(format!("target {}", target.name))),
+        };
+        let (left, error) = self.undo(target, journal);
+        let Some(e) = error else {
+            self.live.remove(&k);
+            debug!(self.log, "target deleted"; "target" => &target.name);
+            return Ok(());
+        };
+        if let Some(live) = self.live.get_mut(&k) {
+            live.devs
+                .retain(|lun, _| left.iter().any(|s| s.lun == Some(*lun)));
+            live.journal = left;
+        }
+        warn!(self.log, "target only partly removed; deleting it again removes the rest";
+              "target" => &target.name, "error" => %e);
+        Err(e)
+    }
+
+    /// Like `delete_target_steps`: the LUN's record and the steps whose undo failed stay, so
+    /// a retry finishes the removal.
+    fn delete_lun_steps(&mut self, target: &Target, lun: u32) -> Result<(), ProvisionError> {
+        let k = key(&target.name);
+        let live = self
+            .live
+            .get_mut(&k)
+            .ok_or_else(|| ProvisionError::NotFound(format!("target {}", target.name)))?;
+        if !live.devs.contains_key(&lun) {
+            return Err(ProvisionError::NotFound(format!(
+                "target {} lun {lun}",
+                target.name
+            )));
+        }
+        let (mine, rest): (Vec<Step>, Vec<Step>) = std::mem::take(&mut live.journal)
+            .into_iter()
+            .partition(|s| s.lun == Some(lun));
+        live.journal = rest;
+        let (left, error) = self.undo(target, mine);
+        let live = self
+            .live
+            .get_mut(&k)
+            .expect("checked above and nothing removed it since");
+        match error {
+            None => {
+                live.devs.remove(&lun);
+                debug!(self.log, "lun deleted"; "target" => &target.name, "lun" => lun);
+                Ok(())
+            }
+            Some(e) => {
+                // Appended: a later target removal undoes them first, as they must be.
+                live.journal.extend(left);
+                warn!(self.log, "LUN only partly removed; deleting it again removes the rest";
+                      "target" => &target.name, "lun" => lun, "error" => %e);
+                Err(e)
+            }
+        }
+    }
 }
 
 impl Provisioner for ConfigfsProvisioner {
@@ -946,28 +585,24 @@ impl Provisioner for ConfigfsProvisioner {
         Ok(())
     }
 
-    /// The record stays until every step is undone: a failed removal keeps what is left
-    /// of the target (and the LUNs that still have objects), and a retry removes the rest.
+    /// One whose backstore someone else removed (targetcli) cannot be undone step by
+    /// step: its removal succeeds once whatever is left has been removed.
     fn delete_target(&mut self, target: &Target) -> Result<(), ProvisionError> {
-        let k = key(&target.name);
-        let journal = match self.live.get_mut(&k) {
-            Some(live) => std::mem::take(&mut live.journal),
-            None => return Err(ProvisionError::NotFound(format!("target {}", target.name))),
-        };
-        let (left, error) = self.undo(target, journal);
-        let Some(e) = error else {
-            self.live.remove(&k);
-            debug!(self.log, "target deleted"; "target" => &target.name);
-            return Ok(());
-        };
-        if let Some(live) = self.live.get_mut(&k) {
-            live.devs
-                .retain(|lun, _| left.iter().any(|s| s.lun == Some(*lun)));
-            live.journal = left;
+        let vanished = self.backstore_vanished(target, None);
+        let result = self.delete_target_steps(target);
+        if vanished {
+            return self.forgive_vanished(result, target, None);
         }
-        warn!(self.log, "target only partly removed; deleting it again removes the rest";
-              "target" => &target.name, "error" => %e);
-        Err(e)
+        result
+    }
+
+    fn delete_lun(&mut self, target: &Target, lun: u32) -> Result<(), ProvisionError> {
+        let vanished = self.backstore_vanished(target, Some(lun));
+        let result = self.delete_lun_steps(target, lun);
+        if vanished {
+            return self.forgive_vanished(result, target, Some(lun));
+        }
+        result
     }
 
     fn add_lun(&mut self, target: &Target, lun: &Lun) -> Result<(), ProvisionError> {
@@ -1014,45 +649,6 @@ impl Provisioner for ConfigfsProvisioner {
         live.journal.extend(done);
         live.devs.insert(lun.lun, dev);
         Ok(())
-    }
-
-    /// Like `delete_target`: the LUN's record and the steps whose undo failed stay, so
-    /// a retry finishes the removal.
-    fn delete_lun(&mut self, target: &Target, lun: u32) -> Result<(), ProvisionError> {
-        let k = key(&target.name);
-        let live = self
-            .live
-            .get_mut(&k)
-            .ok_or_else(|| ProvisionError::NotFound(format!("target {}", target.name)))?;
-        if !live.devs.contains_key(&lun) {
-            return Err(ProvisionError::NotFound(format!(
-                "target {} lun {lun}",
-                target.name
-            )));
-        }
-        let (mine, rest): (Vec<Step>, Vec<Step>) = std::mem::take(&mut live.journal)
-            .into_iter()
-            .partition(|s| s.lun == Some(lun));
-        live.journal = rest;
-        let (left, error) = self.undo(target, mine);
-        let live = self
-            .live
-            .get_mut(&k)
-            .expect("checked above and nothing removed it since");
-        match error {
-            None => {
-                live.devs.remove(&lun);
-                debug!(self.log, "lun deleted"; "target" => &target.name, "lun" => lun);
-                Ok(())
-            }
-            Some(e) => {
-                // Appended: a later target removal undoes them first, as they must be.
-                live.journal.extend(left);
-                warn!(self.log, "LUN only partly removed; deleting it again removes the rest";
-                      "target" => &target.name, "lun" => lun, "error" => %e);
-                Err(e)
-            }
-        }
     }
 
     fn update_target(&mut self, target: &Target) -> Result<(), ProvisionError> {
@@ -1115,10 +711,15 @@ impl Provisioner for ConfigfsProvisioner {
     }
 
     fn finish_adoption(&mut self) -> AdoptionReport {
-        match self.adopting.take() {
-            Some(a) => self.remove_unclaimed(a),
+        let report = match self.adopting.take() {
+            Some(a) => {
+                let claimed = self.claimed();
+                Cleanup::new(&self.fs, self.hook.as_mut(), &self.log).remove_unclaimed(&a, &claimed)
+            }
             None => AdoptionReport::default(),
-        }
+        };
+        self.hook.adoption_finished();
+        report
     }
 
     /// Order: new node ACLs (with their mapped LUNs) first, then the settings (demo

@@ -23,9 +23,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use super::ProvisionError;
-
-/// `CONFIGFS_MAGIC` from linux/magic.h.
-const CONFIGFS_MAGIC: i64 = 0x6265_6570;
+use crate::platform::Platform;
 
 /// Whether the root is the kernel's configfs or a simulation of it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -126,22 +124,13 @@ fn io_err(verb: &str, path: &Path, source: io::Error) -> ProvisionError {
 }
 
 impl ConfigFs {
-    /// Opens `root`, detecting from its filesystem type whether it is the kernel's
-    /// configfs. A root that does not exist is an error.
+    /// Opens `root` as [`Platform::for_root`] decides. A root that does not exist is an
+    /// error.
     pub fn open(root: impl Into<PathBuf>) -> Result<ConfigFs, ProvisionError> {
-        let root = root.into();
-        let st = nix::sys::statfs::statfs(&root)
-            .map_err(|e| io_err("statfs", &root, io::Error::from_raw_os_error(e as i32)))?;
-        #[allow(clippy::unnecessary_cast)] // the field's width differs between libcs
-        let kind = if st.filesystem_type().0 as i64 == CONFIGFS_MAGIC {
-            FsKind::Kernel
-        } else {
-            FsKind::Simulated
-        };
-        Ok(ConfigFs::with_kind(root, kind))
+        Platform::for_root(root).configfs()
     }
 
-    /// A tree of an explicitly chosen kind (tests; `open` is what daemons use).
+    /// A tree of an explicitly chosen kind.
     pub fn with_kind(root: impl Into<PathBuf>, kind: FsKind) -> ConfigFs {
         ConfigFs {
             root: root.into(),

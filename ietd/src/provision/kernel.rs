@@ -10,7 +10,7 @@ use super::fs::ConfigFs;
 use super::plan::{BACKSTORE_PREFIX, TPGT};
 use super::ProvisionError;
 
-/// Where the kernel's configfs lives; [`prepare_kernel`] does nothing for other roots.
+/// Where the kernel's configfs lives (see [`crate::platform::Platform::for_root`]).
 pub const KERNEL_CONFIGFS: &str = "/sys/kernel/config";
 
 /// LIO writes persistent-reservation state here from a kernel thread; without the
@@ -36,12 +36,9 @@ fn modprobe(module: &str) -> Result<(), ProvisionError> {
 }
 
 /// Loads `target_core_user` and `iscsi_target_mod`, mounts configfs on `root` if LIO's
-/// `target/` is not visible there, and creates `/etc/target/pr`. For any root other than
-/// `/sys/kernel/config` (a temp dir in tests) it does nothing.
+/// `target/` is not visible there, and creates `/etc/target/pr`. Real kernel only
+/// ([`crate::platform::Platform::prepare`] decides).
 pub fn prepare_kernel(root: &Path) -> Result<(), ProvisionError> {
-    if root != Path::new(KERNEL_CONFIGFS) {
-        return Ok(());
-    }
     // target_core_user pulls in configfs, uio and target_core_mod.
     modprobe("target_core_user")?;
     modprobe("iscsi_target_mod")?;

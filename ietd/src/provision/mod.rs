@@ -88,6 +88,7 @@ pub trait Provisioner: Send {
     }
 }
 
+mod adopt;
 pub mod configfs;
 pub mod fs;
 pub mod kernel;
