@@ -6,6 +6,7 @@
 # each run's fio JSON in $BENCH_OUT/fio/ and its counters in $BENCH_OUT/runs.tsv.
 #
 # Systems: ietd-fileio-wb, ietd-fileio-wt, ietd-blockio (ietd-datapath, one process each),
+# ietd-nullio (ietd-datapath answering without backing I/O: the TCMU ceiling),
 # ietd-base-wb (fileio wb served by another datapath binary, $BASE_DP, for A/B runs),
 # tcmu-runner (Debian package, qcow handler serving a raw file), kernel-fileio
 # (target_core_file). Why ext4 on brd: blockio needs O_DIRECT, which tmpfs lacks, and every
@@ -30,7 +31,7 @@ DATA_AREA_MB=${DATA_AREA_MB:-256}
 DP_WORKERS=${DP_WORKERS:-}
 STRACE=${STRACE:-0}
 PERF=${PERF:-0}
-ALL_SYSTEMS="ietd-fileio-wb ietd-fileio-wt ietd-blockio tcmu-runner kernel-fileio"
+ALL_SYSTEMS="ietd-fileio-wb ietd-fileio-wt ietd-blockio ietd-nullio tcmu-runner kernel-fileio"
 ALL_JOBS="4k-randread-qd1 4k-randread-qd32 4k-randwrite-qd1 4k-randwrite-qd32 1m-read-qd16 1m-write-qd16 4k-mixed-qd32"
 SYSTEMS=${SYSTEMS:-$ALL_SYSTEMS}
 JOBS=${JOBS:-$ALL_JOBS}
@@ -78,9 +79,15 @@ mkfile() {
 # never scanned by tcm_loop's host).
 N=0
 serve_ietd() {  # SYSTEM TYPE IOMODE [DATAPATH-BINARY]
-    local sys=$1 type=$2 mode=$3 dp=${4:-$DP} bs uio f=$FS/$1.img wargs=()
+    local sys=$1 type=$2 mode=$3 dp=${4:-$DP} bs uio f=$FS/$1.img wargs=() store
     N=$((N + 1))
-    mkfile "$f"
+    if [ "$type" = nullio ]; then
+        f=
+        store="Type=nullio,Blocks=$((SIZE / 512))"
+    else
+        mkfile "$f"
+        store="Path=$f,Type=$type,IOMode=$mode"
+    fi
     bs=$(lio_user_backstore "$((10 + N))" "$sys" "$SIZE" "ietd/$sys" 512 \
         nl_reply_supported=-1 "hw_max_sectors=$HW_MAX_SECTORS" "max_data_area_mb=$DATA_AREA_MB") \
         || die "backstore $sys"
@@ -89,7 +96,7 @@ serve_ietd() {  # SYSTEM TYPE IOMODE [DATAPATH-BINARY]
     # shellcheck disable=SC2206 # DP_ARGS is a list of options
     [ -n "${4-}" ] || wargs+=(${DP_ARGS:-})
     "$dp" --attach "$uio" --target "$TARGET" --lun "$((N - 1))" \
-        --params "Path=$f,Type=$type,IOMode=$mode,BlockSize=512" \
+        --params "$store,BlockSize=512" \
         --max-transfer-blocks "$HW_MAX_SECTORS" "${wargs[@]}" > "/tmp/dp-$sys.log" 2>&1 &
     PID[$sys]=$!
     show_log_on_failure "/tmp/dp-$sys.log"
@@ -129,6 +136,7 @@ for sys in $SYSTEMS; do
         ietd-fileio-wb) serve_ietd "$sys" fileio wb ;;
         ietd-fileio-wt) serve_ietd "$sys" fileio wt ;;
         ietd-blockio) serve_ietd "$sys" blockio wt ;;
+        ietd-nullio) serve_ietd "$sys" nullio - ;;
         ietd-base-wb) serve_ietd "$sys" fileio wb "${BASE_DP:?ietd-base-wb needs BASE_DP}" ;;
         tcmu-runner) serve_tcmu_runner ;;
         kernel-fileio) serve_kernel_fileio ;;
@@ -142,6 +150,7 @@ done
 head -c 8M /dev/urandom > /tmp/pattern
 for sys in $SYSTEMS; do
     d=${DEV[$sys]} f=${FILE[$sys]}
+    [ -n "$f" ] || continue  # nullio keeps nothing
     dd if=/tmp/pattern of="$d" bs=1M seek=3 oflag=direct status=none || die "$sys: write"
     sg_sync "$d" > /dev/null 2>&1 || true
     check "$sys: data written through the LUN is in its file" \
