@@ -975,6 +975,20 @@ fn store_failed(c: &Completed) -> bool {
     c.status == status::CHECK_CONDITION && c.sense.get(2) == Some(&0x4) && c.sense[12] == 0x44
 }
 
+/// A datapath whose latch records live in `dir`, serving `store` as "uio-l" (a fresh
+/// process each call: what a restart or a re-attach gives).
+fn latched(dir: &std::path::Path, store: &Arc<MemStore>) -> (SimRing, Running) {
+    let mut ev = new_loop(2);
+    ev.set_latch_dir(dir.to_path_buf());
+    let sim = attach_sim(
+        &mut ev,
+        SimConfig::default(),
+        "uio-l",
+        lun_over(store.clone(), 0),
+    );
+    (sim, start(ev))
+}
+
 /// A failed flush latches the LUN's store error, and the latch is recorded before the
 /// failing command completes: a new datapath (the old one killed, the store healthy
 /// again, a fresh open that would not see the old write-back error) still refuses writes
@@ -986,15 +1000,7 @@ fn a_latched_store_error_outlives_the_datapath() {
     let store = Arc::new(MemStore::new(BS, BLOCKS, MemStore::caps(true, false)));
     let payload = vec![0x3cu8; BS as usize];
 
-    let mut ev = new_loop(2);
-    ev.set_latch_dir(dir.path().to_path_buf());
-    let mut sim = attach_sim(
-        &mut ev,
-        SimConfig::default(),
-        "uio-l",
-        lun_over(store.clone(), 0),
-    );
-    let running = start(ev);
+    let (mut sim, running) = latched(dir.path(), &store);
     sim.submit(&write10(0, 1), &payload, 0).unwrap();
     assert_eq!(wait_for(&mut sim, 1)[0].status, status::GOOD);
     store.set_faults(datapath::scsi::testing::Faults {
@@ -1058,15 +1064,7 @@ fn a_latched_store_error_outlives_the_datapath() {
     );
     running.stop();
     drop(sim);
-    let mut ev = new_loop(2);
-    ev.set_latch_dir(dir.path().to_path_buf());
-    let mut sim = attach_sim(
-        &mut ev,
-        SimConfig::default(),
-        "uio-l",
-        lun_over(store.clone(), 0),
-    );
-    let running = start(ev);
+    let (mut sim, running) = latched(dir.path(), &store);
     sim.submit(&sync10(), &[], 0).unwrap();
     assert_eq!(wait_for(&mut sim, 1)[0].status, status::GOOD);
     running.stop();

@@ -146,6 +146,17 @@ impl Device {
         }
         v
     }
+
+    /// The request and descriptors that hand a kept device over again: copies of ours
+    /// (the kernel duplicates them when sent; ours stay ours).
+    fn attach_again(&self) -> (Request, Vec<OwnedFd>) {
+        let fds = self
+            .fds()
+            .iter()
+            .filter_map(|f| f.try_clone_to_owned().ok())
+            .collect();
+        (Request::Attach(self.attach.clone()), fds)
+    }
 }
 
 /// Re-opens an adopted device's descriptors (uio and backing store) for a new datapath.
@@ -871,12 +882,7 @@ impl Supervisor {
         let Some(dev) = self.device(uio) else {
             return;
         };
-        let req = Request::Attach(dev.attach.clone());
-        let fds: Vec<OwnedFd> = dev
-            .fds()
-            .iter()
-            .filter_map(|f| f.try_clone_to_owned().ok())
-            .collect();
+        let (req, fds) = dev.attach_again();
         let borrowed: Vec<BorrowedFd<'_>> = fds.iter().map(AsFd::as_fd).collect();
         match self.call(&req, &borrowed) {
             Ok(Reply::Ok) => {
@@ -990,13 +996,7 @@ impl Supervisor {
             let Some(dev) = self.device(&uio) else {
                 continue;
             };
-            let req = Request::Attach(dev.attach.clone());
-            // The descriptors are duplicated by the kernel when sent; ours stay ours.
-            let fds: Vec<OwnedFd> = dev
-                .fds()
-                .iter()
-                .filter_map(|f| f.try_clone_to_owned().ok())
-                .collect();
+            let (req, fds) = dev.attach_again();
             let borrowed: Vec<BorrowedFd<'_>> = fds.iter().map(AsFd::as_fd).collect();
             let Some(conn) = self.life.conn() else {
                 return;
