@@ -38,7 +38,7 @@ use std::fmt;
 use slog::{error, info, warn};
 
 use super::{in_file_order, prov_err, State, StateError};
-use crate::conf::model::{Accounts, Lun, SourceLoc, Target};
+use crate::conf::model::{Accounts, Config, Lun, SourceLoc, Target};
 use crate::conf::params::{Key, Params, SESSION_PARAMS, TARGET_PARAMS};
 use crate::conf::Loaded;
 
@@ -220,6 +220,14 @@ fn merge_accounts(
     Accounts { incoming, outgoing }
 }
 
+/// The target of the file named `name` (names compare as IET compares them).
+fn find_target<'c>(config: &'c Config, name: &str) -> Option<&'c Target> {
+    config
+        .targets
+        .iter()
+        .find(|t| t.name.eq_ignore_ascii_case(name))
+}
+
 /// True when the accounts differ in where they were written although they are equal:
 /// only the model's bookkeeping needs updating then.
 fn origins_differ(a: &Accounts, b: &Accounts) -> bool {
@@ -274,13 +282,37 @@ impl State {
         }
         let config = loaded.config;
         let mut report = ReloadReport::default();
+        self.reload_discovery(&config, &mut report);
+        let access_changed = config.access != self.access;
+        let access_ok = access_changed && self.reload_access(&config, &mut report);
+        self.remove_dropped_targets(&config, &mut report);
+        // Kept targets.
+        for tid in self.order.clone() {
+            let Some(name) = self.targets.get(&tid).map(|t| t.name.clone()) else {
+                continue;
+            };
+            let Some(new) = find_target(&config, &name) else {
+                // Made through ietadm, or its removal failed above (already reported).
+                continue;
+            };
+            self.reload_target(tid, new, access_ok, &mut report);
+        }
+        self.add_new_targets(&config, &mut report);
+        self.file_settings = file_settings(&config.targets);
+        info!(log, "configuration reloaded"; "changes" => report.applied.len(),
+            "failed" => report.failed.len(), "claimed_from_ietadm" => report.claimed.len());
+        Ok(report)
+    }
 
+    /// The discovery accounts: merged (see [`merge_accounts`]) and applied if changed.
+    fn reload_discovery(&mut self, config: &Config, report: &mut ReloadReport) {
+        let log = self.log.clone();
         let discovery = merge_accounts(
             &self.discovery,
             &config.discovery,
             "discovery",
             &log,
-            &mut report,
+            report,
         );
         if discovery != self.discovery {
             let r = self
@@ -297,44 +329,38 @@ impl State {
         } else if origins_differ(&discovery, &self.discovery) {
             self.discovery = discovery;
         }
+    }
 
-        // Without the new rules in the provisioner, new targets would get the old ones;
-        // the reload goes on, and the failure says the access is stale.
-        let access_changed = config.access != self.access;
-        let access_ok = if access_changed {
-            match self
-                .prov
-                .set_access_rules(&config.access)
-                .map_err(prov_err("replacing the access rules"))
-            {
-                Ok(()) => {
-                    self.access = config.access.clone();
-                    report.done(&log, Change::AccessRules);
-                    true
-                }
-                Err(e) => {
-                    report.fail(&log, Change::AccessRules, e);
-                    false
-                }
+    /// The changed access rules, handed to the provisioner; false if it failed. Without
+    /// them there, new targets would get the old ones; the reload goes on, and the
+    /// failure says the access is stale.
+    fn reload_access(&mut self, config: &Config, report: &mut ReloadReport) -> bool {
+        match self
+            .prov
+            .set_access_rules(&config.access)
+            .map_err(prov_err("replacing the access rules"))
+        {
+            Ok(()) => {
+                self.access = config.access.clone();
+                report.done(&self.log, Change::AccessRules);
+                true
             }
-        } else {
-            true
-        };
+            Err(e) => {
+                report.fail(&self.log, Change::AccessRules, e);
+                false
+            }
+        }
+    }
 
-        let find_new = |name: &str| {
-            config
-                .targets
-                .iter()
-                .find(|t| t.name.eq_ignore_ascii_case(name))
-        };
-
-        // Removed targets, newest first (the reverse of creation, as at shutdown). Only
-        // what a file made: a target made through ietadm is not the file's to remove.
+    /// Removed targets, newest first (the reverse of creation, as at shutdown). Only
+    /// what a file made: a target made through ietadm is not the file's to remove.
+    fn remove_dropped_targets(&mut self, config: &Config, report: &mut ReloadReport) {
+        let log = self.log.clone();
         for tid in self.order.clone().into_iter().rev() {
             let Some(t) = self.targets.get(&tid) else {
                 continue;
             };
-            if t.origin.is_none() || find_new(&t.name).is_some() {
+            if t.origin.is_none() || find_target(config, &t.name).is_some() {
                 continue;
             }
             let change = Change::TargetRemoved {
@@ -346,20 +372,11 @@ impl State {
                 Err(e) => report.fail(&log, change, e),
             }
         }
+    }
 
-        // Kept targets.
-        for tid in self.order.clone() {
-            let Some(name) = self.targets.get(&tid).map(|t| t.name.clone()) else {
-                continue;
-            };
-            let Some(new) = find_new(&name) else {
-                // Made through ietadm, or its removal failed above (already reported).
-                continue;
-            };
-            self.reload_target(tid, new, access_changed && access_ok, &mut report);
-        }
-
-        // New targets, in file order.
+    /// New targets, in file order, with their LUNs.
+    fn add_new_targets(&mut self, config: &Config, report: &mut ReloadReport) {
+        let log = self.log.clone();
         for new in &config.targets {
             if self
                 .targets
@@ -385,11 +402,6 @@ impl State {
                 Err(e) => report.fail(&log, Change::TargetAdded { tid: new.tid, name }, e),
             }
         }
-
-        self.file_settings = file_settings(&config.targets);
-        info!(log, "configuration reloaded"; "changes" => report.applied.len(),
-            "failed" => report.failed.len(), "claimed_from_ietadm" => report.claimed.len());
-        Ok(report)
     }
 
     /// Brings one kept target in line with `new`.
@@ -415,8 +427,35 @@ impl State {
             );
         }
 
-        // LUNs that go away or change: removed first, so a changed LUN's number is free.
-        // A LUN made through ietadm stays unless the file defines its number.
+        let to_add = self.remove_changed_luns(tid, &old, new, report);
+        self.reload_target_settings(tid, &old, new, claimed, report);
+        if access_changed {
+            self.reload_target_access(tid, report);
+        }
+        self.add_luns_back(tid, &old, to_add, report);
+
+        // Where each kept object is defined now: bookkeeping only, no provisioning.
+        if let Some(t) = self.targets.get_mut(&tid) {
+            t.origin = new.origin.clone();
+            for (n, l) in t.luns.iter_mut() {
+                if let Some(nl) = new.luns.get(n) {
+                    l.origin = nl.origin.clone();
+                }
+            }
+        }
+    }
+
+    /// LUNs that go away or change: removed first, so a changed LUN's number is free.
+    /// A LUN made through ietadm stays unless the file defines its number. Returns the
+    /// LUNs to add (new, and changed ones removed here).
+    fn remove_changed_luns(
+        &mut self,
+        tid: u32,
+        old: &Target,
+        new: &Target,
+        report: &mut ReloadReport,
+    ) -> Vec<Lun> {
+        let log = self.log.clone();
         let mut to_add: Vec<Lun> = Vec::new();
         for (n, lun) in &old.luns {
             match new.luns.get(n) {
@@ -448,10 +487,21 @@ impl State {
                 to_add.push(lun.clone());
             }
         }
+        to_add
+    }
 
-        // Settings: only what the file changed since the previous file (all of the
-        // file's when it takes the target over), so `ietadm --op update` values on keys
-        // the file left alone stay.
+    /// Settings: only what the file changed since the previous file (all of the file's
+    /// when it takes the target over), so `ietadm --op update` values on keys the file
+    /// left alone stay.
+    fn reload_target_settings(
+        &mut self,
+        tid: u32,
+        old: &Target,
+        new: &Target,
+        claimed: bool,
+        report: &mut ReloadReport,
+    ) {
+        let log = self.log.clone();
         let previous = if claimed {
             None
         } else {
@@ -485,7 +535,7 @@ impl State {
             &log,
             report,
         );
-        let what = target_differences(&old, &desired);
+        let what = target_differences(old, &desired);
         if !what.is_empty() {
             let change = Change::TargetUpdated {
                 tid,
@@ -508,27 +558,39 @@ impl State {
                 t.accounts = desired.accounts;
             }
         }
+    }
 
-        if access_changed {
-            if let Some(t) = self.targets.get(&tid) {
-                let change = Change::TargetAccess {
-                    tid,
-                    name: t.name.clone(),
-                };
-                match self
-                    .prov
-                    .update_access(t)
-                    .map_err(prov_err(format!("updating the access of target {tid}")))
-                {
-                    Ok(true) => report.done(&log, change),
-                    Ok(false) => {}
-                    Err(e) => report.fail(&log, change, e),
-                }
-            }
+    /// The access rules changed: the target's ACLs follow.
+    fn reload_target_access(&mut self, tid: u32, report: &mut ReloadReport) {
+        let Some(t) = self.targets.get(&tid) else {
+            return;
+        };
+        let change = Change::TargetAccess {
+            tid,
+            name: t.name.clone(),
+        };
+        match self
+            .prov
+            .update_access(t)
+            .map_err(prov_err(format!("updating the access of target {tid}")))
+        {
+            Ok(true) => report.done(&self.log, change),
+            Ok(false) => {}
+            Err(e) => report.fail(&self.log, change, e),
         }
+    }
 
-        // Changed LUNs were removed above and come back here; a failure leaves the LUN
-        // absent, which the report says (removed: done, added: failed).
+    /// Changed LUNs were removed before and come back here with the new ones; a
+    /// failure leaves the LUN absent, which the report says (removed: done, added:
+    /// failed).
+    fn add_luns_back(
+        &mut self,
+        tid: u32,
+        old: &Target,
+        to_add: Vec<Lun>,
+        report: &mut ReloadReport,
+    ) {
+        let log = self.log.clone();
         for lun in in_file_order(to_add.into_iter().map(|l| (l.lun, l)).collect()) {
             let n = lun.lun;
             let changed = old.luns.contains_key(&n);
@@ -540,16 +602,6 @@ impl State {
                         report.done(&log, Change::LunRemoved { tid, lun: n });
                     }
                     report.fail(&log, Change::LunAdded { tid, lun: n }, e);
-                }
-            }
-        }
-
-        // Where each kept object is defined now: bookkeeping only, no provisioning.
-        if let Some(t) = self.targets.get_mut(&tid) {
-            t.origin = new.origin.clone();
-            for (n, l) in t.luns.iter_mut() {
-                if let Some(nl) = new.luns.get(n) {
-                    l.origin = nl.origin.clone();
                 }
             }
         }
