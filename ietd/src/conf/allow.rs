@@ -320,86 +320,55 @@ impl AccessRules {
     /// SourceLoc so the provisioner can warn naming the line.
     pub fn for_target(&self, target: &str) -> TargetAccess {
         let mut unenforceable = Vec::new();
-        let whole_file = |path: &Path| SourceLoc {
-            file: path.to_path_buf(),
-            line: 0,
+        let policy = if self.target_refused(target, &mut unenforceable) {
+            AccessPolicy::DenyAll
+        } else {
+            self.initiator_policy(target, &mut unenforceable)
         };
-
-        // targets.allow: without a line for this target IET refused every login to it.
-        match &self.targets_allow {
-            AclFile::Missing => {}
-            AclFile::Unreadable { .. } => {
-                return TargetAccess {
-                    policy: AccessPolicy::DenyAll,
-                    unenforceable,
-                }
-            }
-            AclFile::Rules { .. } => match self.targets_allow.decisive(target) {
-                None => {
-                    return TargetAccess {
-                        policy: AccessPolicy::DenyAll,
-                        unenforceable,
-                    }
-                }
-                Some(line) => {
-                    let c = classify(line);
-                    if !c.all {
-                        if c.inexpressible.is_empty() {
-                            // Only items that never match: IET refused every login.
-                            return TargetAccess {
-                                policy: AccessPolicy::DenyAll,
-                                unenforceable,
-                            };
-                        }
-                        unenforceable.push((
-                            line.loc.clone(),
-                            format!(
-                                "targets.allow limits this target to local {}; LIO cannot \
-                                 check the local address per target, so the target is \
-                                 reachable on every portal (restrict the portals instead)",
-                                c.inexpressible.join(", ")
-                            ),
-                        ));
-                    }
-                }
-            },
+        TargetAccess {
+            policy,
+            unenforceable,
         }
+    }
 
-        let allow_policy = |missing_means_all: bool,
-                            unenforceable: &mut Vec<(SourceLoc, String)>|
-         -> AccessPolicy {
-            match &self.initiators_allow {
-                AclFile::Missing if missing_means_all => AccessPolicy::AllowAll,
-                AclFile::Missing | AclFile::Unreadable { .. } => AccessPolicy::DenyAll,
-                AclFile::Rules { .. } => match self.initiators_allow.decisive(target) {
-                    None => AccessPolicy::DenyAll,
-                    Some(line) => {
-                        let c = classify(line);
-                        if c.all {
-                            AccessPolicy::AllowAll
-                        } else if !c.inexpressible.is_empty() {
-                            unenforceable.push((
-                                line.loc.clone(),
-                                format!(
-                                    "initiators.allow: {} cannot be expressed as LIO node \
-                                     ACLs; every initiator is admitted to this target (use \
-                                     CHAP or a firewall)",
-                                    c.inexpressible.join(", ")
-                                ),
-                            ));
-                            AccessPolicy::AllowAll
-                        } else if c.literals.is_empty() {
-                            AccessPolicy::DenyAll
-                        } else {
-                            AccessPolicy::Initiators(c.literals)
-                        }
-                    }
-                },
-            }
+    /// targets.allow: true when IET refused every login to `target` (no line for it, an
+    /// unreadable file, or only items that never match).
+    fn target_refused(&self, target: &str, unenforceable: &mut Vec<(SourceLoc, String)>) -> bool {
+        let line = match &self.targets_allow {
+            AclFile::Missing => return false,
+            AclFile::Unreadable { .. } => return true,
+            AclFile::Rules { .. } => match self.targets_allow.decisive(target) {
+                None => return true,
+                Some(line) => line,
+            },
         };
+        let c = classify(line);
+        if c.all {
+            return false;
+        }
+        if c.inexpressible.is_empty() {
+            return true;
+        }
+        unenforceable.push((
+            line.loc.clone(),
+            format!(
+                "targets.allow limits this target to local {}; LIO cannot \
+                 check the local address per target, so the target is \
+                 reachable on every portal (restrict the portals instead)",
+                c.inexpressible.join(", ")
+            ),
+        ));
+        false
+    }
 
-        let policy = match &self.initiators_deny {
-            AclFile::Missing => allow_policy(true, &mut unenforceable),
+    /// initiators.deny (legacy) then initiators.allow, as LIO can express them.
+    fn initiator_policy(
+        &self,
+        target: &str,
+        unenforceable: &mut Vec<(SourceLoc, String)>,
+    ) -> AccessPolicy {
+        match &self.initiators_deny {
+            AclFile::Missing => self.allow_policy(target, true, unenforceable),
             // Legacy rule: refused only when the deny file matches; a deny file that
             // never matches admits everyone.
             AclFile::Unreadable { .. } => AccessPolicy::AllowAll,
@@ -409,33 +378,70 @@ impl AccessRules {
                     let c = classify(line);
                     if c.all {
                         // Denied unless initiators.allow matches: exactly the allow list.
-                        allow_policy(false, &mut unenforceable)
+                        return self.allow_policy(target, false, unenforceable);
+                    }
+                    let what = if c.inexpressible.is_empty() {
+                        c.literals.join(", ")
                     } else {
-                        let what = if c.inexpressible.is_empty() {
-                            c.literals.join(", ")
-                        } else {
-                            c.inexpressible.join(", ")
-                        };
+                        c.inexpressible.join(", ")
+                    };
+                    let loc = if what.is_empty() {
+                        SourceLoc {
+                            file: path.to_path_buf(),
+                            line: 0,
+                        }
+                    } else {
+                        line.loc.clone()
+                    };
+                    unenforceable.push((
+                        loc,
+                        format!(
+                            "initiators.deny (legacy) refuses {what} unless initiators.allow \
+                             admits them; LIO cannot express an exception list, so every \
+                             initiator is admitted to this target"
+                        ),
+                    ));
+                    AccessPolicy::AllowAll
+                }
+            },
+        }
+    }
+
+    /// initiators.allow's policy for `target`; a missing file admits everyone when
+    /// `missing_means_all` (no deny file either).
+    fn allow_policy(
+        &self,
+        target: &str,
+        missing_means_all: bool,
+        unenforceable: &mut Vec<(SourceLoc, String)>,
+    ) -> AccessPolicy {
+        match &self.initiators_allow {
+            AclFile::Missing if missing_means_all => AccessPolicy::AllowAll,
+            AclFile::Missing | AclFile::Unreadable { .. } => AccessPolicy::DenyAll,
+            AclFile::Rules { .. } => match self.initiators_allow.decisive(target) {
+                None => AccessPolicy::DenyAll,
+                Some(line) => {
+                    let c = classify(line);
+                    if c.all {
+                        AccessPolicy::AllowAll
+                    } else if !c.inexpressible.is_empty() {
                         unenforceable.push((
-                            if what.is_empty() {
-                                whole_file(path)
-                            } else {
-                                line.loc.clone()
-                            },
+                            line.loc.clone(),
                             format!(
-                                "initiators.deny (legacy) refuses {what} unless initiators.allow \
-                                 admits them; LIO cannot express an exception list, so every \
-                                 initiator is admitted to this target"
+                                "initiators.allow: {} cannot be expressed as LIO node \
+                                 ACLs; every initiator is admitted to this target (use \
+                                 CHAP or a firewall)",
+                                c.inexpressible.join(", ")
                             ),
                         ));
                         AccessPolicy::AllowAll
+                    } else if c.literals.is_empty() {
+                        AccessPolicy::DenyAll
+                    } else {
+                        AccessPolicy::Initiators(c.literals)
                     }
                 }
             },
-        };
-        TargetAccess {
-            policy,
-            unenforceable,
         }
     }
 }
