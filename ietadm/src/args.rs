@@ -1,5 +1,5 @@
 //! ietadm's command line, read the way IET's getopt_long did (optstring
-//! `o:t:s:c:l:r:p:uvh`, spec §3.1), plus `--socket PATH`.
+//! `o:t:s:c:l:r:p:uvh`, see ietadm(8)), plus `--socket PATH`.
 //!
 //! Hand-written rather than clap because IET scripts depend on getopt behaviour clap
 //! does not reproduce: unique-prefix long options (`--par` = `--params`), `-t1` and

@@ -1,4 +1,4 @@
-//! `ietadm`: IET's administration command line (spec §3), talking to ietd over its
+//! `ietadm`: IET's administration command line (man/ietadm.8), talking to ietd over its
 //! AF_LOCAL control socket. Same options, same dispatch priority, same show output and
 //! the same exit statuses (negative errno truncated to 8 bits) as IET 1.4.20.
 //!

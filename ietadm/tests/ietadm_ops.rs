@@ -1,4 +1,4 @@
-//! Every row of spec §3.2 through the real `ietadm` against a real `ietd -f` with a temp
+//! Every operation of ietadm(8) through the real `ietadm` against a real `ietd -f` with a temp
 //! configfs root: stdout, stderr, exit status and the resulting configfs tree.
 
 use test_support::daemon::{Daemon, Run};

@@ -150,7 +150,7 @@ fn absolute(p: &Path) -> Result<PathBuf, String> {
     std::path::absolute(p).map_err(|e| format!("{}: {e}", p.display()))
 }
 
-/// IET's config search (spec §1). Returns the file, if any, and notes for the log.
+/// IET's config search (ietd(8)). Returns the file, if any, and notes for the log.
 fn find_config(explicit: Option<&Path>) -> Result<(Option<PathBuf>, Vec<String>), String> {
     if let Some(p) = explicit {
         return match File::open(p) {

@@ -151,7 +151,7 @@ pub struct State {
     order: Vec<u32>,
     /// LUN numbers of each target in creation order (IET's volume view order).
     lun_order: BTreeMap<u32, Vec<u32>>,
-    /// IET's tid counter (§3.5): the last id handed out by allocation.
+    /// IET's tid counter (ietadm(8): --op new without --tid): the last id handed out by allocation.
     last_tid: u32,
     discovery: Accounts,
     /// The access rules the provisioner was given (compared at reload).

@@ -1,4 +1,4 @@
-//! IET's `/proc/net/iet/volume` and `/proc/net/iet/session` views (spec §8): the atomic
+//! IET's `/proc/net/iet/volume` and `/proc/net/iet/session` views (ietd(8), FILES): the atomic
 //! writer of the files kept under `/run/ietd/`. The text comes from the renderers in
 //! `ietd_proto`, which `ietadm` prints too.
 //!

@@ -628,7 +628,7 @@ impl LunParams {
     }
 
     /// The 16 ScsiId bytes IET uses in VPD 0x83: configured ScsiId NUL-padded to 16, or
-    /// MD5(target IQN bytes ‖ LUN as 4-byte little-endian u32) (spec §7.3).
+    /// MD5(target IQN bytes ‖ LUN as 4-byte little-endian u32) (the ScsiId IET derived; ietd.conf(5)).
     ///
     /// IET hashed the LUN in host byte order; every IET installation we migrate from is
     /// little-endian x86, so little-endian is fixed here to keep device identities stable

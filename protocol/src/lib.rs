@@ -2,7 +2,7 @@
 //! stream socket, answered by one JSON [`Response`] line. A client may send several
 //! requests on one connection; answers come back in order.
 //!
-//! The requests mirror IET's ietadm operations (spec §3.2) plus read-only views
+//! The requests mirror IET's ietadm operations (ietadm(8)) plus read-only views
 //! (`volumes`, `sessions`) that stand in for IET's `/proc/net/iet/*`. Free-form parameter
 //! strings (`--params` of target update and LUN new) travel as the user typed them: the
 //! daemon owns the key tables and validates them there, so every client gets the same

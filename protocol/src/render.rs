@@ -1,4 +1,4 @@
-//! IET's `/proc/net/iet/volume` and `/proc/net/iet/session` texts (spec §8): one renderer
+//! IET's `/proc/net/iet/volume` and `/proc/net/iet/session` texts (ietd(8), FILES): one renderer
 //! for ietd's view files and for `ietadm`. Order follows the data (targets newest first,
 //! LUNs in creation order, sessions as the provisioner lists them).
 

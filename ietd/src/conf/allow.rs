@@ -1,4 +1,4 @@
-//! initiators.allow, initiators.deny and targets.allow (spec §6): parsed into
+//! initiators.allow, initiators.deny and targets.allow (ietd.conf(5), ACCESS FILES): parsed into
 //! [`AccessRules`] with IET's matching rules, and mapped onto what LIO can express.
 //!
 //! Matching is IET's: the first line whose target field is `ALL` or the target's name
@@ -583,6 +583,7 @@ fn parse_item(sink: &mut Sink<'_>, line: usize, kind: AclKind, text: &str) -> Ac
 }
 
 /// Parses the text of one access file. `file` is used in diagnostics and locations.
+// Long: one pass over the file's lines and items, IET's tokenizing rules in order.
 pub fn parse_acl_file(text: &str, file: &Path, kind: AclKind) -> (Vec<AclLine>, Vec<Diagnostic>) {
     let mut sink = Sink::new(file);
     let mut lines: Vec<AclLine> = Vec::new();

@@ -248,6 +248,7 @@ impl Parser<'_> {
         )
     }
 
+    // Long: one arm per construct of POSIX's BRE grammar, read best in one place.
     fn parse_seq(&mut self) -> Result<Vec<Node>, BreError> {
         let mut seq: Vec<Node> = Vec::new();
         // Whether a `*` / interval here would have nothing to repeat.

@@ -1,4 +1,4 @@
-//! The ietd.conf reader: every keyword of IET 1.4.20 (spec §4, §5) into [`IetdConf`],
+//! The ietd.conf reader: every keyword of IET 1.4.20 (ietd.conf(5); departures in docs/ietd-conf-rules.md) into [`IetdConf`],
 //! with a `file:line` diagnostic wherever IET would have done something silent or
 //! surprising.
 //!
@@ -348,6 +348,7 @@ impl<'a> Parser<'a> {
         );
     }
 
+    // Long: IET's checks of an account line, in IET's order, with its diagnostics.
     fn account(&mut self, line: usize, toks: &[Token<'_>], outgoing: bool) {
         let keyword = if outgoing {
             "OutgoingUser"

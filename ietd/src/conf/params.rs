@@ -30,7 +30,7 @@ pub enum Clamp {
     Max,
 }
 
-/// One key of spec §5.
+/// One target or discovery setting of ietd.conf(5).
 #[derive(Debug, Clone, Copy)]
 pub struct ParamDef {
     /// IET spelling, used in output; input matching is case-insensitive.

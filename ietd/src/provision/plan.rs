@@ -411,7 +411,8 @@ impl<'a> Builder<'a> {
     }
 
     /// The TCMU backstore and the TPG LUN of one LUN: create, configure, enable, hand to
-    /// the datapath, then export (spec §4.1 order).
+    /// the datapath, then export (the order of docs/lio-mapping.md).
+    // Long: the steps in the order they run, as the configfs layout prescribes it.
     pub fn lun_steps(
         &mut self,
         target: &Target,
@@ -470,7 +471,7 @@ impl<'a> Builder<'a> {
             format!("max_data_area_mb={}", self.settings.max_data_area_mb),
             n,
         ));
-        // Opt out of netlink replies so `enable` never waits for a daemon (spec §3).
+        // Opt out of netlink replies so `enable` never waits for a daemon (docs/tcmu-netlink.md).
         steps.push(Step::write(control, "nl_reply_supported=-1", n));
         steps.push(Step::write(format!("{path}/enable"), "1", n));
         steps.push(Step {
