@@ -210,8 +210,10 @@ impl DeviceHook for DatapathHook {
     /// Devices the adopted datapath still serves that no LUN claimed (their backstore
     /// was removed behind our back while ietd was down).
     fn adoption_finished(&mut self) {
-        for uio in self.supervisor.lock().release_unclaimed() {
+        let mut sup = self.supervisor.lock();
+        for uio in sup.release_unclaimed() {
             warn!(self.log, "datapath served a device no configured LUN has; detached"; "uio" => uio);
         }
+        sup.replace_other_build();
     }
 }

@@ -437,6 +437,36 @@ impl Supervisor {
         unclaimed
     }
 
+    /// After adoption: an adopted datapath running another build than ours (a package
+    /// upgrade replaced the binary, so `/proc/PID/exe` names a deleted file, or another
+    /// path) may not speak our control protocol, so it is stopped and ours started; the
+    /// adopted devices are re-opened for it, as when an adopted datapath dies. Returns
+    /// whether it was replaced. When either side cannot be read, what runs is kept.
+    pub fn replace_other_build(&mut self) -> bool {
+        let Life::Adopted { pid, .. } = self.life else {
+            return false;
+        };
+        let (Ok(running), Ok(ours)) = (
+            std::fs::read_link(format!("/proc/{pid}/exe")),
+            std::fs::canonicalize(&self.cfg.binary),
+        ) else {
+            return false;
+        };
+        if running == ours {
+            return false;
+        }
+        warn!(self.log, "the running datapath is another build than ours; replacing it";
+              "pid" => pid, "running" => %running.display(), "ours" => %ours.display());
+        self.stop_adopted(pid);
+        self.life = Life::Down {
+            since: Instant::now(),
+        };
+        if let Err(e) = self.restart(true) {
+            error!(self.log, "datapath restart failed"; "error" => %e);
+        }
+        true
+    }
+
     /// The datapath's pid while it runs (started or adopted).
     pub fn pid(&self) -> Option<u32> {
         match &self.life {

@@ -174,6 +174,7 @@ fn a_datapath_left_running_is_adopted_restarted_when_it_dies_and_stopped() {
     );
     assert!(sup.found_serving().is_empty());
     assert!(!sup.serves_unowned("tcm-user/0/none/ietd/x"));
+    assert!(!sup.replace_other_build(), "our own build is kept");
     sup.check();
     assert_eq!(
         sup.pid(),
@@ -202,4 +203,37 @@ fn stop_ends_an_adopted_datapath() {
     sup.stop();
     assert_eq!(sup.pid(), None);
     assert!(!alive(pid), "stop() ends the adopted datapath");
+}
+
+/// A package upgrade replaces the binary under a datapath an ietd restart leaves
+/// running: the new ietd adopts it, sees another build (its exe is a deleted file) and
+/// replaces it with its own, which may speak another control protocol.
+#[test]
+fn an_adopted_datapath_of_another_build_is_replaced() {
+    let dir = tempfile::tempdir().unwrap();
+    let installed = dir.path().join("ietd-datapath");
+    std::fs::copy(bin("ietd-datapath"), &installed).unwrap();
+    let mut old = config(&dir);
+    old.binary = installed.clone();
+    let first = Supervisor::start(old, discard_log()).expect("datapath starts");
+    let pid = first.pid().expect("running");
+    std::mem::forget(first);
+
+    // The upgrade: a new file renamed over the old one, as dpkg installs it.
+    let staged = dir.path().join("ietd-datapath.dpkg-new");
+    std::fs::copy(bin("ietd-datapath"), &staged).unwrap();
+    std::fs::rename(&staged, &installed).unwrap();
+
+    let mut cfg = config(&dir);
+    cfg.binary = installed;
+    let mut sup = Supervisor::start_or_adopt(cfg, discard_log()).expect("adopts");
+    assert_eq!(sup.pid(), Some(pid), "adopted first");
+    assert!(sup.replace_other_build(), "another build is replaced");
+    let new = sup.pid().expect("ours runs");
+    assert_ne!(new, pid);
+    assert!(!alive(pid), "the old build is stopped");
+    assert!(alive(new));
+    assert!(!sup.replace_other_build(), "ours is kept");
+    sup.stop();
+    assert!(!alive(new));
 }
