@@ -142,6 +142,34 @@ impl Lun {
         }
     }
 
+    /// Runs a store operation. A durable one goes through the LUN's sync gate: its
+    /// failure latches the store error before the others beside it may answer, and its
+    /// success answers only once they have, refused if one of them latched.
+    fn store_op<T>(
+        &self,
+        durable: bool,
+        op: impl FnOnce() -> Result<T, IoError>,
+    ) -> Result<T, Failure> {
+        if !durable {
+            return op().map_err(|e| self.store_err(e, false));
+        }
+        let pass = self.sync_gate.enter();
+        match op() {
+            Err(e) => {
+                let f = self.store_err(e, true);
+                self.sync_gate.failed(pass);
+                Err(f)
+            }
+            Ok(v) => {
+                self.sync_gate.succeeded(pass);
+                match self.store_error() {
+                    Some(_) => Err(Failure::StoreFailed),
+                    None => Ok(v),
+                }
+            }
+        }
+    }
+
     /// LBA OUT OF RANGE unless `[lba, lba+blocks)` lies inside the LUN (an empty range
     /// may start right after the last block, as SBC allows).
     pub(super) fn check_range(&self, lba: u64, blocks: u64) -> Result<(), Failure> {
@@ -310,9 +338,9 @@ impl Lun {
         let runs = data.slices();
         let p = prefix(&runs, n);
         let _order = self.shared_write();
-        self.store
-            .write_at(&p, lba * self.bs(), fua)
-            .map_err(|e| self.store_err(e, self.durable(fua)))?;
+        self.store_op(self.durable(fua), || {
+            self.store.write_at(&p, lba * self.bs(), fua)
+        })?;
         Ok(Completion::no_data())
     }
 
@@ -337,9 +365,7 @@ impl Lun {
             let runs = data.slices();
             let p = prefix(&runs, n);
             // Verification is about the medium, so the write must reach it first.
-            self.store
-                .write_at(&p, offset, true)
-                .map_err(|e| self.store_err(e, true))?;
+            self.store_op(true, || self.store.write_at(&p, offset, true))?;
         }
         let mut expect = Vec::new();
         self.read_chunks(offset, n as u64, |at, got| {
@@ -412,12 +438,7 @@ impl Lun {
     /// finishing the flush before answering, which SBC allows.
     pub(super) fn synchronize_cache(&self, lba: u64, blocks: u32) -> Result<Completion, Failure> {
         self.check_range(lba, u64::from(blocks))?;
-        self.store.flush().map_err(|e| self.store_err(e, true))?;
-        // A flush running at the same time may have taken the error report this one
-        // would have had.
-        if self.store_error().is_some() {
-            return Err(Failure::StoreFailed);
-        }
+        self.store_op(true, || self.store.flush())?;
         Ok(Completion::no_data())
     }
 
@@ -449,10 +470,14 @@ impl Lun {
         let _order = self.shared_write();
         let durable = self.durable(false);
         if pattern.iter().all(|&b| b == 0) {
-            match self.store.write_zeroes(offset, len, unmap) {
-                Ok(()) => return Ok(Completion::no_data()),
-                Err(IoError::DiscardUnsupported) => {}
-                Err(e) => return Err(self.store_err(e, durable)),
+            let zeroed = self.store_op(durable, || {
+                match self.store.write_zeroes(offset, len, unmap) {
+                    Err(IoError::DiscardUnsupported) => Ok(false),
+                    r => r.map(|()| true),
+                }
+            })?;
+            if zeroed {
+                return Ok(Completion::no_data());
             }
         }
         let per_chunk = (CHUNK_BYTES / bs).max(1).min(blocks as usize);
@@ -460,9 +485,10 @@ impl Lun {
         let mut done = 0u64;
         while done < len {
             let n = (buf.len() as u64).min(len - done) as usize;
-            self.store
-                .write_at(&[IoSlice::new(&buf[..n])], offset + done, false)
-                .map_err(|e| self.store_err(e, durable))?;
+            self.store_op(durable, || {
+                self.store
+                    .write_at(&[IoSlice::new(&buf[..n])], offset + done, false)
+            })?;
             done += n as u64;
         }
         Ok(Completion::no_data())
@@ -513,9 +539,9 @@ impl Lun {
             match self.store.discard(offset, len) {
                 Ok(()) => {}
                 Err(IoError::DiscardUnsupported) if self.caps.discard_zeroes => self
-                    .store
-                    .write_zeroes(offset, len, true)
-                    .map_err(|e| self.store_err(e, self.durable(false)))?,
+                    .store_op(self.durable(false), || {
+                        self.store.write_zeroes(offset, len, true)
+                    })?,
                 Err(IoError::DiscardUnsupported) => {}
                 Err(e) => return Err(self.io_err(e)),
             }
@@ -559,9 +585,9 @@ impl Lun {
             }
             return Err(Failure::Miscompare { offset: i as u64 });
         }
-        self.store
-            .write_at(&[IoSlice::new(new)], offset, fua)
-            .map_err(|e| self.store_err(e, self.durable(fua)))?;
+        self.store_op(self.durable(fua), || {
+            self.store.write_at(&[IoSlice::new(new)], offset, fua)
+        })?;
         Ok(Completion::no_data())
     }
 
@@ -637,7 +663,7 @@ impl Lun {
         no_flush: bool,
     ) -> Result<Completion, Failure> {
         if !start && !no_flush {
-            self.store.flush().map_err(|e| self.store_err(e, true))?;
+            self.store_op(true, || self.store.flush())?;
         }
         Ok(Completion::no_data())
     }

@@ -24,6 +24,7 @@ mod io;
 pub mod mode;
 pub mod opcodes;
 pub mod sense;
+mod sync_gate;
 #[cfg(feature = "testing")]
 pub mod testing;
 
@@ -162,6 +163,8 @@ pub struct Lun {
     store_error: OnceLock<String>,
     /// Where the latch is kept across processes ([`Lun::keep_store_error_in`]).
     store_error_record: OnceLock<LatchRecord>,
+    /// Durable operations in flight together (see `sync_gate`).
+    sync_gate: sync_gate::SyncGate,
     counters: Counters,
 }
 
@@ -203,6 +206,7 @@ impl Lun {
             write_order: RwLock::new(()),
             store_error: OnceLock::new(),
             store_error_record: OnceLock::new(),
+            sync_gate: sync_gate::SyncGate::default(),
             counters: Counters::default(),
         }
     }
@@ -594,6 +598,7 @@ mod tests {
     use super::*;
 
     use crate::ring::status;
+    use iomodes::IoError;
     use test_support::cdb::cdb10;
     use testing::MemStore;
 
@@ -639,6 +644,98 @@ mod tests {
         let resp = lun.execute_parsed(&parsed, &mut data);
         assert_eq!(resp.status, status::CHECK_CONDITION);
         assert_eq!(store.calls().writes, 0);
+    }
+
+    /// Two flushes of one file running together, the kernel's write-back error reported
+    /// to one only: the first fails, but only after the second has returned success.
+    struct SplitReport {
+        inner: Arc<MemStore>,
+        flushes: std::sync::Mutex<u32>,
+        second_returned: (std::sync::Mutex<bool>, std::sync::Condvar),
+    }
+
+    impl BackingStore for SplitReport {
+        fn geometry(&self) -> iomodes::Geometry {
+            self.inner.geometry()
+        }
+        fn capabilities(&self) -> iomodes::Capabilities {
+            self.inner.capabilities()
+        }
+        fn spec(&self) -> &iomodes::StoreSpec {
+            self.inner.spec()
+        }
+        fn read_at(&self, b: &mut [std::io::IoSliceMut<'_>], o: u64) -> Result<(), IoError> {
+            self.inner.read_at(b, o)
+        }
+        fn write_at(&self, b: &[std::io::IoSlice<'_>], o: u64, fua: bool) -> Result<(), IoError> {
+            self.inner.write_at(b, o, fua)
+        }
+        fn flush(&self) -> Result<(), IoError> {
+            let n = {
+                let mut f = self.flushes.lock().unwrap();
+                *f += 1;
+                *f
+            };
+            let (returned, cv) = &self.second_returned;
+            if n == 1 {
+                let mut r = returned.lock().unwrap();
+                while !*r {
+                    r = cv.wait(r).unwrap();
+                }
+                drop(r);
+                // Later than the other's answer, unless something makes it wait.
+                std::thread::sleep(std::time::Duration::from_millis(100));
+                return Err(IoError::FlushFailed {
+                    errno: nix::errno::Errno::EIO,
+                });
+            }
+            *returned.lock().unwrap() = true;
+            cv.notify_all();
+            Ok(())
+        }
+        fn discard(&self, o: u64, l: u64) -> Result<(), IoError> {
+            self.inner.discard(o, l)
+        }
+        fn write_zeroes(&self, o: u64, l: u64, u: bool) -> Result<(), IoError> {
+            self.inner.write_zeroes(o, l, u)
+        }
+    }
+
+    /// The flush that got no error report does not answer GOOD while the one that got
+    /// it has not latched the store error yet: both answer HARDWARE ERROR.
+    #[test]
+    fn a_flush_beside_a_failing_one_is_not_good() {
+        let split = Arc::new(SplitReport {
+            inner: Arc::new(MemStore::new(512, 8, MemStore::caps(true, false))),
+            flushes: Default::default(),
+            second_returned: Default::default(),
+        });
+        let identity = Identity {
+            target: "iqn.2024-01.test:scsi".into(),
+            lun: 0,
+            scsi_id: [0; 16],
+            scsi_sn: "sn".into(),
+        };
+        let lun = Arc::new(Lun::new(split.clone() as Arc<dyn BackingStore>, identity));
+        let sync = cdb10(0x35, 0, 0, 0);
+        let first = {
+            let (lun, sync) = (lun.clone(), sync);
+            std::thread::spawn(move || testing::exchange(&lun, &sync, &[], 0))
+        };
+        // The first is inside its flush before the second starts.
+        while *split.flushes.lock().unwrap() == 0 {
+            std::thread::yield_now();
+        }
+        let second = testing::exchange(&lun, &sync, &[], 0);
+        let first = first.join().unwrap();
+        assert_eq!(first.response.status, status::CHECK_CONDITION);
+        assert_eq!(
+            second.response.status,
+            status::CHECK_CONDITION,
+            "no GOOD for lost data"
+        );
+        assert_eq!(second.sense_code(), first.sense_code());
+        assert!(lun.store_error().is_some());
     }
 
     /// Refusals and memory-only commands are answered inline, with what `execute` says.
