@@ -1,9 +1,9 @@
 //! The datapath's single event loop: waits (mio) on every attached device's uio fd, the
 //! control socket, worker completions and SIGTERM/SIGINT; takes commands off the rings,
 //! answers inline whatever cannot wait (memory-only commands, page-cache hits) and hands
-//! the rest to the worker pool (which completes those to the ring itself); completes
-//! what it answered with one notification per device per wakeup; and counts per-LUN
-//! statistics where every command finishes ([`EventLoop::count`]).
+//! the rest to the worker pool;
+//! completes them back to their ring with one notification per device per wakeup; and
+//! counts per-LUN statistics where every command finishes ([`EventLoop::finish`]).
 //! Nothing here waits on a store: commands that may block go to workers, and an attach
 //! is opened on a thread of its own ([`DeviceOpener`]), so a hung path holds up only
 //! its own LUN.
@@ -25,9 +25,9 @@ use mio::{Events, Interest, Poll, Token, Waker};
 use slog::{error, info, o, warn, Logger};
 
 use crate::control::{self, proto, Conn, Incoming, OpenedDevice};
-use crate::ring::{status, Command, Response, RingError};
+use crate::ring::{status, Command, Response, Ring, RingError};
 use crate::scsi::{Attempt, Lun};
-use crate::worker::{DevRing, Done, Job, WorkerPool};
+use crate::worker::{Done, Job, WorkerPool};
 
 const WAKER: Token = Token(0);
 const SIGNALS: Token = Token(1);
@@ -111,7 +111,7 @@ struct Device {
     uio: String,
     target: String,
     lun_id: u32,
-    ring: Arc<DevRing>,
+    ring: Ring,
     lun: Arc<Lun>,
     stats: DevStats,
     /// Commands handed to workers and not yet back.
@@ -315,7 +315,7 @@ impl EventLoop {
                 uio: dev.uio,
                 target: dev.target,
                 lun_id: dev.lun_id,
-                ring: Arc::new(DevRing::new(ring)),
+                ring,
                 lun: dev.lun,
                 stats: DevStats::default(),
                 at_workers: 0,
@@ -357,7 +357,6 @@ impl EventLoop {
             .values()
             .map(|d| {
                 let lun = d.lun.stats();
-                let ring = d.ring.lock();
                 proto::LunStats {
                     uio: d.uio.clone(),
                     target: d.target.clone(),
@@ -366,11 +365,11 @@ impl EventLoop {
                     errors: d.stats.errors,
                     read_bytes: lun.read_bytes,
                     write_bytes: lun.write_bytes,
-                    in_flight: ring.in_flight() as u64,
+                    in_flight: d.ring.in_flight() as u64,
                     latency_sum_us: d.stats.latency_sum_us,
                     latency_max_us: d.stats.latency_max_us,
                     latency_hist_us: d.stats.hist.to_vec(),
-                    bad_entries: ring.stats().bad_entries,
+                    bad_entries: d.ring.stats().bad_entries,
                     aborted: d.stats.aborted,
                     store_error: d.lun.store_error().map(str::to_owned),
                     closing: d.closing,
@@ -412,7 +411,6 @@ impl EventLoop {
                     })
                 }
             }
-            self.collect_done();
             for ev in events.iter() {
                 match ev.token() {
                     WAKER => {}
@@ -429,8 +427,6 @@ impl EventLoop {
                     Token(_) => {}
                 }
             }
-            // Workers wake the loop only for a watched device: whatever they finished
-            // meanwhile is counted here, on any wakeup (and before stats are answered).
             self.collect_done();
             self.collect_opened();
             self.give_up_opens();
@@ -445,7 +441,6 @@ impl EventLoop {
         // Commands not yet taken stay on the rings for the next datapath.
         for d in self.devices.values_mut() {
             d.closing = true;
-            d.ring.watch();
         }
     }
 
@@ -470,8 +465,7 @@ impl EventLoop {
         if d.closing {
             return;
         }
-        let cleared = d.ring.lock().clear_event();
-        match cleared {
+        match d.ring.clear_event() {
             Ok(_) => {}
             Err(e) => {
                 let why = e.to_string();
@@ -483,8 +477,7 @@ impl EventLoop {
             let Some(d) = self.devices.get_mut(&key) else {
                 return;
             };
-            let next = d.ring.lock().next_command();
-            let mut cmd = match next {
+            let mut cmd = match d.ring.next_command() {
                 Ok(Some(c)) => c,
                 Ok(None) => break,
                 Err(e) => {
@@ -512,7 +505,6 @@ impl EventLoop {
                     d.at_workers += 1;
                     self.pool.submit(Job {
                         dev: key,
-                        ring: Arc::clone(&d.ring),
                         lun: Arc::clone(&d.lun),
                         cmd,
                         parsed,
@@ -526,37 +518,22 @@ impl EventLoop {
             return;
         };
         d.unknown_age = false;
-        let aborted = d.ring.lock().take_aborted();
+        let aborted = d.ring.take_aborted();
         d.stats.aborted += aborted.len() as u64;
         self.dirty.insert(key);
     }
 
-    /// Completes a command the loop answered to its ring, and counts it.
+    /// The one place a command ends: statistics, then completion to its ring.
     fn finish(&mut self, key: usize, cmd: Command, resp: Response, started: Instant) {
         let Some(d) = self.devices.get_mut(&key) else {
             // The device went away meanwhile; the command's memory stays mapped until
             // it is dropped here, and the kernel has already failed it.
             return;
         };
-        let completed = d.ring.lock().complete(cmd, &resp);
-        self.count(key, resp.status, started);
-        if let Err(e) = completed {
-            let why = e.to_string();
-            self.fail_device(key, &why);
-            return;
-        }
-        self.dirty.insert(key);
-    }
-
-    /// The one place every command is counted, the loop's and the workers' alike.
-    fn count(&mut self, key: usize, status: u8, started: Instant) {
-        let Some(d) = self.devices.get_mut(&key) else {
-            return;
-        };
         let us = started.elapsed().as_micros() as u64;
         let s = &mut d.stats;
         s.commands += 1;
-        if status != status::GOOD {
+        if resp.status != status::GOOD {
             s.errors += 1;
         }
         s.latency_sum_us += us;
@@ -571,19 +548,21 @@ impl EventLoop {
                     "error" => why);
             }
         }
+        if let Err(e) = d.ring.complete(cmd, &resp) {
+            let why = e.to_string();
+            self.fail_device(key, &why);
+            return;
+        }
+        self.dirty.insert(key);
     }
 
-    /// Counts what the workers finished (already completed to its ring).
     fn collect_done(&mut self) {
         self.pending.store(false, Ordering::SeqCst);
         while let Ok(done) = self.done_rx.try_recv() {
             if let Some(d) = self.devices.get_mut(&done.dev) {
                 d.at_workers -= 1;
             }
-            self.count(done.dev, done.status, done.started);
-            if let Some(e) = done.failed {
-                self.fail_device(done.dev, &e.to_string());
-            }
+            self.finish(done.dev, done.cmd, done.resp, done.started);
         }
     }
 
@@ -592,8 +571,7 @@ impl EventLoop {
             let Some(d) = self.devices.get_mut(&key) else {
                 continue;
             };
-            let notified = d.ring.lock().notify();
-            if let Err(e) = notified {
+            if let Err(e) = d.ring.notify() {
                 let why = e.to_string();
                 self.fail_device(key, &why);
             }
@@ -616,14 +594,13 @@ impl EventLoop {
         let Some(d) = self.devices.get_mut(&key) else {
             return;
         };
-        d.ring.watch();
         if !d.closing {
             d.closing = true;
             info!(d.log, "closing device"; "reason" => why, "at_workers" => d.at_workers);
             let _ = self
                 .poll
                 .registry()
-                .deregister(&mut SourceFd(&d.ring.lock().as_raw_fd()));
+                .deregister(&mut SourceFd(&d.ring.as_raw_fd()));
         }
     }
 
@@ -640,8 +617,8 @@ impl EventLoop {
             .map(|(k, _)| *k)
             .collect();
         for key in gone {
-            if let Some(d) = self.devices.remove(&key) {
-                let _ = d.ring.lock().notify();
+            if let Some(mut d) = self.devices.remove(&key) {
+                let _ = d.ring.notify();
                 info!(d.log, "detached");
                 // Only now is the device free for its successor (a reload's delete +
                 // add of a changed LUN): answer the detach.

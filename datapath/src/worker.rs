@@ -1,12 +1,10 @@
 //! A fixed pool of threads that run the commands touching a backing store, with per-LUN
 //! round-robin scheduling (a worker takes a small batch of one LUN's commands at a
 //! time) and a per-LUN cap on busy workers, so one slow LUN can neither
-//! starve another LUN's queue nor occupy every thread. A worker completes what it ran
-//! into the device's ring itself and notifies the kernel (see [`DevRing`]); the event
-//! loop only hears of it over a channel, for its statistics, and is woken for that only
-//! when it waits for the device to drain or the completion failed.
+//! starve another LUN's queue nor occupy every thread. Finished commands go back to the
+//! event loop over a channel, waking it at most once per batch.
 //!
-//! Not for: commands the event loop answers inline, or ring layout and order (`ring`).
+//! Not for: commands the event loop answers inline, or completing to the ring.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -15,7 +13,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::Instant;
 
-use crate::ring::{Command, Response, Ring, RingError};
+use crate::ring::{Command, Response};
 use crate::scsi::{cdb, Lun};
 
 /// Most jobs a worker takes from a LUN's queue at once. A worker takes its share of the
@@ -24,50 +22,10 @@ use crate::scsi::{cdb, Lun};
 /// stuck behind one slow command holds few others.
 const MAX_BATCH: usize = 8;
 
-/// A device's ring as the event loop and the workers share it. The loop takes commands
-/// and completes what it answers inline; a worker completes what it executed, so a
-/// finished command costs no hand-off back to the loop and no loop wakeup (issue 14:
-/// that round trip was ~1 context switch and a third of the CPU per cached write).
-/// Completion order, the restart rules and the slot marks stay the ring's (one
-/// `Ring::complete`, whoever calls it). The lock is held only for ring bookkeeping and
-/// the 4-byte notification, never across store I/O, so a stuck store holds no lock.
-pub struct DevRing {
-    ring: Mutex<Ring>,
-    /// The loop wants a wakeup for every finished command of this device: it is closing
-    /// (waiting to drain) or the loop is stopping.
-    watched: AtomicBool,
-}
-
-impl DevRing {
-    pub fn new(ring: Ring) -> DevRing {
-        DevRing {
-            ring: Mutex::new(ring),
-            watched: AtomicBool::new(false),
-        }
-    }
-
-    pub fn lock(&self) -> MutexGuard<'_, Ring> {
-        // Nothing panics between the ring's writes and its bookkeeping in a way a later
-        // caller could not see (a corrupt ring reports itself): keep serving.
-        self.ring.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// From now on every finished command wakes the loop.
-    pub fn watch(&self) {
-        self.watched.store(true, Ordering::SeqCst);
-    }
-
-    fn watched(&self) -> bool {
-        self.watched.load(Ordering::SeqCst)
-    }
-}
-
 /// A command for a worker.
 pub struct Job {
     /// The device the command came from (the event loop's key).
     pub dev: usize,
-    /// Where the command's answer goes.
-    pub ring: Arc<DevRing>,
     pub lun: Arc<Lun>,
     /// The ring entry: the command's data buffers, and where its answer goes.
     pub cmd: Command,
@@ -80,13 +38,12 @@ pub struct Job {
     pub execute_before: Option<Instant>,
 }
 
-/// A command a worker has executed and completed to its ring, as the loop counts it.
+/// A command a worker has executed.
 pub struct Done {
     pub dev: usize,
-    pub status: u8,
+    pub cmd: Command,
+    pub resp: Response,
     pub started: Instant,
-    /// The ring refused the completion or the notification: the device must be given up.
-    pub failed: Option<RingError>,
 }
 
 #[derive(Default)]
@@ -159,9 +116,8 @@ pub struct WorkerPool {
 
 impl WorkerPool {
     /// Starts `threads` workers; a LUN may occupy at most `per_lun_max` of them at once.
-    /// Each finished job is completed to its ring and reported on `done`; `wake` is
-    /// called, when `pending` goes from false to true (the loop clears it before draining
-    /// the channel), for a job whose device is watched or whose completion failed.
+    /// Each finished job is sent on `done`; `wake` is called when `pending` goes from
+    /// false to true (the loop clears it before draining the channel).
     pub fn new(
         threads: usize,
         per_lun_max: usize,
@@ -256,7 +212,6 @@ fn worker(shared: &Shared, done: &Sender<Done>, wake: &dyn Wake, pending: &Atomi
         for job in batch {
             let Job {
                 dev,
-                ring,
                 lun,
                 mut cmd,
                 parsed,
@@ -269,19 +224,14 @@ fn worker(shared: &Shared, done: &Sender<Done>, wake: &dyn Wake, pending: &Atomi
                 let (_, mut data) = cmd.parts();
                 lun.execute_parsed(&parsed, &mut data)
             };
-            let failed = complete(&ring, cmd, &resp).err();
-            let wake_loop = failed.is_some() || ring.watched();
-            // Before the loop hears of it: once its last command is counted, the loop
-            // drops the device, and the ring (its uio fd) must go with it, not later.
-            drop(ring);
-            // The loop may be gone at shutdown.
+            // The loop may be gone at shutdown; the command is then simply dropped.
             let _ = done.send(Done {
                 dev,
-                status: resp.status,
+                cmd,
+                resp,
                 started,
-                failed,
             });
-            if wake_loop && !pending.swap(true, Ordering::SeqCst) {
+            if !pending.swap(true, Ordering::SeqCst) {
                 wake.wake();
             }
         }
@@ -308,16 +258,6 @@ fn worker(shared: &Shared, done: &Sender<Done>, wake: &dyn Wake, pending: &Atomi
     }
 }
 
-/// Completes `cmd` and tells the kernel at once: the next job of the batch may take a
-/// store's time, and this answer must not wait for it. The kernel reaps everything up
-/// to `cmd_tail` per notification, and without OOOC a result waiting for an older
-/// command makes no notification at all.
-fn complete(ring: &DevRing, cmd: Command, resp: &Response) -> Result<(), RingError> {
-    let mut r = ring.lock();
-    r.complete(cmd, resp)?;
-    r.notify().map(|_| ())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -336,7 +276,7 @@ mod tests {
     /// A LUN over a memory store, and a simulated ring its commands come from.
     struct Fixture {
         sim: SimRing,
-        ring: Arc<DevRing>,
+        ring: crate::ring::Ring,
         store: Arc<MemStore>,
         lun: Arc<Lun>,
     }
@@ -344,7 +284,7 @@ mod tests {
     impl Fixture {
         fn new() -> Fixture {
             let mut sim = SimRing::new(SimConfig::default()).unwrap();
-            let ring = Arc::new(DevRing::new(sim.attach().unwrap().into_ring().unwrap()));
+            let ring = sim.attach().unwrap().into_ring().unwrap();
             let store = Arc::new(MemStore::new(512, 8, MemStore::caps(false, false)));
             let identity = Identity {
                 target: "iqn.2024-01.test:worker".into(),
@@ -367,7 +307,7 @@ mod tests {
             self.sim
                 .submit(&cdb10(0x2A, 0, 3, 1), &[0x5A; 512], 0)
                 .unwrap();
-            let mut cmd = self.ring.lock().next_command().unwrap().expect("a command");
+            let mut cmd = self.ring.next_command().unwrap().expect("a command");
             let (cdb, mut data) = cmd.parts();
             let Attempt::Worker(parsed) = self.lun.try_execute(cdb, &mut data) else {
                 panic!("a write-through WRITE is not answered inline")
@@ -375,7 +315,6 @@ mod tests {
             drop(data);
             Job {
                 dev: 7,
-                ring: Arc::clone(&self.ring),
                 lun: Arc::clone(&self.lun),
                 cmd,
                 parsed,
@@ -393,17 +332,10 @@ mod tests {
     }
 
     #[test]
-    fn a_job_runs_the_command_parsed_on_the_loop_and_completes_it_to_the_ring() {
+    fn a_job_runs_the_command_parsed_on_the_loop() {
         let mut f = Fixture::new();
         let done = run_one(f.parsed_write());
-        assert_eq!((done.dev, done.status), (7, status::GOOD));
-        assert!(done.failed.is_none());
-        // On the ring and notified by the worker: no event loop runs here.
-        assert!(f.sim.wait_notification(1000));
-        assert_eq!(f.sim.take_notifications().unwrap(), 1);
-        let got = f.sim.reap();
-        assert_eq!(got.len(), 1);
-        assert_eq!(got[0].status, status::GOOD);
+        assert_eq!((done.dev, done.resp.status), (7, status::GOOD));
         assert_eq!(f.store.calls().writes, 1);
         assert_eq!(f.store.contents()[3 * 512..4 * 512], [0x5A; 512]);
         assert_eq!(f.lun.stats().writes, 1);
@@ -415,9 +347,7 @@ mod tests {
         let mut job = f.parsed_write();
         job.execute_before = Some(Instant::now());
         let done = run_one(job);
-        assert_eq!(done.status, status::BUSY);
-        f.sim.wait_notification(1000);
-        assert_eq!(f.sim.reap()[0].status, status::BUSY);
+        assert_eq!(done.resp.status, status::BUSY);
         assert_eq!(f.store.calls().writes, 0);
         assert_eq!(f.lun.stats().commands, 0);
     }
