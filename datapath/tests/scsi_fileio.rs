@@ -218,21 +218,36 @@ fn cached_reads_and_refusals_are_answered_without_a_worker() {
     good(&try_exchange(&lun, &[0x00, 0, 0, 0, 0, 0], &[], 0).unwrap());
     assert!(try_exchange(&lun, &[0x35, 0, 0, 0, 0, 0, 0, 0, 0, 0], &[], 0).is_none());
 
+    // A read of pages not in the cache goes to a worker. RWF_NOWAIT starts readahead
+    // before it gives up, though, and on a fast disk that I/O can finish in time for the
+    // read to be served inline after all (seen once on a loaded host). So: reads of four
+    // evicted places, at least one of which must go to a worker, every one with the
+    // file's bytes.
     let evicted = evict(&path);
+    let places = [4096u32, 5120, 6144, 7168];
     if evicted {
-        assert!(
-            try_read10(&lun, 4096, 16).is_none(),
-            "a read that needs the disk goes to a worker"
-        );
-        let x = read10(&lun, 4096, 16, 512);
-        good(&x);
-        assert_eq!(x.buffer, &original[4096 * 512..4112 * 512]);
+        let mut to_worker = 0;
+        for lba in places {
+            evict(&path);
+            let at = lba as usize * 512;
+            let x = match try_read10(&lun, lba, 16) {
+                Some(inline) => inline,
+                None => {
+                    to_worker += 1;
+                    read10(&lun, lba, 16, 512)
+                }
+            };
+            good(&x);
+            assert_eq!(x.buffer, &original[at..at + 16 * 512]);
+        }
+        assert!(to_worker > 0, "a read that needs the disk goes to a worker");
     } else {
         eprintln!("target dir on tmpfs: eviction part skipped");
     }
-    // Three answered inline (and one by `execute`), each counted once; the refused
-    // ones not at all.
-    assert_eq!(lun.stats().commands, if evicted { 4 } else { 3 });
+    // Three answered inline, then one per evicted place (inline or by `execute`), each
+    // counted once; the refused ones not at all.
+    let places_read = if evicted { places.len() as u64 } else { 0 };
+    assert_eq!(lun.stats().commands, 3 + places_read);
 
     // A read-only LUN refuses a WRITE inline, and nothing reaches the file.
     let ro = open(&path, IoMode::Ro, 512);
