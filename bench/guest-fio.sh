@@ -7,7 +7,8 @@
 #
 # Systems: ietd-fileio-wb, ietd-fileio-wt, ietd-blockio (ietd-datapath, one process each),
 # ietd-nullio (ietd-datapath answering without backing I/O: the TCMU ceiling),
-# ietd-base-wb (fileio wb served by another datapath binary, $BASE_DP, for A/B runs),
+# ietd-base-wb / ietd-base-wt (fileio wb / wt served by another datapath binary, $BASE_DP,
+# for A/B runs),
 # tcmu-runner (Debian package, qcow handler serving a raw file), kernel-fileio
 # (target_core_file). Why ext4 on brd: blockio needs O_DIRECT, which tmpfs lacks, and every
 # system should see the same filesystem; brd keeps it in RAM like the reference's tmpfs.
@@ -138,6 +139,7 @@ for sys in $SYSTEMS; do
         ietd-blockio) serve_ietd "$sys" blockio wt ;;
         ietd-nullio) serve_ietd "$sys" nullio - ;;
         ietd-base-wb) serve_ietd "$sys" fileio wb "${BASE_DP:?ietd-base-wb needs BASE_DP}" ;;
+        ietd-base-wt) serve_ietd "$sys" fileio wt "${BASE_DP:?ietd-base-wt needs BASE_DP}" ;;
         tcmu-runner) serve_tcmu_runner ;;
         kernel-fileio) serve_kernel_fileio ;;
         *) die "unknown system $sys (known: $ALL_SYSTEMS)" ;;
