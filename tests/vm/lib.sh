@@ -620,17 +620,31 @@ iscsi_logout() {
     iscsiadm -m node -T "$1" -p "${2:-$ISCSI_PORTAL_DEFAULT}" --logout
 }
 
-# iscsi_session_dir IQN: the sysfs device directory of the (first) session to IQN.
-iscsi_session_dir() {
+# iscsi_session IQN: the sysfs class directory of the (first) session to IQN: its name
+# ends in the session id, and it holds `state` and `targetname`.
+iscsi_session() {
     local s
     for s in /sys/class/iscsi_session/session*; do
-        [ -e "$s/targetname" ] || continue
-        if [ "$(cat "$s/targetname")" = "$1" ]; then
-            readlink -f "$s/device"
+        if [ "$(cat "$s/targetname" 2> /dev/null)" = "$1" ]; then
+            echo "$s"
             return 0
         fi
     done
     return 1
+}
+
+# iscsi_session_dir IQN: the sysfs device directory of the (first) session to IQN.
+iscsi_session_dir() {
+    local s
+    s=$(iscsi_session "$1") || return 1
+    readlink -f "$s/device"
+}
+
+# dm_prepare: device-mapper in a guest without udev (dmsetup makes the /dev/mapper nodes).
+dm_prepare() {
+    modprobe dm_mod || die "dm_mod"
+    export DM_DISABLE_UDEV=1
+    dmsetup mknodes > /dev/null 2>&1
 }
 
 # iscsi_disk IQN LUN: the /dev/sdX of LUN in the session to IQN (found through sysfs:

@@ -22,10 +22,7 @@ command -v sg_sync > /dev/null || die "sg_sync (package sg3-utils) is not instal
 T=iqn.2024-01.org.ietd.vm:integrity
 P=127.0.0.1:3260
 [ -b /dev/vda ] || die "no virtio disk (/dev/vda)"
-modprobe dm_mod || die "dm_mod"
-# No udev in the guest: dmsetup makes the /dev/mapper nodes itself.
-export DM_DISABLE_UDEV=1
-dmsetup mknodes > /dev/null 2>&1
+dm_prepare
 SECTORS=$(blockdev --getsz /dev/vda)
 DM=ietdflaky
 # dm_table linear|error: swap the device's table (suspend, load, resume).

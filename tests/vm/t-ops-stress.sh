@@ -42,10 +42,7 @@ ok "LUN 0 is $dev"
 
 # session identity: the sysfs session (sid) and its state; a dropped and re-established
 # session would get a new sid, a recovered connection shows up in dmesg
-sess_dir=$(for s in /sys/class/iscsi_session/session*; do
-    [ "$(cat "$s/targetname" 2> /dev/null)" = "$T" ] && echo "$s"
-done | head -1)
-[ -n "$sess_dir" ] || die "no iSCSI session for $T in sysfs"
+sess_dir=$(iscsi_session "$T") || die "no iSCSI session for $T in sysfs"
 sid0=${sess_dir##*session}
 check_eq "session state" LOGGED_IN "$(cat "$sess_dir/state")"
 dmesg_mark=$(dmesg | wc -l)

@@ -27,9 +27,7 @@ ROUND_MAX_S=300
 T=iqn.2024-01.org.ietd.vm:soak
 P=127.0.0.1:3260
 [ -b /dev/vda ] || die "no virtio disk (/dev/vda)"
-modprobe dm_mod || die "dm_mod"
-export DM_DISABLE_UDEV=1
-dmsetup mknodes > /dev/null 2>&1
+dm_prepare
 DM=ietdsoak
 dmsetup create "$DM" --table "0 $(blockdev --getsz /dev/vda) linear /dev/vda 0" || die "dmsetup create"
 at_exit dmsetup remove -f "$DM"
@@ -49,10 +47,7 @@ check "login" iscsi_login "$T" "$P"
 d0=$(iscsi_wait_disk "$T" 0) || die "no disk for LUN 0"
 d1=$(iscsi_wait_disk "$T" 1) || die "no disk for LUN 1"
 ok "LUN 0 (file) is $d0, LUN 1 (/dev/mapper/$DM) is $d1"
-sess=$(for s in /sys/class/iscsi_session/session*; do
-    [ "$(cat "$s/targetname" 2> /dev/null)" = "$T" ] && echo "$s"
-done | head -1)
-[ -n "$sess" ] || die "no iSCSI session in sysfs"
+sess=$(iscsi_session "$T") || die "no iSCSI session in sysfs"
 sid0=${sess##*session}
 dmesg_mark=$(dmesg | wc -l)
 
