@@ -1,9 +1,9 @@
 //! The datapath's single event loop: waits (mio) on every attached device's uio fd, the
 //! control socket, worker completions and SIGTERM/SIGINT; takes commands off the rings,
 //! answers inline whatever cannot wait (memory-only commands, page-cache hits) and hands
-//! the rest to the worker pool;
-//! completes them back to their ring with one notification per device per wakeup; and
-//! counts per-LUN statistics where every command finishes ([`EventLoop::finish`]).
+//! the rest to the worker pool (which completes those to the ring itself); completes
+//! what it answered with one notification per device per wakeup; and counts per-LUN
+//! statistics where every command finishes ([`EventLoop::count`]).
 //! Nothing here waits on a store: commands that may block go to workers, and an attach
 //! is opened on a thread of its own ([`DeviceOpener`]), so a hung path holds up only
 //! its own LUN.
@@ -27,9 +27,9 @@ use slog::{error, info, o, warn, Logger};
 
 use crate::control::{self, proto, Conn, Incoming, OpenedDevice};
 use crate::latch::LatchRecord;
-use crate::ring::{status, Command, Response, Ring, RingError};
+use crate::ring::{status, Command, Response, RingError};
 use crate::scsi::{Attempt, Lun};
-use crate::worker::{Done, Job, WorkerPool};
+use crate::worker::{DevRing, Done, Job, Outcome, WorkerPool};
 
 const WAKER: Token = Token(0);
 const SIGNALS: Token = Token(1);
@@ -113,7 +113,7 @@ struct Device {
     uio: String,
     target: String,
     lun_id: u32,
-    ring: Ring,
+    ring: Arc<DevRing>,
     lun: Arc<Lun>,
     stats: DevStats,
     /// Commands handed to workers and not yet back.
@@ -188,6 +188,8 @@ pub struct EventLoop {
     stop_flag: Arc<AtomicBool>,
     stopping: bool,
     dirty: HashSet<usize>,
+    /// Commands taken off a ring, kept to reuse its allocation.
+    taken: Vec<Command>,
     opener: DeviceOpener,
     opened_tx: Sender<Opened>,
     opened_rx: Receiver<Opened>,
@@ -232,6 +234,7 @@ impl EventLoop {
             stop_flag: Arc::new(AtomicBool::new(false)),
             stopping: false,
             dirty: HashSet::new(),
+            taken: Vec::new(),
             opener: Arc::new(|a, uio_fd, backing_fd| {
                 control::open_device(a, uio_fd, backing_fd, control::Opener::Caller)
             }),
@@ -344,7 +347,7 @@ impl EventLoop {
                 uio: dev.uio,
                 target: dev.target,
                 lun_id: dev.lun_id,
-                ring,
+                ring: Arc::new(DevRing::new(ring)),
                 lun: dev.lun,
                 stats: DevStats::default(),
                 at_workers: 0,
@@ -391,6 +394,7 @@ impl EventLoop {
             .values()
             .map(|d| {
                 let lun = d.lun.stats();
+                let ring = d.ring.lock();
                 proto::LunStats {
                     uio: d.uio.clone(),
                     target: d.target.clone(),
@@ -399,11 +403,11 @@ impl EventLoop {
                     errors: d.stats.errors,
                     read_bytes: lun.read_bytes,
                     write_bytes: lun.write_bytes,
-                    in_flight: d.ring.in_flight() as u64,
+                    in_flight: ring.in_flight() as u64,
                     latency_sum_us: d.stats.latency_sum_us,
                     latency_max_us: d.stats.latency_max_us,
                     latency_hist_us: d.stats.hist.to_vec(),
-                    bad_entries: d.ring.stats().bad_entries,
+                    bad_entries: ring.stats().bad_entries,
                     aborted: d.stats.aborted,
                     store_error: d.lun.store_error().map(str::to_owned),
                     closing: d.closing,
@@ -445,6 +449,7 @@ impl EventLoop {
                     })
                 }
             }
+            self.collect_done();
             for ev in events.iter() {
                 match ev.token() {
                     WAKER => {}
@@ -461,6 +466,8 @@ impl EventLoop {
                     Token(_) => {}
                 }
             }
+            // Workers wake the loop only for a watched device: whatever they finished
+            // meanwhile is counted here, on any wakeup (and before stats are answered).
             self.collect_done();
             self.collect_opened();
             self.give_up_opens();
@@ -475,6 +482,7 @@ impl EventLoop {
         // Commands not yet taken stay on the rings for the next datapath.
         for d in self.devices.values_mut() {
             d.closing = true;
+            d.ring.watch();
         }
     }
 
@@ -499,26 +507,22 @@ impl EventLoop {
         if d.closing {
             return;
         }
-        match d.ring.clear_event() {
-            Ok(_) => {}
-            Err(e) => {
-                let why = e.to_string();
-                self.fail_device(key, &why);
-                return;
-            }
-        }
-        loop {
-            let Some(d) = self.devices.get_mut(&key) else {
-                return;
-            };
-            let mut cmd = match d.ring.next_command() {
-                Ok(Some(c)) => c,
-                Ok(None) => break,
-                Err(e) => {
-                    let why = e.to_string();
-                    self.fail_device(key, &why);
-                    return;
+        // Everything published so far, under one hold of the ring's lock (the workers
+        // complete under it too).
+        let mut taken = std::mem::take(&mut self.taken);
+        let drained = {
+            let mut ring = d.ring.lock();
+            ring.clear_event().and_then(|_| loop {
+                match ring.next_command() {
+                    Ok(Some(c)) => taken.push(c),
+                    Ok(None) => break Ok(()),
+                    Err(e) => break Err(e),
                 }
+            })
+        };
+        for mut cmd in taken.drain(..) {
+            let Some(d) = self.devices.get_mut(&key) else {
+                break;
             };
             let started = Instant::now();
             if d.unknown_age {
@@ -539,6 +543,7 @@ impl EventLoop {
                     d.at_workers += 1;
                     self.pool.submit(Job {
                         dev: key,
+                        ring: Arc::clone(&d.ring),
                         lun: Arc::clone(&d.lun),
                         cmd,
                         parsed,
@@ -548,26 +553,47 @@ impl EventLoop {
                 }
             }
         }
+        self.taken = taken;
+        if let Err(e) = drained {
+            let why = e.to_string();
+            self.fail_device(key, &why);
+            return;
+        }
         let Some(d) = self.devices.get_mut(&key) else {
             return;
         };
         d.unknown_age = false;
-        let aborted = d.ring.take_aborted();
+        let aborted = d.ring.lock().take_aborted();
         d.stats.aborted += aborted.len() as u64;
         self.dirty.insert(key);
     }
 
-    /// The one place a command ends: statistics, then completion to its ring.
+    /// Completes a command the loop answered to its ring, and counts it.
     fn finish(&mut self, key: usize, cmd: Command, resp: Response, started: Instant) {
         let Some(d) = self.devices.get_mut(&key) else {
             // The device went away meanwhile; the command's memory stays mapped until
             // it is dropped here, and the kernel has already failed it.
             return;
         };
+        let completed = d.ring.lock().complete(cmd, &resp);
+        self.count(key, resp.status, started);
+        if let Err(e) = completed {
+            let why = e.to_string();
+            self.fail_device(key, &why);
+            return;
+        }
+        self.dirty.insert(key);
+    }
+
+    /// The one place every command is counted, the loop's and the workers' alike.
+    fn count(&mut self, key: usize, status: u8, started: Instant) {
+        let Some(d) = self.devices.get_mut(&key) else {
+            return;
+        };
         let us = started.elapsed().as_micros() as u64;
         let s = &mut d.stats;
         s.commands += 1;
-        if resp.status != status::GOOD {
+        if status != status::GOOD {
             s.errors += 1;
         }
         s.latency_sum_us += us;
@@ -582,21 +608,24 @@ impl EventLoop {
                     "error" => why);
             }
         }
-        if let Err(e) = d.ring.complete(cmd, &resp) {
-            let why = e.to_string();
-            self.fail_device(key, &why);
-            return;
-        }
-        self.dirty.insert(key);
     }
 
+    /// Counts what the workers finished (already completed to its ring).
     fn collect_done(&mut self) {
         self.pending.store(false, Ordering::SeqCst);
         while let Ok(done) = self.done_rx.try_recv() {
             if let Some(d) = self.devices.get_mut(&done.dev) {
                 d.at_workers -= 1;
             }
-            self.finish(done.dev, done.cmd, done.resp, done.started);
+            match done.outcome {
+                Outcome::Completed { status, failed } => {
+                    self.count(done.dev, status, done.started);
+                    if let Some(e) = failed {
+                        self.fail_device(done.dev, &e.to_string());
+                    }
+                }
+                Outcome::ToComplete { cmd, resp } => self.finish(done.dev, cmd, resp, done.started),
+            }
         }
     }
 
@@ -605,7 +634,8 @@ impl EventLoop {
             let Some(d) = self.devices.get_mut(&key) else {
                 continue;
             };
-            if let Err(e) = d.ring.notify() {
+            let notified = d.ring.lock().notify();
+            if let Err(e) = notified {
                 let why = e.to_string();
                 self.fail_device(key, &why);
             }
@@ -628,13 +658,14 @@ impl EventLoop {
         let Some(d) = self.devices.get_mut(&key) else {
             return;
         };
+        d.ring.watch();
         if !d.closing {
             d.closing = true;
             info!(d.log, "closing device"; "reason" => why, "at_workers" => d.at_workers);
             let _ = self
                 .poll
                 .registry()
-                .deregister(&mut SourceFd(&d.ring.as_raw_fd()));
+                .deregister(&mut SourceFd(&d.ring.lock().as_raw_fd()));
         }
     }
 
@@ -651,8 +682,8 @@ impl EventLoop {
             .map(|(k, _)| *k)
             .collect();
         for key in gone {
-            if let Some(mut d) = self.devices.remove(&key) {
-                let _ = d.ring.notify();
+            if let Some(d) = self.devices.remove(&key) {
+                let _ = d.ring.lock().notify();
                 info!(d.log, "detached");
                 // The LUN is removed (or replaced): its latch goes with it. Only now, as
                 // a command still at a worker could have latched meanwhile.

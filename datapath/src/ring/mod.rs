@@ -6,10 +6,11 @@
 //! the mapping lives in `mem` (raw access) and here (turning validated data-area runs into
 //! a [`DataIov`]).
 //!
-//! Sharing: a [`Ring`] is owned by one thread (the event loop). A [`Command`] is `Send`
-//! and may be executed on a worker thread; it is handed back to [`Ring::complete`] by
-//! value, so its data buffers cannot outlive the completion that returns them to the
-//! kernel. Every command holds an `Arc` of the mapping, so the memory stays mapped while
+//! Sharing: a [`Ring`] is used by one thread at a time (`&mut self`): the event loop
+//! takes commands, and the loop or the worker that executed a command completes it,
+//! behind the device's lock (`worker::DevRing`). A [`Command`] is `Send`; it is handed
+//! back to [`Ring::complete`] by value, so its data buffers cannot outlive the
+//! completion that returns them to the kernel. Every command holds an `Arc` of the mapping, so the memory stays mapped while
 //! any command exists, even after the `Ring` itself is dropped.
 //!
 //! Restart: a new `Ring` starts taking at `cmd_tail`, so commands a dead process took
