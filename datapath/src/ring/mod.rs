@@ -10,8 +10,9 @@
 //! takes commands, and the loop or the worker that executed a command completes it,
 //! behind the device's lock (`worker::DevRing`). A [`Command`] is `Send`; it is handed
 //! back to [`Ring::complete`] by value, so its data buffers cannot outlive the
-//! completion that returns them to the kernel. Every command holds an `Arc` of the mapping, so the memory stays mapped while
-//! any command exists, even after the `Ring` itself is dropped.
+//! completion that returns them to the kernel. Every command holds an `Arc` of the
+//! mapping, so the memory stays mapped while any command exists, even after the `Ring`
+//! itself is dropped.
 //!
 //! Restart: a new `Ring` starts taking at `cmd_tail`, so commands a dead process took
 //! but did not complete are taken (and executed) again. That is only sound if every
