@@ -541,6 +541,7 @@ impl EventLoop {
                 Attempt::Done(resp) => self.finish(key, cmd, resp, started),
                 Attempt::Worker(parsed) => {
                     d.at_workers += 1;
+                    let quick = d.lun.lands_in_page_cache(&parsed);
                     self.pool.submit(Job {
                         dev: key,
                         ring: Arc::clone(&d.ring),
@@ -549,6 +550,7 @@ impl EventLoop {
                         parsed,
                         started,
                         execute_before: d.execute_within.map(|w| started + w),
+                        quick,
                     });
                 }
             }

@@ -8,7 +8,7 @@
 //!
 //! Not for: commands the event loop answers inline, or ring layout and order (`ring`).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::Sender;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -23,6 +23,14 @@ use crate::scsi::{cdb, Lun};
 /// QD32 the lock and condvar made 4-5 futex calls per command. Bounded so a batch
 /// stuck behind one slow command holds few others.
 const MAX_BATCH: usize = 8;
+
+/// Most page-cache writes ([`Job::quick`]) one worker takes at once. A LUN's quick jobs
+/// go to one worker at a time, which comes back for more before it sleeps: a page-cache
+/// copy seldom waits, and a thread woken per command cost more than the copy (~1 context
+/// switch and most of the CPU per 4k write in bench/loop-sim). When one does wait (dirty
+/// throttling, a journal commit), the jobs queued behind it lose nothing by waiting too:
+/// the ring completes in order, so their answers would wait for it anyway.
+const QUICK_BATCH: usize = 32;
 
 /// A device's ring as the event loop and the workers share it. The loop takes commands
 /// and completes what it answers inline; a worker completes what it executed, so a
@@ -78,6 +86,8 @@ pub struct Job {
     /// (its `cmd_time_out`): it is then answered BUSY without being executed, so a late
     /// write can never land over data the initiator wrote after seeing the failure.
     pub execute_before: Option<Instant>,
+    /// Only a copy into the page cache ([`Lun::lands_in_page_cache`]): see [`QUICK_BATCH`].
+    pub quick: bool,
 }
 
 /// Most Data-In a worker completes to the ring itself. The kernel copies a read's data
@@ -117,18 +127,38 @@ struct Sched {
     /// syscall, and the pool used to make one per queued command: 4.2 futex calls per
     /// 4k command at QD32 (strace of bench/loop-sim), most of them wakes of nobody.
     idle: usize,
+    /// Devices whose quick jobs a worker is running.
+    lanes: HashSet<usize>,
     stop: bool,
 }
 
 impl Sched {
-    fn queued(&self, dev: usize) -> bool {
-        self.queues.get(&dev).is_some_and(|q| !q.is_empty())
+    /// A worker may take `dev`'s queue now (quick jobs: if no worker runs the LUN's).
+    fn eligible(&self, dev: usize, cap: usize) -> bool {
+        let Some(head) = self.queues.get(&dev).and_then(VecDeque::front) else {
+            return false;
+        };
+        self.busy.get(&dev).copied().unwrap_or(0) < cap
+            && !self.ready.contains(&dev)
+            && !(head.quick && self.lanes.contains(&dev))
     }
 
-    fn eligible(&self, dev: usize, cap: usize) -> bool {
-        self.queued(dev)
-            && self.busy.get(&dev).copied().unwrap_or(0) < cap
-            && !self.ready.contains(&dev)
+    /// Takes a worker's batch off `dev`'s queue: consecutive quick jobs (true: the
+    /// worker now runs the LUN's quick lane), else the worker's share of the queue.
+    fn take(&mut self, dev: usize, cap: usize) -> (Vec<Job>, bool) {
+        let Some(q) = self.queues.get_mut(&dev) else {
+            return (Vec::new(), false);
+        };
+        if q.front().is_some_and(|j| j.quick) {
+            let n = q.iter().take(QUICK_BATCH).take_while(|j| j.quick).count();
+            let batch = q.drain(..n).collect();
+            self.lanes.insert(dev);
+            return (batch, true);
+        }
+        // This worker's share of the LUN's queue, so the workers the LUN may occupy
+        // split it instead of each coming back to the lock for every command.
+        let n = q.len().div_ceil(cap).min(MAX_BATCH);
+        (q.drain(..n).collect(), false)
     }
 }
 
@@ -249,15 +279,7 @@ fn worker(shared: &Shared, done: &Sender<Done>, wake: &dyn Wake, pending: &Atomi
             s.idle -= 1;
             continue;
         };
-        // This worker's share of the LUN's queue, so the workers the LUN may occupy
-        // split it instead of each coming back to the lock for every command.
-        let batch: Vec<Job> = match s.queues.get_mut(&dev) {
-            Some(q) => {
-                let n = q.len().div_ceil(cap).min(MAX_BATCH);
-                q.drain(..n).collect()
-            }
-            None => Vec::new(),
-        };
+        let (batch, lane) = s.take(dev, cap);
         if batch.is_empty() {
             continue;
         }
@@ -278,6 +300,7 @@ fn worker(shared: &Shared, done: &Sender<Done>, wake: &dyn Wake, pending: &Atomi
                 parsed,
                 started,
                 execute_before,
+                quick: _,
             } = job;
             let resp = if execute_before.is_some_and(|t| Instant::now() >= t) {
                 Response::busy()
@@ -320,11 +343,20 @@ fn worker(shared: &Shared, done: &Sender<Done>, wake: &dyn Wake, pending: &Atomi
                 s.taken.remove(&dev);
             }
         }
+        if lane {
+            s.lanes.remove(&dev);
+        }
         if s.queues.get(&dev).is_some_and(VecDeque::is_empty) {
             s.queues.remove(&dev);
         }
         if s.eligible(dev, cap) {
-            shared.make_ready(&mut s, dev);
+            if s.ready.is_empty() {
+                // This worker looks at the ready list next: waking another for it would
+                // cost a context switch for nothing.
+                s.ready.push_back(dev);
+            } else {
+                shared.make_ready(&mut s, dev);
+            }
         }
     }
 }
@@ -406,6 +438,7 @@ mod tests {
                 parsed,
                 started: Instant::now(),
                 execute_before: None,
+                quick: false,
             }
         }
     }

@@ -175,12 +175,14 @@ fn serves_scsi_over_the_ring() {
 }
 
 /// A store whose reads wait until the test opens the gate; with `cached`, reads that
-/// may not wait are served at once (as a page-cache hit would be).
+/// may not wait are served at once (as a page-cache hit would be). With `write_gate`,
+/// writes to block 0 wait too (a page-cache write that met a stall).
 struct GatedStore {
     inner: MemStore,
     open: Mutex<bool>,
     cv: Condvar,
     cached: bool,
+    write_gate: bool,
 }
 
 impl GatedStore {
@@ -190,12 +192,20 @@ impl GatedStore {
             open: Mutex::new(false),
             cv: Condvar::new(),
             cached,
+            write_gate: false,
         })
     }
 
     fn release(&self) {
         *self.open.lock().unwrap() = true;
         self.cv.notify_all();
+    }
+
+    fn wait(&self) {
+        let mut open = self.open.lock().unwrap();
+        while !*open {
+            open = self.cv.wait(open).unwrap();
+        }
     }
 }
 
@@ -210,11 +220,7 @@ impl BackingStore for GatedStore {
         self.inner.spec()
     }
     fn read_at(&self, bufs: &mut [IoSliceMut<'_>], offset: u64) -> Result<(), IoError> {
-        let mut open = self.open.lock().unwrap();
-        while !*open {
-            open = self.cv.wait(open).unwrap();
-        }
-        drop(open);
+        self.wait();
         self.inner.read_at(bufs, offset)
     }
     fn try_read_at(&self, bufs: &mut [IoSliceMut<'_>], offset: u64) -> Option<Result<(), IoError>> {
@@ -229,6 +235,9 @@ impl BackingStore for GatedStore {
         (self.cached && !fua).then(|| self.inner.write_at(bufs, offset, fua))
     }
     fn write_at(&self, bufs: &[IoSlice<'_>], offset: u64, fua: bool) -> Result<(), IoError> {
+        if self.write_gate && offset == 0 {
+            self.wait();
+        }
         self.inner.write_at(bufs, offset, fua)
     }
     fn flush(&self) -> Result<(), IoError> {
@@ -240,6 +249,49 @@ impl BackingStore for GatedStore {
     fn write_zeroes(&self, offset: u64, len: u64, may_unmap: bool) -> Result<(), IoError> {
         self.inner.write_zeroes(offset, len, may_unmap)
     }
+}
+
+/// A LUN's page-cache writes run one after another on one worker (worker.rs,
+/// QUICK_BATCH): one that hangs holds up its own LUN's (whose answers the ring would hold
+/// anyway, completing in order), never another LUN's.
+#[test]
+fn a_hung_page_cache_write_holds_up_only_its_own_lun() {
+    let mut gated = GatedStore::new(false);
+    Arc::get_mut(&mut gated).unwrap().write_gate = true;
+    let other = GatedStore::new(false);
+    let mut a = SimRing::new(SimConfig::default()).unwrap();
+    let mut b = SimRing::new(SimConfig::default()).unwrap();
+    let mut ev = new_loop(4);
+    let a_lun = lun_over(gated.clone(), 0);
+    let b_lun = lun_over(other.clone(), 1);
+    ev.attach(device("a", a.attach().unwrap().into_ring().unwrap(), a_lun))
+        .unwrap();
+    ev.attach(device("b", b.attach().unwrap().into_ring().unwrap(), b_lun))
+        .unwrap();
+    let running = start(ev);
+
+    for i in 0..9u32 {
+        a.submit(&write10(i, 1), &[i as u8 + 1; BS as usize], 0)
+            .unwrap();
+    }
+    thread::sleep(Duration::from_millis(50));
+    for i in 0..9u32 {
+        b.submit(&write10(i, 1), &[0xb0 + i as u8; BS as usize], 0)
+            .unwrap();
+    }
+    let done = wait_for(&mut b, 9);
+    assert!(done.iter().all(|c| c.status == status::GOOD));
+    assert!(a.reap().is_empty(), "LUN a answered past its hung write");
+
+    gated.release();
+    let done = wait_for(&mut a, 9);
+    assert!(done.iter().all(|c| c.status == status::GOOD));
+    let (a_data, b_data) = (gated.inner.contents(), other.inner.contents());
+    for i in 0..9usize {
+        assert_eq!(a_data[i * BS as usize], i as u8 + 1);
+        assert_eq!(b_data[i * BS as usize], 0xb0 + i as u8);
+    }
+    running.stop();
 }
 
 #[test]

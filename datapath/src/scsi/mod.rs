@@ -225,6 +225,16 @@ impl Lun {
         self.limits
     }
 
+    /// Whether a command only copies into the page cache when it runs: a WRITE without
+    /// FUA on a buffered `wb` store. It seldom waits, so the worker pool runs a LUN's
+    /// such commands one after another on one thread instead of waking one per command
+    /// (`worker.rs`).
+    pub fn lands_in_page_cache(&self, cmd: &Command) -> bool {
+        matches!(cmd, Command::Write { fua: false, .. })
+            && self.caps.write_cache
+            && self.store.direct().is_none()
+    }
+
     /// Parses a CDB and checks it against this LUN's [`Limits`]: the one validation both
     /// [`execute`](Self::execute) and [`try_execute`](Self::try_execute) use.
     fn parse(&self, cdb: &[u8]) -> Result<Command, Failure> {
@@ -616,6 +626,28 @@ mod tests {
             scsi_sn: "sn".into(),
         };
         Lun::new(Arc::clone(store) as Arc<dyn BackingStore>, identity)
+    }
+
+    /// Only a plain WRITE to a buffered `wb` store is a page-cache copy (worker.rs runs a
+    /// LUN's such writes on one thread): FUA, write-through and reads wait on the device.
+    #[test]
+    fn only_a_buffered_write_back_write_lands_in_the_page_cache() {
+        let wb = lun(&Arc::new(MemStore::new(
+            512,
+            8,
+            MemStore::caps(true, false),
+        )));
+        let wt = lun(&Arc::new(MemStore::new(
+            512,
+            8,
+            MemStore::caps(false, false),
+        )));
+        let parse = |l: &Lun, c: [u8; 10]| cdb::parse(&c, &l.caps).unwrap();
+        assert!(wb.lands_in_page_cache(&parse(&wb, cdb10(0x2A, 0, 1, 1))));
+        assert!(!wb.lands_in_page_cache(&parse(&wb, cdb10(0x2A, 0x08, 1, 1))));
+        assert!(!wb.lands_in_page_cache(&parse(&wb, cdb10(0x28, 0, 1, 1))));
+        assert!(!wb.lands_in_page_cache(&parse(&wb, cdb10(0x35, 0, 0, 0))));
+        assert!(!wt.lands_in_page_cache(&parse(&wt, cdb10(0x2A, 0, 1, 1))));
     }
 
     /// The parsed command is what a worker runs; the store's state is looked at when it
