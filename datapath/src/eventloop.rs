@@ -46,6 +46,9 @@ const DETACH_DRAIN_MAX: std::time::Duration = std::time::Duration::from_secs(20)
 /// is refused, and the device is closed whenever the open returns.
 const OPEN_WAIT_MAX: std::time::Duration = DETACH_DRAIN_MAX;
 
+/// Longest a completion a worker made waits for its notification (see flush_notifies).
+const QUICK_TELL_MAX: std::time::Duration = std::time::Duration::from_millis(5);
+
 /// An attach being opened on its own thread.
 struct PendingOpen {
     conn: usize,
@@ -438,6 +441,13 @@ impl EventLoop {
                     std::time::Duration::from_millis(10),
                     std::time::Duration::from_secs(1),
                 )
+            })
+            // ... and so do completions a worker may not have told yet (flush_notifies).
+            .or_else(|| {
+                self.devices
+                    .values()
+                    .any(|d| d.at_workers > 0)
+                    .then_some(QUICK_TELL_MAX)
             });
             match self.poll.poll(&mut events, tick) {
                 Ok(()) => {}
@@ -520,6 +530,7 @@ impl EventLoop {
                 }
             })
         };
+        let mut jobs = Vec::new();
         for mut cmd in taken.drain(..) {
             let Some(d) = self.devices.get_mut(&key) else {
                 break;
@@ -542,7 +553,7 @@ impl EventLoop {
                 Attempt::Worker(parsed) => {
                     d.at_workers += 1;
                     let quick = d.lun.lands_in_page_cache(&parsed);
-                    self.pool.submit(Job {
+                    jobs.push(Job {
                         dev: key,
                         ring: Arc::clone(&d.ring),
                         lun: Arc::clone(&d.lun),
@@ -556,6 +567,7 @@ impl EventLoop {
             }
         }
         self.taken = taken;
+        self.pool.submit_all(jobs);
         if let Err(e) = drained {
             let why = e.to_string();
             self.fail_device(key, &why);
@@ -632,6 +644,14 @@ impl EventLoop {
     }
 
     fn flush_notifies(&mut self) {
+        // A worker tells the kernel of a quick batch at its end; should a later job of
+        // the batch wait on the store, the loop tells it of those done before.
+        let at_workers = self
+            .devices
+            .iter()
+            .filter(|(_, d)| d.at_workers > 0 && !d.closing);
+        self.dirty
+            .extend(at_workers.map(|(k, _)| *k).collect::<Vec<_>>());
         for key in std::mem::take(&mut self.dirty) {
             let Some(d) = self.devices.get_mut(&key) else {
                 continue;

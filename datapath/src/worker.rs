@@ -238,13 +238,21 @@ impl WorkerPool {
         })
     }
 
-    /// Queues a job behind its LUN's earlier ones.
-    pub fn submit(&self, job: Job) {
-        let dev = job.dev;
+    /// Queues jobs, each behind its LUN's earlier ones, under one hold of the lock: a
+    /// worker woken by the first finds the others queued, and takes them in its batch.
+    pub fn submit_all(&self, jobs: impl IntoIterator<Item = Job>) {
         let mut s = self.shared.lock();
-        s.queues.entry(dev).or_default().push_back(job);
-        if s.eligible(dev, self.shared.per_lun_max) {
-            self.shared.make_ready(&mut s, dev);
+        let mut devs = Vec::new();
+        for job in jobs {
+            if !devs.contains(&job.dev) {
+                devs.push(job.dev);
+            }
+            s.queues.entry(job.dev).or_default().push_back(job);
+        }
+        for dev in devs {
+            if s.eligible(dev, self.shared.per_lun_max) {
+                self.shared.make_ready(&mut s, dev);
+            }
         }
     }
 
@@ -291,7 +299,14 @@ fn worker(shared: &Shared, done: &Sender<Done>, wake: &dyn Wake, pending: &Atomi
         }
         drop(s);
 
-        for job in batch {
+        // A quick batch's completions are told to the kernel once, at its end: a
+        // notification per command cost more than the copy in the VM (the kernel takes
+        // its command-ring lock and queues completion work per notification). Their
+        // reports wait for it too, so the loop never drops a device (and its uio fd)
+        // before this worker has notified.
+        let mut told_at_end: Option<(Arc<DevRing>, Vec<Done>)> = None;
+        let last = batch.len() - 1;
+        for (i, job) in batch.into_iter().enumerate() {
             let Job {
                 dev,
                 ring,
@@ -300,7 +315,7 @@ fn worker(shared: &Shared, done: &Sender<Done>, wake: &dyn Wake, pending: &Atomi
                 parsed,
                 started,
                 execute_before,
-                quick: _,
+                quick,
             } = job;
             let resp = if execute_before.is_some_and(|t| Instant::now() >= t) {
                 Response::busy()
@@ -308,25 +323,78 @@ fn worker(shared: &Shared, done: &Sender<Done>, wake: &dyn Wake, pending: &Atomi
                 let (_, mut data) = cmd.parts();
                 lun.execute_parsed(&parsed, &mut data)
             };
-            let (outcome, wake_loop) = if resp.data_in_len.unwrap_or(0) <= WORKER_DATA_IN_MAX {
-                let failed = complete(&ring, cmd, &resp).err();
-                let wake_loop = failed.is_some() || ring.watched();
-                let status = resp.status;
-                (Outcome::Completed { status, failed }, wake_loop)
-            } else {
-                (Outcome::ToComplete { cmd, resp }, true)
-            };
+            if resp.data_in_len.unwrap_or(0) > WORKER_DATA_IN_MAX {
+                let outcome = Outcome::ToComplete { cmd, resp };
+                report(
+                    done,
+                    wake,
+                    pending,
+                    Done {
+                        dev,
+                        started,
+                        outcome,
+                    },
+                    true,
+                );
+                continue;
+            }
+            let status = resp.status;
+            if quick && i < last {
+                let failed = ring.lock().complete(cmd, &resp).err();
+                let d = Done {
+                    dev,
+                    started,
+                    outcome: Outcome::Completed { status, failed },
+                };
+                told_at_end
+                    .get_or_insert_with(|| (ring, Vec::new()))
+                    .1
+                    .push(d);
+                continue;
+            }
+            let failed = complete(&ring, cmd, &resp).err();
+            let wake_loop = failed.is_some() || ring.watched();
             // Before the loop hears of it: once its last command is counted, the loop
             // drops the device, and the ring (its uio fd) must go with it, not later.
             drop(ring);
-            // The loop may be gone at shutdown.
-            let _ = done.send(Done {
-                dev,
-                started,
-                outcome,
-            });
-            if wake_loop && !pending.swap(true, Ordering::SeqCst) {
-                wake.wake();
+            let outcome = Outcome::Completed { status, failed };
+            report(
+                done,
+                wake,
+                pending,
+                Done {
+                    dev,
+                    started,
+                    outcome,
+                },
+                wake_loop,
+            );
+        }
+        if let Some((ring, held)) = told_at_end {
+            // The last job's notification told these too (then this one is a no-op).
+            let failed = ring.lock().notify().err();
+            let wake_loop = failed.is_some() || ring.watched();
+            drop(ring);
+            let mut failed = failed;
+            for mut d in held {
+                if let (
+                    Outcome::Completed {
+                        failed: f @ None, ..
+                    },
+                    Some(e),
+                ) = (&mut d.outcome, failed.take())
+                {
+                    *f = Some(e);
+                }
+                let w = wake_loop
+                    || matches!(
+                        d.outcome,
+                        Outcome::Completed {
+                            failed: Some(_),
+                            ..
+                        }
+                    );
+                report(done, wake, pending, d, w);
             }
         }
 
@@ -358,6 +426,15 @@ fn worker(shared: &Shared, done: &Sender<Done>, wake: &dyn Wake, pending: &Atomi
                 shared.make_ready(&mut s, dev);
             }
         }
+    }
+}
+
+/// Tells the loop of a finished job, waking it if `wake_loop` (and it is not woken yet).
+fn report(done: &Sender<Done>, wake: &dyn Wake, pending: &AtomicBool, d: Done, wake_loop: bool) {
+    // The loop may be gone at shutdown.
+    let _ = done.send(d);
+    if wake_loop && !pending.swap(true, Ordering::SeqCst) {
+        wake.wake();
     }
 }
 
@@ -446,7 +523,7 @@ mod tests {
     fn run_one(job: Job) -> Done {
         let (tx, rx) = channel();
         let pool = WorkerPool::new(1, 1, tx, Arc::new(NoWake), Arc::default()).unwrap();
-        pool.submit(job);
+        pool.submit_all([job]);
         rx.recv_timeout(Duration::from_secs(10)).expect("done")
     }
 

@@ -176,13 +176,15 @@ fn serves_scsi_over_the_ring() {
 
 /// A store whose reads wait until the test opens the gate; with `cached`, reads that
 /// may not wait are served at once (as a page-cache hit would be). With `write_gate`,
-/// writes to block 0 wait too (a page-cache write that met a stall).
+/// writes to block 0 wait too (a page-cache write that met a stall), and writes to
+/// other blocks wait while `early_closed`.
 struct GatedStore {
     inner: MemStore,
     open: Mutex<bool>,
     cv: Condvar,
     cached: bool,
     write_gate: bool,
+    early_closed: Mutex<bool>,
 }
 
 impl GatedStore {
@@ -193,7 +195,13 @@ impl GatedStore {
             cv: Condvar::new(),
             cached,
             write_gate: false,
+            early_closed: Mutex::new(false),
         })
+    }
+
+    fn release_early(&self) {
+        *self.early_closed.lock().unwrap() = false;
+        self.cv.notify_all();
     }
 
     fn release(&self) {
@@ -237,6 +245,11 @@ impl BackingStore for GatedStore {
     fn write_at(&self, bufs: &[IoSlice<'_>], offset: u64, fua: bool) -> Result<(), IoError> {
         if self.write_gate && offset == 0 {
             self.wait();
+        } else if self.write_gate {
+            let mut closed = self.early_closed.lock().unwrap();
+            while *closed {
+                closed = self.cv.wait(closed).unwrap();
+            }
         }
         self.inner.write_at(bufs, offset, fua)
     }
@@ -249,6 +262,49 @@ impl BackingStore for GatedStore {
     fn write_zeroes(&self, offset: u64, len: u64, may_unmap: bool) -> Result<(), IoError> {
         self.inner.write_zeroes(offset, len, may_unmap)
     }
+}
+
+/// A worker tells the kernel of a batch of page-cache writes at its end: when the
+/// batch's last write hangs, the loop tells it of the ones done before.
+#[test]
+fn writes_done_before_a_hung_one_in_their_batch_are_answered() {
+    let mut gated = GatedStore::new(false);
+    Arc::get_mut(&mut gated).unwrap().write_gate = true;
+    *gated.early_closed.lock().unwrap() = true;
+    let mut sim = SimRing::new(SimConfig::default()).unwrap();
+    let ring = sim.attach().unwrap().into_ring().unwrap();
+    // On the ring before the attach: the loop takes all nine at once, and the hung one
+    // (block 0) comes last in its worker's batch.
+    for i in 1..9u32 {
+        sim.submit(&write10(i, 1), &[i as u8; BS as usize], 0)
+            .unwrap();
+    }
+    sim.submit(&write10(0, 1), &[0xee; BS as usize], 0).unwrap();
+    let mut ev = new_loop(4);
+    ev.attach(device("wb", ring, lun_over(gated.clone(), 0)))
+        .unwrap();
+    let running = start(ev);
+    // The notification a new ring makes at attach; nothing is done yet.
+    assert!(sim.wait_notification(1000));
+    let _ = sim.take_notifications();
+    assert!(sim.reap().is_empty());
+    gated.release_early();
+
+    // Reaped only when told, as the kernel does.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut done = Vec::new();
+    while done.len() < 8 {
+        assert!(Instant::now() < deadline, "{} of 8 told", done.len());
+        if sim.wait_notification(50) {
+            let _ = sim.take_notifications();
+            done.extend(sim.reap());
+        }
+    }
+    assert!(done.iter().all(|c| c.status == status::GOOD));
+    gated.release();
+    assert_eq!(wait_for(&mut sim, 1)[0].status, status::GOOD);
+    assert_eq!(gated.inner.contents()[0], 0xee);
+    running.stop();
 }
 
 /// A LUN's page-cache writes run one after another on one worker (worker.rs,
