@@ -26,7 +26,7 @@ use crate::backing::{read_error, write_error, Backing};
 use crate::error::IoError;
 use crate::store::Engine;
 use crate::sys::{self, AlignedBuf, DioAlign};
-use crate::StoreStats;
+use crate::{DirectTarget, StoreStats};
 use nix::errno::Errno;
 use std::io::{IoSlice, IoSliceMut};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -153,6 +153,13 @@ impl Engine for BlockIo {
             .write_zeroes(offset, len, unmap, durable, |bufs, pos| {
                 self.write(bufs, pos, false)
             })
+    }
+
+    fn direct(&self) -> Option<DirectTarget<'_>> {
+        Some(DirectTarget {
+            fd: self.backing.fd(),
+            align: self.align,
+        })
     }
 
     fn stats(&self) -> StoreStats {

@@ -47,6 +47,7 @@ pub use error::{IoError, OpenError, OpenWarning};
 pub use lunspec::{IoMode, IoType, StoreSpec};
 
 use std::io::{IoSlice, IoSliceMut};
+use std::os::fd::BorrowedFd;
 
 /// Size and shape of a LUN as the initiator sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -100,6 +101,27 @@ pub struct StoreStats {
     pub rmw_cycles: u64,
 }
 
+/// A store's descriptor for direct I/O submitted by the caller itself (the datapath's
+/// io_uring), with the rules that transfer must follow. Only blockio has one: its
+/// descriptor is `O_DIRECT`, so a transfer on it touches no page cache and is the same
+/// transfer [`BackingStore::read_at`] / [`BackingStore::write_at`] would make. The caller
+/// owns range, `ro` and durability: a durable (`wt`, FUA) write is `RWF_DSYNC`, as
+/// `write_at` does it; a short or failed transfer is redone with `read_at`/`write_at`,
+/// which report it properly (and bounce what the kernel refused as misaligned).
+#[derive(Debug, Clone, Copy)]
+pub struct DirectTarget<'a> {
+    pub fd: BorrowedFd<'a>,
+    align: sys::DioAlign,
+}
+
+impl DirectTarget<'_> {
+    /// Whether the kernel takes these buffers as they are (every address and length
+    /// aligned as blockio's own direct path requires); otherwise use `read_at`/`write_at`.
+    pub fn ready(&self, segments: impl IntoIterator<Item = (*const u8, usize)>) -> bool {
+        blockio::is_direct_ready(segments, self.align)
+    }
+}
+
 /// A LUN's backing store. All offsets and lengths are in bytes and must be multiples of
 /// the logical block size and inside the geometry; otherwise [`IoError::OutOfRange`] or
 /// [`IoError::Misaligned`] is returned and nothing is touched.
@@ -147,6 +169,12 @@ pub trait BackingStore: Send + Sync {
 
     /// Makes every acknowledged write durable (SYNCHRONIZE CACHE).
     fn flush(&self) -> Result<(), IoError>;
+
+    /// The descriptor for the caller's own direct I/O, for stores that have one
+    /// (blockio; see [`DirectTarget`]).
+    fn direct(&self) -> Option<DirectTarget<'_>> {
+        None
+    }
 
     /// Deallocates `[offset, offset+len)`; afterwards the range reads as zeroes when
     /// `capabilities().discard_zeroes`.

@@ -5,7 +5,7 @@
 //! `nullio`) below it only move bytes on calls that are already known to be valid.
 
 use crate::error::IoError;
-use crate::{BackingStore, Capabilities, Geometry, StoreStats};
+use crate::{BackingStore, Capabilities, DirectTarget, Geometry, StoreStats};
 use lunspec::{IoMode, StoreSpec};
 use std::io::{IoSlice, IoSliceMut};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -35,6 +35,10 @@ pub(crate) trait Engine: Send + Sync {
     ) -> Result<(), IoError>;
     fn stats(&self) -> StoreStats {
         StoreStats::default()
+    }
+    /// See [`BackingStore::direct`].
+    fn direct(&self) -> Option<DirectTarget<'_>> {
+        None
     }
 }
 
@@ -206,6 +210,10 @@ impl<E: Engine> BackingStore for Store<E> {
 
     fn stats(&self) -> StoreStats {
         self.engine.stats()
+    }
+
+    fn direct(&self) -> Option<DirectTarget<'_>> {
+        self.engine.direct()
     }
 }
 
