@@ -1,7 +1,8 @@
 //! The datapath's single event loop: waits (mio) on every attached device's uio fd, the
 //! control socket, worker completions and SIGTERM/SIGINT; takes commands off the rings,
-//! answers inline whatever cannot wait (memory-only commands, page-cache hits) and hands
-//! the rest to the worker pool;
+//! answers inline whatever cannot wait (memory-only commands, page-cache hits), submits
+//! blockio READ and WRITE transfers to its io_uring ([`crate::uring`]) and hands the rest
+//! to the worker pool;
 //! completes them back to their ring with one notification per device per wakeup; and
 //! counts per-LUN statistics where every command finishes ([`EventLoop::finish`]).
 //! Nothing here waits on a store: commands that may block go to workers, and an attach
@@ -29,11 +30,17 @@ use crate::control::{self, proto, Conn, Incoming, OpenedDevice};
 use crate::latch::LatchRecord;
 use crate::ring::{status, Command, Response, Ring, RingError};
 use crate::scsi::{Attempt, Lun};
+use crate::uring::{InFlight, Uring};
 use crate::worker::{Done, Job, WorkerPool};
 
 const WAKER: Token = Token(0);
 const SIGNALS: Token = Token(1);
 const LISTENER: Token = Token(2);
+const URING: Token = Token(3);
+
+/// Submission queue entries of the loop's io_uring: direct transfers in flight at once
+/// (more go to workers). 256 covers every ring at queue depth 128 twice over.
+const URING_ENTRIES: u32 = 256;
 const CONN_BASE: usize = 1 << 20;
 const DEV_BASE: usize = 1 << 30;
 
@@ -63,6 +70,10 @@ pub struct LoopConfig {
     pub workers: usize,
     /// Workers one LUN may occupy at once.
     pub per_lun_max: usize,
+    /// Move blockio READ and WRITE transfers through an io_uring on the loop instead of
+    /// workers. Where io_uring cannot be set up (an old kernel, seccomp,
+    /// `kernel.io_uring_disabled`) the loop says so once and uses workers.
+    pub uring: bool,
 }
 
 impl Default for LoopConfig {
@@ -77,6 +88,7 @@ impl Default for LoopConfig {
         LoopConfig {
             workers,
             per_lun_max: workers.div_ceil(2),
+            uring: true,
         }
     }
 }
@@ -157,6 +169,18 @@ struct Opened {
     result: Result<OpenedDevice, String>,
 }
 
+/// The worker job of a command whose direct transfer did not do it.
+fn job_of(f: InFlight) -> Job {
+    Job {
+        dev: f.dev,
+        lun: f.lun,
+        cmd: f.cmd,
+        parsed: f.parsed,
+        started: f.started,
+        execute_before: f.execute_before,
+    }
+}
+
 /// Lets another thread stop a running loop (tests, embedding).
 #[derive(Clone)]
 pub struct StopHandle {
@@ -179,6 +203,9 @@ pub struct EventLoop {
     pending: Arc<AtomicBool>,
     done_rx: Receiver<Done>,
     pool: WorkerPool,
+    /// Direct transfers of blockio LUNs; `None`: off or unavailable, workers do them.
+    /// Declared before `devices`: dropping it waits for every transfer still in flight.
+    uring: Option<Uring>,
     devices: HashMap<usize, Device>,
     next_dev: usize,
     listener: Option<mio::net::UnixListener>,
@@ -199,6 +226,8 @@ pub struct EventLoop {
     busy_conns: HashMap<usize, VecDeque<Incoming>>,
     /// Where latched store errors are recorded ([`crate::latch`]); none: kept in memory.
     latch_dir: Option<PathBuf>,
+    /// Commands handed to workers since the loop started.
+    worker_jobs: u64,
     log: Logger,
 }
 
@@ -217,6 +246,11 @@ impl EventLoop {
         )
         .map_err(io_err("worker threads"))?;
         let (opened_tx, opened_rx) = channel();
+        let uring = if cfg.uring {
+            Self::setup_uring(&poll, &log)
+        } else {
+            None
+        };
         Ok(EventLoop {
             poll,
             waker,
@@ -242,8 +276,49 @@ impl EventLoop {
             open_wait_max: OPEN_WAIT_MAX,
             busy_conns: HashMap::new(),
             latch_dir: None,
+            uring,
+            worker_jobs: 0,
             log,
         })
+    }
+
+    /// The io_uring for direct transfers, or `None` (said once) where it cannot be had:
+    /// then every command goes to the workers, as without it.
+    fn setup_uring(poll: &Poll, log: &Logger) -> Option<Uring> {
+        let u = match Uring::new(URING_ENTRIES) {
+            Ok(u) => u,
+            Err(e) => {
+                warn!(log, "io_uring unavailable: blockio reads and writes run on workers";
+                      "error" => %e);
+                return None;
+            }
+        };
+        if let Err(e) =
+            poll.registry()
+                .register(&mut SourceFd(&u.eventfd()), URING, Interest::READABLE)
+        {
+            warn!(log, "io_uring unavailable: blockio reads and writes run on workers";
+                  "error" => %e);
+            return None;
+        }
+        Some(u)
+    }
+
+    /// Direct transfers submitted through the io_uring since the loop started; `None`
+    /// when the loop has no io_uring (switched off, or unavailable).
+    pub fn uring_transfers(&self) -> Option<u64> {
+        self.uring.as_ref().map(Uring::submitted)
+    }
+
+    /// Commands handed to workers since the loop started.
+    pub fn worker_jobs(&self) -> u64 {
+        self.worker_jobs
+    }
+
+    /// Commands of device `key` not back yet: at workers or in the io_uring.
+    fn outstanding(&self, key: usize) -> usize {
+        let uring = self.uring.as_ref().map_or(0, |u| u.in_flight(key));
+        self.devices.get(&key).map_or(0, |d| d.at_workers) + uring
     }
 
     /// Replaces how attach requests are opened (tests: an open that hangs).
@@ -421,7 +496,8 @@ impl EventLoop {
             if self.stop_flag.load(Ordering::SeqCst) && !self.stopping {
                 self.begin_stop();
             }
-            if self.stopping && self.devices.values().all(|d| d.at_workers == 0) {
+            self.submit_uring();
+            if self.stopping && self.devices.keys().all(|&k| self.outstanding(k) == 0) {
                 self.flush_notifies();
                 info!(self.log, "stopped");
                 return Ok(());
@@ -435,6 +511,11 @@ impl EventLoop {
                     std::time::Duration::from_secs(1),
                 )
             });
+            // Transfers the kernel did not take yet (EAGAIN) are offered again soon.
+            let tick = match self.uring.as_mut().is_some_and(Uring::has_queued) {
+                true => Some(std::time::Duration::from_millis(1)),
+                false => tick,
+            };
             match self.poll.poll(&mut events, tick) {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -447,7 +528,7 @@ impl EventLoop {
             }
             for ev in events.iter() {
                 match ev.token() {
-                    WAKER => {}
+                    WAKER | URING => {}
                     SIGNALS => self.on_signals(),
                     LISTENER => self.accept(),
                     Token(t) if t >= DEV_BASE => {
@@ -462,6 +543,7 @@ impl EventLoop {
                 }
             }
             self.collect_done();
+            self.collect_uring();
             self.collect_opened();
             self.give_up_opens();
             self.reap_closed();
@@ -507,6 +589,7 @@ impl EventLoop {
                 return;
             }
         }
+        let use_uring = self.uring.is_some();
         loop {
             let Some(d) = self.devices.get_mut(&key) else {
                 return;
@@ -529,22 +612,39 @@ impl EventLoop {
                 continue;
             }
             // Whatever cannot wait runs here (page-cache hits included): no hand-off to
-            // a worker and back, two thread wakeups fewer per command.
+            // a worker and back, two thread wakeups fewer per command. A blockio READ or
+            // WRITE goes to the io_uring, the rest that waits to a worker.
             let (cdb, mut data) = cmd.parts();
             let inline = d.lun.try_execute(cdb, &mut data);
+            let direct = match &inline {
+                Attempt::Worker(parsed) if use_uring => d.lun.direct(parsed, &mut data),
+                _ => None,
+            };
             drop(data);
             match inline {
                 Attempt::Done(resp) => self.finish(key, cmd, resp, started),
                 Attempt::Worker(parsed) => {
-                    d.at_workers += 1;
-                    self.pool.submit(Job {
-                        dev: key,
-                        lun: Arc::clone(&d.lun),
-                        cmd,
-                        parsed,
-                        started,
-                        execute_before: d.execute_within.map(|w| started + w),
-                    });
+                    let lun = Arc::clone(&d.lun);
+                    let execute_before = d.execute_within.map(|w| started + w);
+                    match direct {
+                        Some(io) => self.submit_direct(InFlight {
+                            dev: key,
+                            lun,
+                            cmd,
+                            parsed,
+                            started,
+                            execute_before,
+                            io,
+                        }),
+                        None => self.hand_to_worker(Job {
+                            dev: key,
+                            lun,
+                            cmd,
+                            parsed,
+                            started,
+                            execute_before,
+                        }),
+                    }
                 }
             }
         }
@@ -555,6 +655,55 @@ impl EventLoop {
         let aborted = d.ring.take_aborted();
         d.stats.aborted += aborted.len() as u64;
         self.dirty.insert(key);
+    }
+
+    fn hand_to_worker(&mut self, job: Job) {
+        if let Some(d) = self.devices.get_mut(&job.dev) {
+            d.at_workers += 1;
+        }
+        self.worker_jobs += 1;
+        self.pool.submit(job);
+    }
+
+    /// Queues a direct transfer on the io_uring, or runs the command on a worker when
+    /// the ring is full.
+    fn submit_direct(&mut self, f: InFlight) {
+        let Some(u) = self.uring.as_mut() else {
+            return self.worker_after_direct(f, -libc::EAGAIN);
+        };
+        if let Err(f) = u.push(f) {
+            self.worker_after_direct(f, -libc::EAGAIN);
+        }
+    }
+
+    /// Hands the io_uring what the loop queued, without waiting for any of it.
+    fn submit_uring(&mut self) {
+        if let Some(u) = self.uring.as_mut() {
+            if let Err(e) = u.submit() {
+                error!(self.log, "io_uring submission failed; retried"; "error" => %e);
+            }
+        }
+    }
+
+    /// Answers the finished direct transfers; a short or failed one runs again on a
+    /// worker, which reports what the store says.
+    fn collect_uring(&mut self) {
+        let Some(u) = self.uring.as_mut() else {
+            return;
+        };
+        for (f, result) in u.reap() {
+            match f.lun.direct_done(&f.parsed, &f.io, result) {
+                Some(resp) => self.finish(f.dev, f.cmd, resp, f.started),
+                None => self.hand_to_worker(job_of(f)),
+            }
+        }
+    }
+
+    /// A direct transfer that was not submitted: released, and run on a worker.
+    fn worker_after_direct(&mut self, f: InFlight, errno: i32) {
+        let answered = f.lun.direct_done(&f.parsed, &f.io, errno);
+        debug_assert!(answered.is_none());
+        self.hand_to_worker(job_of(f));
     }
 
     /// The one place a command ends: statistics, then completion to its ring.
@@ -625,12 +774,14 @@ impl EventLoop {
     }
 
     fn close_device(&mut self, key: usize, why: &str) {
+        let uring = self.uring.as_ref().map_or(0, |u| u.in_flight(key));
         let Some(d) = self.devices.get_mut(&key) else {
             return;
         };
         if !d.closing {
             d.closing = true;
-            info!(d.log, "closing device"; "reason" => why, "at_workers" => d.at_workers);
+            info!(d.log, "closing device"; "reason" => why, "at_workers" => d.at_workers,
+                  "at_uring" => uring);
             let _ = self
                 .poll
                 .registry()
@@ -647,7 +798,7 @@ impl EventLoop {
         let gone: Vec<usize> = self
             .devices
             .iter()
-            .filter(|(_, d)| d.closing && d.at_workers == 0)
+            .filter(|&(&k, d)| d.closing && self.outstanding(k) == 0)
             .map(|(k, _)| *k)
             .collect();
         for key in gone {
@@ -677,9 +828,10 @@ impl EventLoop {
             .map(|(k, _)| *k)
             .collect();
         for key in overdue {
+            let outstanding = self.outstanding(key);
             if let Some(d) = self.devices.get_mut(&key) {
                 warn!(d.log, "detach answered before the device drained: commands are stuck in the store";
-                      "at_workers" => d.at_workers);
+                      "at_workers" => d.at_workers, "at_uring" => outstanding - d.at_workers);
                 d.detach_asked = None;
                 let waiters = std::mem::take(&mut d.detach_waiters);
                 self.answer_detach(waiters);

@@ -28,7 +28,7 @@ mod sync_gate;
 #[cfg(feature = "testing")]
 pub mod testing;
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock, RwLock};
 
 use iomodes::{BackingStore, Capabilities, Geometry};
@@ -165,6 +165,9 @@ pub struct Lun {
     store_error_record: OnceLock<LatchRecord>,
     /// Durable operations in flight together (see `sync_gate`).
     sync_gate: sync_gate::SyncGate,
+    /// Direct writes submitted and not yet done ([`Lun::direct`]): they hold the write
+    /// order without a guard, and COMPARE AND WRITE waits for them.
+    direct_writes: AtomicUsize,
     counters: Counters,
 }
 
@@ -182,6 +185,26 @@ pub enum Attempt {
     /// [`Lun::execute_parsed`]. Nothing was counted or answered.
     Worker(Command),
 }
+
+/// A READ or WRITE its caller moves itself, as one direct transfer on the store's
+/// descriptor (the event loop's io_uring), made by [`Lun::direct`] and answered by
+/// [`Lun::direct_done`]. The runs point into the command's buffer: the caller keeps the
+/// command (and the LUN, which keeps `fd` open) until the transfer is done.
+#[derive(Debug)]
+pub struct DirectIo {
+    pub fd: std::os::fd::RawFd,
+    pub write: bool,
+    pub offset: u64,
+    /// Bytes to move: the command's whole transfer.
+    pub len: usize,
+    /// The runs, each ready for direct I/O, `len` bytes in all.
+    pub iovecs: Vec<libc::iovec>,
+}
+
+// SAFETY: the iovecs only describe runs of the command the transfer belongs to, which
+// is `Send` (its exclusive ownership of the runs moves with it); nothing here reads or
+// writes through them, the kernel does while the caller keeps both together.
+unsafe impl Send for DirectIo {}
 
 /// Copies in-memory Data-In (INQUIRY, MODE SENSE, ...) into the buffer, honouring the
 /// allocation length, and zeroes whatever follows so no stale bytes of a reused data
@@ -207,6 +230,7 @@ impl Lun {
             store_error: OnceLock::new(),
             store_error_record: OnceLock::new(),
             sync_gate: sync_gate::SyncGate::default(),
+            direct_writes: AtomicUsize::new(0),
             counters: Counters::default(),
         }
     }
@@ -399,6 +423,40 @@ impl Lun {
             Some(outcome) => Attempt::Done(self.respond(Some(&cmd), outcome)),
             None => Attempt::Worker(cmd),
         }
+    }
+
+    /// A READ or WRITE that [`try_execute`](Self::try_execute) handed back, as one direct
+    /// transfer its caller may submit itself instead of running it on a worker: only
+    /// on a store with a direct descriptor (blockio), for the whole transfer on
+    /// direct-ready buffers, a write only when it need not be durable. `None`: run it
+    /// on a worker as before. Every `Some` must end in [`direct_done`](Self::direct_done).
+    pub fn direct(&self, cmd: &Command, data: &mut DataIov<'_>) -> Option<DirectIo> {
+        self.check_store(cmd).ok()?;
+        match *cmd {
+            Command::Read { lba, blocks, .. } => self.direct_read(lba, blocks, data),
+            Command::Write { lba, blocks, fua } => self.direct_write(lba, blocks, fua, data),
+            _ => None,
+        }
+    }
+
+    /// Answers (and counts) a [`direct`](Self::direct) transfer that returned `result`
+    /// (bytes moved, or a negative errno; pass `-EAGAIN` for one never submitted), with
+    /// the rules a worker's READ or WRITE answers by. Only a whole transfer is answered
+    /// here: a short or failed one is `None`, and the caller hands the command to a
+    /// worker, which runs it again and reports whatever the store says.
+    pub fn direct_done(&self, cmd: &Command, io: &DirectIo, result: i32) -> Option<Response> {
+        if io.write {
+            self.direct_writes.fetch_sub(1, Ordering::AcqRel);
+        }
+        if usize::try_from(result).ok() != Some(io.len) {
+            return None;
+        }
+        let outcome = if io.write {
+            self.write_outcome(false, || Ok(()))
+        } else {
+            self.read_outcome(io.len, Ok(()))
+        };
+        Some(self.respond(Some(cmd), outcome))
     }
 
     /// Dispatch: one arm per command, naming its handler.
