@@ -29,7 +29,7 @@ use slog::{error, info, o, warn, Logger};
 use crate::control::{self, proto, Conn, Incoming, OpenedDevice};
 use crate::latch::LatchRecord;
 use crate::ring::{status, Command, Response, Ring, RingError};
-use crate::scsi::{Attempt, Lun};
+use crate::scsi::{Attempt, DirectDone, DirectWait, Lun};
 use crate::uring::{InFlight, Uring};
 use crate::worker::{Done, Job, WorkerPool};
 
@@ -226,6 +226,9 @@ pub struct EventLoop {
     busy_conns: HashMap<usize, VecDeque<Incoming>>,
     /// Where latched store errors are recorded ([`crate::latch`]); none: kept in memory.
     latch_dir: Option<PathBuf>,
+    /// Durable direct writes done, waiting for the durable operations beside them
+    /// (`Lun::direct_waited`); re-checked every turn of the loop.
+    gated: Vec<(InFlight, DirectWait)>,
     /// Commands handed to workers since the loop started.
     worker_jobs: u64,
     log: Logger,
@@ -277,6 +280,7 @@ impl EventLoop {
             busy_conns: HashMap::new(),
             latch_dir: None,
             uring,
+            gated: Vec::new(),
             worker_jobs: 0,
             log,
         })
@@ -317,7 +321,8 @@ impl EventLoop {
 
     /// Commands of device `key` not back yet: at workers or in the io_uring.
     fn outstanding(&self, key: usize) -> usize {
-        let uring = self.uring.as_ref().map_or(0, |u| u.in_flight(key));
+        let uring = self.uring.as_ref().map_or(0, |u| u.in_flight(key))
+            + self.gated.iter().filter(|(f, _)| f.dev == key).count();
         self.devices.get(&key).map_or(0, |d| d.at_workers) + uring
     }
 
@@ -511,8 +516,11 @@ impl EventLoop {
                     std::time::Duration::from_secs(1),
                 )
             });
-            // Transfers the kernel did not take yet (EAGAIN) are offered again soon.
-            let tick = match self.uring.as_mut().is_some_and(Uring::has_queued) {
+            // Transfers the kernel did not take yet (EAGAIN) are offered again soon, and
+            // durable writes waiting for workers' ones beside them are looked at again.
+            let tick = match !self.gated.is_empty()
+                || self.uring.as_mut().is_some_and(Uring::has_queued)
+            {
                 true => Some(std::time::Duration::from_millis(1)),
                 false => tick,
             };
@@ -544,6 +552,7 @@ impl EventLoop {
             }
             self.collect_done();
             self.collect_uring();
+            self.collect_gated();
             self.collect_opened();
             self.give_up_opens();
             self.reap_closed();
@@ -691,18 +700,32 @@ impl EventLoop {
         let Some(u) = self.uring.as_mut() else {
             return;
         };
-        for (f, result) in u.reap() {
-            match f.lun.direct_done(&f.parsed, &f.io, result) {
+        for (mut f, result) in u.reap() {
+            match f.lun.direct_done(&f.parsed, &mut f.io, result) {
+                DirectDone::Answered(resp) => self.finish(f.dev, f.cmd, resp, f.started),
+                DirectDone::Worker => self.hand_to_worker(job_of(f)),
+                DirectDone::Waiting(w) => self.gated.push((f, w)),
+            }
+        }
+    }
+
+    /// Answers the durable direct writes whose neighbours in the sync gate have left.
+    fn collect_gated(&mut self) {
+        if self.gated.is_empty() {
+            return;
+        }
+        for (f, w) in std::mem::take(&mut self.gated) {
+            match f.lun.direct_waited(&f.parsed, &w) {
                 Some(resp) => self.finish(f.dev, f.cmd, resp, f.started),
-                None => self.hand_to_worker(job_of(f)),
+                None => self.gated.push((f, w)),
             }
         }
     }
 
     /// A direct transfer that was not submitted: released, and run on a worker.
-    fn worker_after_direct(&mut self, f: InFlight, errno: i32) {
-        let answered = f.lun.direct_done(&f.parsed, &f.io, errno);
-        debug_assert!(answered.is_none());
+    fn worker_after_direct(&mut self, mut f: InFlight, errno: i32) {
+        let answered = f.lun.direct_done(&f.parsed, &mut f.io, errno);
+        debug_assert!(matches!(answered, DirectDone::Worker));
         self.hand_to_worker(job_of(f));
     }
 

@@ -91,7 +91,10 @@ impl Uring {
         let iov = io.iovecs.as_ptr();
         let n = io.iovecs.len() as u32;
         let entry = if io.write {
-            opcode::Writev::new(fd, iov, n).offset(io.offset).build()
+            opcode::Writev::new(fd, iov, n)
+                .offset(io.offset)
+                .rw_flags(io.rw_flags)
+                .build()
         } else {
             opcode::Readv::new(fd, iov, n).offset(io.offset).build()
         }

@@ -4,10 +4,10 @@
 //! a device closed or a loop stopped with transfers in flight, and the switch that turns
 //! it off.
 
-use std::io::Write;
+use std::io::{IoSlice, IoSliceMut, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -16,7 +16,7 @@ use datapath::eventloop::{EventLoop, LoopConfig, StopHandle};
 use datapath::ring::sim::{Completed, SimConfig, SimRing};
 use datapath::ring::status;
 use datapath::scsi::{Identity, Lun};
-use iomodes::{IoMode, IoType, StoreSpec};
+use iomodes::{BackingStore, IoError, IoMode, IoType, StoreSpec};
 use test_support::cdb::{cdb10, read10, write10};
 use test_support::discard_log;
 
@@ -73,13 +73,17 @@ fn new_loop(uring: bool) -> EventLoop {
 }
 
 fn attach(ev: &mut EventLoop, lun: Arc<Lun>) -> SimRing {
+    attach_as(ev, "uio-u", lun)
+}
+
+fn attach_as(ev: &mut EventLoop, uio: &str, lun: Arc<Lun>) -> SimRing {
     let mut sim = SimRing::new(SimConfig {
         data_blocks: 1024,
         ..SimConfig::default()
     })
     .unwrap();
     ev.attach(OpenedDevice {
-        uio: "uio-u".into(),
+        uio: uio.into(),
         target: "iqn.2024-01.test:uring".into(),
         lun_id: 0,
         ring: sim.attach().unwrap().into_ring().unwrap(),
@@ -214,11 +218,11 @@ fn switched_off_every_command_goes_to_workers() {
     assert_eq!(ev.worker_jobs(), 35);
 }
 
-/// FUA writes, and every write of a `wt` LUN, are durable: they pass the sync gate on a
-/// worker, as before. A read into a buffer shorter than its transfer (a partial last
-/// block) goes to a worker too, and gets exactly the bytes that fit.
+/// FUA writes, and every write of a `wt` LUN, are durable: `RWF_DSYNC` on the io_uring,
+/// as the store's own `write_at` makes them. A read into a buffer shorter than its
+/// transfer (a partial last block) goes to a worker, and gets exactly the bytes that fit.
 #[test]
-fn durable_writes_and_unaligned_buffers_stay_on_workers() {
+fn durable_writes_on_the_io_uring_and_unaligned_buffers_on_workers() {
     let (_dir, path) = backing();
     let mut ev = new_loop(true);
     let mut sim = attach(&mut ev, blockio_lun(&path, IoMode::Wb));
@@ -236,8 +240,12 @@ fn durable_writes_and_unaligned_buffers_stay_on_workers() {
     good(&got[&plain]);
     assert_eq!(got[&plain].data_in, pattern(1));
     let ev = running.stop();
-    assert_eq!(ev.worker_jobs(), 2, "the FUA write and the short read");
-    assert_eq!(ev.uring_transfers(), Some(1), "the plain read");
+    assert_eq!(ev.worker_jobs(), 1, "the short read");
+    assert_eq!(
+        ev.uring_transfers(),
+        Some(2),
+        "the FUA write and the plain read"
+    );
 
     let mut ev = new_loop(true);
     let mut sim = attach(&mut ev, blockio_lun(&path, IoMode::Wt));
@@ -245,13 +253,218 @@ fn durable_writes_and_unaligned_buffers_stay_on_workers() {
     let wt = sim.submit(&write10(200, 8), &pattern(2), 0).unwrap();
     good(&wait_for(&mut sim, 1)[&wt]);
     let ev = running.stop();
-    assert_eq!((ev.worker_jobs(), ev.uring_transfers()), (1, Some(0)));
+    assert_eq!((ev.worker_jobs(), ev.uring_transfers()), (0, Some(1)));
     let mut block = vec![0u8; 8 * BS];
     std::fs::File::open(&path)
         .unwrap()
         .read_exact_at(&mut block, 200 * BS as u64)
         .unwrap();
     assert_eq!(block, pattern(2));
+}
+
+/// `len` bytes of page-aligned memory (the TCMU data area is page-aligned).
+fn aligned(buf: &mut Vec<u8>, len: usize) -> &mut [u8] {
+    buf.resize(len + 4096, 0);
+    let skip = buf.as_ptr().align_offset(4096);
+    &mut buf[skip..skip + len]
+}
+
+/// What `Lun::direct` makes of each write: `RWF_DSYNC` exactly where `write_at` is
+/// durable (FUA, `wt`), nothing on a `wb` write or a read.
+#[test]
+fn a_direct_write_is_dsync_exactly_when_durable() {
+    let (_dir, path) = backing();
+    let mut mem = Vec::new();
+    for (mode, fua, dsync) in [
+        (IoMode::Wb, false, false),
+        (IoMode::Wb, true, true),
+        (IoMode::Wt, false, true),
+        (IoMode::Wt, true, true),
+    ] {
+        let lun = blockio_lun(&path, mode);
+        let buf = aligned(&mut mem, 8 * BS);
+        let mut data = datapath::ring::DataIov::from_slices(vec![buf]);
+        let cdb = cdb10(0x2A, if fua { 0x08 } else { 0 }, 8, 8);
+        let datapath::scsi::Attempt::Worker(parsed) = lun.try_execute(&cdb, &mut data) else {
+            panic!("a blockio write waits")
+        };
+        let mut io = lun.direct(&parsed, &mut data).expect("a direct write");
+        assert!(io.write);
+        assert_eq!(io.rw_flags == libc::RWF_DSYNC, dsync, "{mode} fua={fua}");
+        assert_eq!(io.rw_flags & !libc::RWF_DSYNC, 0);
+        // Never submitted: released, to a worker.
+        let done = lun.direct_done(&parsed, &mut io, -libc::EAGAIN);
+        assert!(matches!(done, datapath::scsi::DirectDone::Worker));
+    }
+    let lun = blockio_lun(&path, IoMode::Wt);
+    let buf = aligned(&mut mem, 8 * BS);
+    let mut data = datapath::ring::DataIov::from_slices(vec![buf]);
+    let datapath::scsi::Attempt::Worker(parsed) = lun.try_execute(&read10(8, 8), &mut data) else {
+        panic!("a blockio read waits")
+    };
+    let io = lun.direct(&parsed, &mut data).expect("a direct read");
+    assert_eq!((io.write, io.rw_flags, io.len), (false, 0, 8 * BS));
+}
+
+/// A blockio store whose flush waits until released, then fails (a write-back error).
+struct FailingFlush {
+    inner: Box<dyn BackingStore>,
+    started: (Mutex<bool>, Condvar),
+    released: (Mutex<bool>, Condvar),
+}
+
+impl FailingFlush {
+    fn new(path: &Path, mode: IoMode) -> Arc<FailingFlush> {
+        let inner = iomodes::open(&StoreSpec {
+            path: path.to_path_buf(),
+            io_type: IoType::BlockIo,
+            io_mode: mode,
+            block_size: Some(BS as u32),
+            blocks: None,
+        })
+        .unwrap();
+        Arc::new(FailingFlush {
+            inner,
+            started: Default::default(),
+            released: Default::default(),
+        })
+    }
+
+    fn wait_started(&self) {
+        let (m, cv) = &self.started;
+        let mut s = m.lock().unwrap();
+        while !*s {
+            s = cv.wait(s).unwrap();
+        }
+    }
+
+    fn release(&self) {
+        *self.released.0.lock().unwrap() = true;
+        self.released.1.notify_all();
+    }
+}
+
+impl BackingStore for FailingFlush {
+    fn geometry(&self) -> iomodes::Geometry {
+        self.inner.geometry()
+    }
+    fn capabilities(&self) -> iomodes::Capabilities {
+        self.inner.capabilities()
+    }
+    fn spec(&self) -> &StoreSpec {
+        self.inner.spec()
+    }
+    fn read_at(&self, b: &mut [IoSliceMut<'_>], o: u64) -> Result<(), IoError> {
+        self.inner.read_at(b, o)
+    }
+    fn write_at(&self, b: &[IoSlice<'_>], o: u64, fua: bool) -> Result<(), IoError> {
+        self.inner.write_at(b, o, fua)
+    }
+    fn flush(&self) -> Result<(), IoError> {
+        *self.started.0.lock().unwrap() = true;
+        self.started.1.notify_all();
+        let (m, cv) = &self.released;
+        let mut r = m.lock().unwrap();
+        while !*r {
+            r = cv.wait(r).unwrap();
+        }
+        Err(IoError::FlushFailed {
+            errno: nix::errno::Errno::EIO,
+        })
+    }
+    fn discard(&self, o: u64, l: u64) -> Result<(), IoError> {
+        self.inner.discard(o, l)
+    }
+    fn write_zeroes(&self, o: u64, l: u64, u: bool) -> Result<(), IoError> {
+        self.inner.write_zeroes(o, l, u)
+    }
+    fn direct(&self) -> Option<iomodes::DirectTarget<'_>> {
+        self.inner.direct()
+    }
+}
+
+fn lun_over(store: Arc<dyn BackingStore>) -> Arc<Lun> {
+    Arc::new(Lun::new(
+        store,
+        Identity {
+            target: "iqn.2024-01.test:uring".into(),
+            lun: 0,
+            scsi_id: [1; 16],
+            scsi_sn: "uring".into(),
+        },
+    ))
+}
+
+/// A FUA write on the io_uring beside a flush (on a worker) that fails: the kernel may
+/// have told the flush, not the write, about lost data, so the write must not answer
+/// GOOD before the flush has latched the store error: both fail. (Two rings on one LUN,
+/// as completions of one ring are reaped in ring order.)
+#[test]
+fn a_durable_write_beside_a_failing_flush_is_not_good() {
+    let (_dir, path) = backing();
+    let store = FailingFlush::new(&path, IoMode::Wb);
+    let lun = lun_over(store.clone());
+    let mut ev = new_loop(true);
+    let mut flushing = attach_as(&mut ev, "uio-f", Arc::clone(&lun));
+    let mut writing = attach_as(&mut ev, "uio-w", Arc::clone(&lun));
+    let running = start(ev);
+    let sync = flushing.submit(&cdb10(0x35, 0, 0, 0), &[], 0).unwrap();
+    store.wait_started();
+    let fua = writing
+        .submit(&cdb10(0x2A, 0x08, 300, 8), &pattern(3), 0)
+        .unwrap();
+    thread::sleep(Duration::from_millis(300));
+    let _ = writing.take_notifications();
+    assert!(
+        writing.reap().is_empty(),
+        "the FUA write answered while the flush beside it was running"
+    );
+    store.release();
+    assert_eq!(
+        wait_for(&mut flushing, 1)[&sync].status,
+        status::CHECK_CONDITION
+    );
+    assert_eq!(
+        wait_for(&mut writing, 1)[&fua].status,
+        status::CHECK_CONDITION,
+        "no GOOD for a durable write beside a failed flush"
+    );
+    assert!(lun.store_error().is_some());
+    let ev = running.stop();
+    assert_eq!(ev.uring_transfers(), Some(1), "the FUA write");
+    assert_eq!(ev.worker_jobs(), 1, "the flush");
+}
+
+/// A durable direct write the store failed (EIO) latches the store error, as one on a
+/// worker does; one refused before it started (EAGAIN, EINVAL) goes to a worker and
+/// latches nothing.
+#[test]
+fn a_failed_durable_direct_write_latches() {
+    let (_dir, path) = backing();
+    let lun = blockio_lun(&path, IoMode::Wt);
+    let mut mem = Vec::new();
+    for (errno, latch) in [
+        (libc::EAGAIN, false),
+        (libc::EINVAL, false),
+        (libc::EIO, true),
+    ] {
+        let buf = aligned(&mut mem, 8 * BS);
+        let mut data = datapath::ring::DataIov::from_slices(vec![buf]);
+        let datapath::scsi::Attempt::Worker(parsed) = lun.try_execute(&write10(8, 8), &mut data)
+        else {
+            panic!("a blockio write waits")
+        };
+        let mut io = lun.direct(&parsed, &mut data).expect("a direct write");
+        match lun.direct_done(&parsed, &mut io, -errno) {
+            datapath::scsi::DirectDone::Worker => assert!(!latch, "errno {errno}"),
+            datapath::scsi::DirectDone::Answered(r) => {
+                assert!(latch, "errno {errno}");
+                assert_eq!(r.status, status::CHECK_CONDITION);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(lun.store_error().is_some(), latch, "errno {errno}");
+    }
 }
 
 /// Commands already on the ring at attach are queued on the io_uring; the device is

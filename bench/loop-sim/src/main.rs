@@ -4,7 +4,9 @@
 //! the kernel and is reported apart), and their context switches per command.
 //!
 //! Run: `cargo run --release -p loop-sim -- [--qd N] [--secs S] [--workers N]
-//! [--write] [--bs BYTES] [--file PATH]`. Profile with
+//! [--write] [--bs BYTES] [--file PATH] [--blockio] [--no-uring]`. `--blockio` serves
+//! the file as blockio `wb` (O_DIRECT: not on tmpfs), whose READ and WRITE go through
+//! the loop's io_uring unless `--no-uring` sends them to workers. Profile with
 //! `valgrind --tool=callgrind target/release/loop-sim --secs 2` or `strace -c -f`.
 
 use std::collections::BTreeMap;
@@ -35,6 +37,8 @@ struct Opts {
     bs: usize,
     file: PathBuf,
     size_mb: u64,
+    blockio: bool,
+    uring: bool,
 }
 
 fn parse() -> Result<Opts, String> {
@@ -46,6 +50,8 @@ fn parse() -> Result<Opts, String> {
         bs: 4096,
         file: PathBuf::from("/dev/shm/loop-sim.img"),
         size_mb: 64,
+        blockio: false,
+        uring: true,
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -64,10 +70,12 @@ fn parse() -> Result<Opts, String> {
             "--bs" => o.bs = num("--bs", val("--bs")?)? as usize,
             "--file" => o.file = PathBuf::from(val("--file")?),
             "--size-mb" => o.size_mb = num("--size-mb", val("--size-mb")?)?,
+            "--blockio" => o.blockio = true,
+            "--no-uring" => o.uring = false,
             "-h" | "--help" => {
                 return Err(
                     "usage: loop-sim [--qd N] [--secs S] [--workers N] [--write] \
-                            [--bs BYTES] [--file PATH] [--size-mb MB]"
+                            [--bs BYTES] [--file PATH] [--size-mb MB] [--blockio] [--no-uring]"
                         .into(),
                 )
             }
@@ -166,7 +174,11 @@ fn run(o: &Opts) -> Result<(), String> {
     }
     let store = iomodes::open(&StoreSpec {
         path: o.file.clone(),
-        io_type: IoType::FileIo,
+        io_type: if o.blockio {
+            IoType::BlockIo
+        } else {
+            IoType::FileIo
+        },
         io_mode: IoMode::Wb,
         block_size: Some(LBS as u32),
         blocks: None,
@@ -193,7 +205,10 @@ fn run(o: &Opts) -> Result<(), String> {
         .map_err(|e| e.to_string())?
         .into_ring()
         .map_err(|e| e.to_string())?;
-    let mut cfg = LoopConfig::default();
+    let mut cfg = LoopConfig {
+        uring: o.uring,
+        ..LoopConfig::default()
+    };
     if let Some(w) = o.workers {
         cfg.workers = w;
         cfg.per_lun_max = w.div_ceil(2);

@@ -20,6 +20,7 @@ use iomodes::IoError;
 
 use super::cdb::ByteCheck;
 use super::sense::{Completion, Failure, FieldPointer};
+use super::sync_gate::Pass;
 use super::{DirectIo, Lun, INLINE_MAX_BYTES};
 use crate::ring::DataIov;
 
@@ -162,18 +163,28 @@ impl Lun {
         }
         let pass = self.sync_gate.enter();
         match op() {
-            Err(e) => {
-                let f = self.store_err(e, true);
-                self.sync_gate.failed(pass);
-                Err(f)
-            }
+            Err(e) => Err(self.gate_failed(pass, e)),
             Ok(v) => {
                 self.sync_gate.succeeded(pass);
-                match self.store_error() {
-                    Some(_) => Err(Failure::StoreFailed),
-                    None => Ok(v),
-                }
+                self.gate_passed().map(|()| v)
             }
+        }
+    }
+
+    /// A durable operation inside the gate failed: latch, then leave (so the successes
+    /// beside it that wait for it see the latch).
+    pub(super) fn gate_failed(&self, pass: Pass, e: IoError) -> Failure {
+        let f = self.store_err(e, true);
+        self.sync_gate.failed(pass);
+        f
+    }
+
+    /// A durable operation succeeded and every one beside it has left the gate: it is
+    /// refused if one of them latched the store error.
+    pub(super) fn gate_passed(&self) -> Result<(), Failure> {
+        match self.store_error() {
+            Some(_) => Err(Failure::StoreFailed),
+            None => Ok(()),
         }
     }
 
@@ -306,9 +317,9 @@ impl Lun {
     }
 
     /// A WRITE as one direct transfer, on the terms of [`direct_read`](Self::direct_read).
-    /// Only writes that need not be durable: a durable one passes the sync gate, whose
-    /// success waits for the durable operations beside it, which the event loop may not.
-    /// It holds the LUN's write order (shared) until [`Lun::direct_done`].
+    /// A durable one (FUA, `wt`) is `RWF_DSYNC`, as the store's `write_at` makes it, and
+    /// enters the sync gate before it starts, as `store_op` does. It holds the LUN's
+    /// write order (shared) until [`Lun::direct_done`].
     pub(super) fn direct_write(
         &self,
         lba: u64,
@@ -317,7 +328,7 @@ impl Lun {
         data: &DataIov<'_>,
     ) -> Option<DirectIo> {
         let n = self.write_len(lba, blocks, data).ok()?;
-        if n == 0 || self.durable(fua) {
+        if n == 0 {
             return None;
         }
         let runs = data.slices();
@@ -327,7 +338,11 @@ impl Lun {
             .collect();
         // A COMPARE AND WRITE holding the order exclusively: the write goes to a worker.
         let _order = self.write_order.try_read().ok()?;
-        let io = self.direct_io(true, lba, n, iovecs)?;
+        let mut io = self.direct_io(true, lba, n, iovecs)?;
+        if self.durable(fua) {
+            io.rw_flags = libc::RWF_DSYNC;
+            io.gate = Some(self.sync_gate.enter());
+        }
         self.direct_writes.fetch_add(1, Ordering::AcqRel);
         Some(io)
     }
@@ -357,6 +372,8 @@ impl Lun {
                     iov_len: l,
                 })
                 .collect(),
+            rw_flags: 0,
+            gate: None,
         })
     }
 

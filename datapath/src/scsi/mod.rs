@@ -199,7 +199,29 @@ pub struct DirectIo {
     pub len: usize,
     /// The runs, each ready for direct I/O, `len` bytes in all.
     pub iovecs: Vec<libc::iovec>,
+    /// `RWF_*` flags of the transfer: `RWF_DSYNC` for a durable write.
+    pub rw_flags: i32,
+    /// A durable write's place in the sync gate, from before it starts.
+    gate: Option<sync_gate::Pass>,
 }
+
+/// What became of a [`Lun::direct`] transfer ([`Lun::direct_done`]).
+#[derive(Debug)]
+pub enum DirectDone {
+    /// Answered and counted.
+    Answered(Response),
+    /// Cut short, or refused before it started: run the command on a worker, which
+    /// does it again and reports whatever the store says.
+    Worker,
+    /// A durable write that succeeded, waiting for the durable operations that ran
+    /// beside it (see `sync_gate`): ask [`Lun::direct_waited`] again after any of them
+    /// may have finished.
+    Waiting(DirectWait),
+}
+
+/// A durable direct write's wait for the durable operations beside it.
+#[derive(Debug)]
+pub struct DirectWait(sync_gate::Beside);
 
 // SAFETY: the iovecs only describe runs of the command the transfer belongs to, which
 // is `Send` (its exclusive ownership of the runs moves with it); nothing here reads or
@@ -428,8 +450,8 @@ impl Lun {
     /// A READ or WRITE that [`try_execute`](Self::try_execute) handed back, as one direct
     /// transfer its caller may submit itself instead of running it on a worker: only
     /// on a store with a direct descriptor (blockio), for the whole transfer on
-    /// direct-ready buffers, a write only when it need not be durable. `None`: run it
-    /// on a worker as before. Every `Some` must end in [`direct_done`](Self::direct_done).
+    /// direct-ready buffers. `None`: run it on a worker as before. Every `Some` must
+    /// end in [`direct_done`](Self::direct_done).
     pub fn direct(&self, cmd: &Command, data: &mut DataIov<'_>) -> Option<DirectIo> {
         self.check_store(cmd).ok()?;
         match *cmd {
@@ -440,22 +462,65 @@ impl Lun {
     }
 
     /// Answers (and counts) a [`direct`](Self::direct) transfer that returned `result`
-    /// (bytes moved, or a negative errno; pass `-EAGAIN` for one never submitted), with
-    /// the rules a worker's READ or WRITE answers by. Only a whole transfer is answered
-    /// here: a short or failed one is `None`, and the caller hands the command to a
-    /// worker, which runs it again and reports whatever the store says.
-    pub fn direct_done(&self, cmd: &Command, io: &DirectIo, result: i32) -> Option<Response> {
+    /// (bytes moved, or a negative errno; pass `-EAGAIN` for one never submitted), by
+    /// the rules a worker's READ or WRITE answers with ([`read_outcome`](Self::read_outcome),
+    /// [`write_outcome`](Self::write_outcome), the sync gate's). Never waits.
+    pub fn direct_done(&self, cmd: &Command, io: &mut DirectIo, result: i32) -> DirectDone {
         if io.write {
             self.direct_writes.fetch_sub(1, Ordering::AcqRel);
         }
-        if usize::try_from(result).ok() != Some(io.len) {
+        let whole = usize::try_from(result).ok() == Some(io.len);
+        let Some(pass) = io.gate.take() else {
+            if !whole {
+                return DirectDone::Worker;
+            }
+            let outcome = if io.write {
+                self.write_outcome(false, || Ok(()))
+            } else {
+                self.read_outcome(io.len, Ok(()))
+            };
+            return DirectDone::Answered(self.respond(Some(cmd), outcome));
+        };
+        if whole {
+            let wait = DirectWait(self.sync_gate.left(pass));
+            return match self.direct_waited(cmd, &wait) {
+                Some(resp) => DirectDone::Answered(resp),
+                None => DirectDone::Waiting(wait),
+            };
+        }
+        // A durable write that moved some bytes had them synced (the sync's error would
+        // be the result); one refused before it started synced nothing. Neither can have
+        // taken a write-back error report a redo could miss: a worker redoes them.
+        let errno = nix::errno::Errno::from_raw(-result);
+        let redo = result >= 0
+            || matches!(
+                errno,
+                nix::errno::Errno::EAGAIN
+                    | nix::errno::Errno::EINVAL
+                    | nix::errno::Errno::EINTR
+                    | nix::errno::Errno::ECANCELED
+                    | nix::errno::Errno::EOPNOTSUPP
+            );
+        match self.store.direct() {
+            Some(target) if !redo => {
+                let e = target.write_error(io.offset, errno);
+                let f = self.gate_failed(pass, e);
+                DirectDone::Answered(self.respond(Some(cmd), Err(f)))
+            }
+            _ => {
+                self.sync_gate.failed(pass);
+                DirectDone::Worker
+            }
+        }
+    }
+
+    /// The answer of a durable direct write once every durable operation beside it has
+    /// left the gate; `None` while one is still running.
+    pub fn direct_waited(&self, cmd: &Command, wait: &DirectWait) -> Option<Response> {
+        if !wait.0.gone_from(&self.sync_gate) {
             return None;
         }
-        let outcome = if io.write {
-            self.write_outcome(false, || Ok(()))
-        } else {
-            self.read_outcome(io.len, Ok(()))
-        };
+        let outcome = self.gate_passed().map(|()| Completion::no_data());
         Some(self.respond(Some(cmd), outcome))
     }
 
