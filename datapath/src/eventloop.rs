@@ -5,7 +5,8 @@
 //! to the worker pool;
 //! completes them back to their ring with one notification per device per wakeup; and
 //! counts per-LUN statistics where every command finishes ([`EventLoop::finish`]).
-//! Nothing here waits on a store: commands that may block go to workers, and an attach
+//! Nothing here waits on a store: commands that may block go to workers or to the
+//! io_uring (which runs what cannot start at once in its own threads), and an attach
 //! is opened on a thread of its own ([`DeviceOpener`]), so a hung path holds up only
 //! its own LUN.
 //!

@@ -8,6 +8,8 @@
 //!   the parsed [`cdb::Command`] ([`Attempt::Worker`]), which a worker runs with
 //!   [`Lun::execute_parsed`]; whether a command waits for the store is
 //!   [`cdb::Command::needs_io`];
+//! - a blockio READ/WRITE the event loop moves itself (io_uring): [`Lun::direct`] makes
+//!   the transfer, [`Lun::direct_done`] answers it with the same rules as a worker's;
 //! - dispatch from a typed [`cdb::Command`] to a handler: [`Lun::run`] below;
 //! - READ/WRITE/VERIFY/WRITE SAME/UNMAP/COMPARE AND WRITE/SYNC CACHE: [`io`];
 //! - INQUIRY and VPD: [`inquiry`]; MODE SENSE/SELECT: [`mode`]; REPORT SUPPORTED
@@ -463,8 +465,8 @@ impl Lun {
 
     /// Answers (and counts) a [`direct`](Self::direct) transfer that returned `result`
     /// (bytes moved, or a negative errno; pass `-EAGAIN` for one never submitted), by
-    /// the rules a worker's READ or WRITE answers with ([`read_outcome`](Self::read_outcome),
-    /// [`write_outcome`](Self::write_outcome), the sync gate's). Never waits.
+    /// the rules a worker's READ or WRITE answers with (`read_outcome`,
+    /// `write_outcome`, the sync gate's). Never waits.
     pub fn direct_done(&self, cmd: &Command, io: &mut DirectIo, result: i32) -> DirectDone {
         if io.write {
             self.direct_writes.fetch_sub(1, Ordering::AcqRel);
