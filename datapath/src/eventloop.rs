@@ -306,6 +306,8 @@ impl EventLoop {
                   "error" => %e);
             return None;
         }
+        info!(log, "io_uring set up: blockio reads and writes run on the event loop";
+              "entries" => URING_ENTRIES);
         Some(u)
     }
 
