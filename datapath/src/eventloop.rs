@@ -38,12 +38,13 @@ const WAKER: Token = Token(0);
 const SIGNALS: Token = Token(1);
 const LISTENER: Token = Token(2);
 const URING: Token = Token(3);
-
-/// Submission queue entries of the loop's io_uring: direct transfers in flight at once
-/// (more go to workers). 256 covers every ring at queue depth 128 twice over.
-const URING_ENTRIES: u32 = 256;
 const CONN_BASE: usize = 1 << 20;
 const DEV_BASE: usize = 1 << 30;
+
+/// Submission queue entries of the loop's io_uring: the direct transfers in flight at
+/// once, over all LUNs (more go to workers); two sessions' worth at open-iscsi's
+/// default queue depth of 128.
+const URING_ENTRIES: u32 = 256;
 
 /// Longest a detach waits for its device's in-flight commands before it is answered
 /// anyway (a command stuck in a hung store): below ietd's 30 s reply timeout, past which
@@ -232,6 +233,8 @@ pub struct EventLoop {
     gated: Vec<(InFlight, DirectWait)>,
     /// Commands handed to workers since the loop started.
     worker_jobs: u64,
+    /// A failed io_uring submission was logged (again only after one succeeded).
+    submit_failed: bool,
     log: Logger,
 }
 
@@ -283,6 +286,7 @@ impl EventLoop {
             uring,
             gated: Vec::new(),
             worker_jobs: 0,
+            submit_failed: false,
             log,
         })
     }
@@ -690,10 +694,16 @@ impl EventLoop {
 
     /// Hands the io_uring what the loop queued, without waiting for any of it.
     fn submit_uring(&mut self) {
-        if let Some(u) = self.uring.as_mut() {
-            if let Err(e) = u.submit() {
-                error!(self.log, "io_uring submission failed; retried"; "error" => %e);
+        let Some(u) = self.uring.as_mut() else {
+            return;
+        };
+        match u.submit() {
+            Ok(()) => self.submit_failed = false,
+            Err(e) if !self.submit_failed => {
+                self.submit_failed = true;
+                error!(self.log, "io_uring submission failed; retrying"; "error" => %e);
             }
+            Err(_) => {}
         }
     }
 

@@ -523,3 +523,70 @@ fn a_closed_device_and_a_stopped_loop_wait_for_their_transfers() {
         assert_eq!(ev.worker_jobs(), 0);
     }
 }
+
+/// A read or a `wb` write that comes back short or failed is not answered from the
+/// io_uring: a worker runs it again and reports what the store says. Nothing counted.
+#[test]
+fn a_short_or_failed_transfer_goes_to_a_worker() {
+    let (_dir, path) = backing();
+    let lun = blockio_lun(&path, IoMode::Wb);
+    let mut mem = Vec::new();
+    for cdb in [read10(8, 8), write10(8, 8)] {
+        for result in [0, BS as i32, -libc::EIO, -libc::EAGAIN, -libc::ENOSPC] {
+            let buf = aligned(&mut mem, 8 * BS);
+            let mut data = datapath::ring::DataIov::from_slices(vec![buf]);
+            let datapath::scsi::Attempt::Worker(parsed) = lun.try_execute(&cdb, &mut data) else {
+                panic!("blockio I/O waits")
+            };
+            let mut io = lun.direct(&parsed, &mut data).expect("direct");
+            let done = lun.direct_done(&parsed, &mut io, result);
+            assert!(
+                matches!(done, datapath::scsi::DirectDone::Worker),
+                "{cdb:02x?} {result}: {done:?}"
+            );
+        }
+    }
+    assert_eq!(lun.stats().commands, 0);
+    assert!(lun.store_error().is_none());
+}
+
+/// COMPARE AND WRITE excludes every other modifying command: it waits for a direct
+/// write in flight (which holds no lock guard) before it reads, and answers after.
+#[test]
+fn compare_and_write_waits_for_direct_writes_in_flight() {
+    let (_dir, path) = backing();
+    let lun = blockio_lun(&path, IoMode::Wb);
+    let mut mem = Vec::new();
+    let buf = aligned(&mut mem, 8 * BS);
+    let mut data = datapath::ring::DataIov::from_slices(vec![buf]);
+    let datapath::scsi::Attempt::Worker(parsed) = lun.try_execute(&write10(8, 8), &mut data) else {
+        panic!("blockio I/O waits")
+    };
+    let mut io = lun.direct(&parsed, &mut data).expect("direct");
+    let caw = {
+        let lun = Arc::clone(&lun);
+        let current = initial()[100 * BS..101 * BS].to_vec();
+        thread::spawn(move || {
+            let caw = [0x89, 0, 0, 0, 0, 0, 0, 0, 0, 100, 0, 0, 0, 1, 0, 0];
+            let out = [current, vec![0xC5; BS]].concat();
+            datapath::scsi::testing::exchange(&lun, &caw, &out, out.len())
+        })
+    };
+    thread::sleep(Duration::from_millis(200));
+    assert!(
+        !caw.is_finished(),
+        "COMPARE AND WRITE ran beside a direct write"
+    );
+    // While CAW holds the order, no direct write starts (it goes to a worker).
+    let mut mem2 = Vec::new();
+    let mut data2 = datapath::ring::DataIov::from_slices(vec![aligned(&mut mem2, 8 * BS)]);
+    assert!(lun.direct(&parsed, &mut data2).is_none());
+    let done = lun.direct_done(&parsed, &mut io, -libc::EAGAIN);
+    assert!(matches!(done, datapath::scsi::DirectDone::Worker));
+    good_x(&caw.join().unwrap());
+    assert_eq!(lun.stats().writes, 1, "the COMPARE AND WRITE");
+}
+
+fn good_x(x: &datapath::scsi::testing::Exchange) {
+    assert_eq!(x.response.status, status::GOOD, "{:02x?}", x.response.sense);
+}

@@ -10,7 +10,8 @@
 //! hold `write_order` shared while they touch the store, CAW holds it exclusively from
 //! its read to its write. A direct write the event loop submits cannot hold a guard until
 //! its completion: it counts itself in `direct_writes` under the shared order instead,
-//! and CAW waits for that count to drop to zero. Plain reads take no lock (SBC does not order them against CAW).
+//! and CAW waits for that count to drop to zero. Plain reads take no lock (SBC does not
+//! order them against CAW).
 
 use std::io::{IoSlice, IoSliceMut};
 use std::os::fd::AsRawFd;
