@@ -4,9 +4,10 @@
 //! the kernel and is reported apart), and their context switches per command.
 //!
 //! Run: `cargo run --release -p loop-sim -- [--qd N] [--secs S] [--workers N]
-//! [--write] [--bs BYTES] [--file PATH] [--blockio] [--no-uring]`. `--blockio` serves
-//! the file as blockio `wb` (O_DIRECT: not on tmpfs), whose READ and WRITE go through
-//! the loop's io_uring unless `--no-uring` sends them to workers. Profile with
+//! [--write] [--bs BYTES] [--file PATH] [--blockio] [--no-uring] [--wt]`. `--blockio`
+//! serves the file as blockio (O_DIRECT: not on tmpfs), whose READ and WRITE go through
+//! the loop's io_uring unless `--no-uring` sends them to workers; `--wt` makes the store
+//! write-through (every write durable), `wb` otherwise. Profile with
 //! `valgrind --tool=callgrind target/release/loop-sim --secs 2` or `strace -c -f`.
 
 use std::collections::BTreeMap;
@@ -39,6 +40,7 @@ struct Opts {
     size_mb: u64,
     blockio: bool,
     uring: bool,
+    wt: bool,
 }
 
 fn parse() -> Result<Opts, String> {
@@ -52,6 +54,7 @@ fn parse() -> Result<Opts, String> {
         size_mb: 64,
         blockio: false,
         uring: true,
+        wt: false,
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -72,10 +75,11 @@ fn parse() -> Result<Opts, String> {
             "--size-mb" => o.size_mb = num("--size-mb", val("--size-mb")?)?,
             "--blockio" => o.blockio = true,
             "--no-uring" => o.uring = false,
+            "--wt" => o.wt = true,
             "-h" | "--help" => {
                 return Err(
                     "usage: loop-sim [--qd N] [--secs S] [--workers N] [--write] \
-                            [--bs BYTES] [--file PATH] [--size-mb MB] [--blockio] [--no-uring]"
+                            [--bs BYTES] [--file PATH] [--size-mb MB] [--blockio] [--no-uring] [--wt]"
                         .into(),
                 )
             }
@@ -179,7 +183,7 @@ fn run(o: &Opts) -> Result<(), String> {
         } else {
             IoType::FileIo
         },
-        io_mode: IoMode::Wb,
+        io_mode: if o.wt { IoMode::Wt } else { IoMode::Wb },
         block_size: Some(LBS as u32),
         blocks: None,
     })
