@@ -13,7 +13,7 @@
 
 use std::collections::HashMap;
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -146,7 +146,7 @@ impl Uring {
     /// again.
     pub fn reap(&mut self) -> Vec<(InFlight, i32)> {
         let mut buf = [0u8; 8];
-        let _ = nix::unistd::read(self.eventfd.as_fd().as_raw_fd(), &mut buf);
+        let _ = nix::unistd::read(self.eventfd.as_raw_fd(), &mut buf);
         let cqes: Vec<(u64, i32)> = self
             .ring
             .completion()
