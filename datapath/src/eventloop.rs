@@ -1,10 +1,12 @@
 //! The datapath's single event loop: waits (mio) on every attached device's uio fd, the
 //! control socket, worker completions and SIGTERM/SIGINT; takes commands off the rings,
-//! answers inline whatever cannot wait (memory-only commands, page-cache hits) and hands
-//! the rest to the worker pool (which completes those to the ring itself); completes
-//! what it answered with one notification per device per wakeup; and counts per-LUN
-//! statistics where every command finishes ([`EventLoop::count`]).
-//! Nothing here waits on a store: commands that may block go to workers, and an attach
+//! answers inline whatever cannot wait (memory-only commands, page-cache hits), submits
+//! blockio READ and WRITE transfers to its io_uring ([`crate::uring`]) and hands the rest
+//! to the worker pool (which completes those to the ring itself); completes what it
+//! answered with one notification per device per wakeup; and counts per-LUN statistics
+//! where every command finishes ([`EventLoop::count`]).
+//! Nothing here waits on a store: commands that may block go to workers or to the
+//! io_uring (which runs what cannot start at once in its own threads), and an attach
 //! is opened on a thread of its own ([`DeviceOpener`]), so a hung path holds up only
 //! its own LUN.
 //!
@@ -28,14 +30,21 @@ use slog::{error, info, o, warn, Logger};
 use crate::control::{self, proto, Conn, Incoming, OpenedDevice};
 use crate::latch::LatchRecord;
 use crate::ring::{status, Command, Response, RingError};
-use crate::scsi::{Attempt, Lun};
+use crate::scsi::{Attempt, DirectDone, DirectWait, Lun};
+use crate::uring::{InFlight, Uring};
 use crate::worker::{DevRing, Done, Job, Outcome, WorkerPool};
 
 const WAKER: Token = Token(0);
 const SIGNALS: Token = Token(1);
 const LISTENER: Token = Token(2);
+const URING: Token = Token(3);
 const CONN_BASE: usize = 1 << 20;
 const DEV_BASE: usize = 1 << 30;
+
+/// Submission queue entries of the loop's io_uring: the direct transfers in flight at
+/// once, over all LUNs (more go to workers); two sessions' worth at open-iscsi's
+/// default queue depth of 128.
+const URING_ENTRIES: u32 = 256;
 
 /// Longest a detach waits for its device's in-flight commands before it is answered
 /// anyway (a command stuck in a hung store): below ietd's 30 s reply timeout, past which
@@ -66,6 +75,10 @@ pub struct LoopConfig {
     pub workers: usize,
     /// Workers one LUN may occupy at once.
     pub per_lun_max: usize,
+    /// Move blockio READ and WRITE transfers through an io_uring on the loop instead of
+    /// workers. Where io_uring cannot be set up (an old kernel, seccomp,
+    /// `kernel.io_uring_disabled`) the loop says so once and uses workers.
+    pub uring: bool,
 }
 
 impl Default for LoopConfig {
@@ -80,6 +93,7 @@ impl Default for LoopConfig {
         LoopConfig {
             workers,
             per_lun_max: workers.div_ceil(2),
+            uring: true,
         }
     }
 }
@@ -182,6 +196,9 @@ pub struct EventLoop {
     pending: Arc<AtomicBool>,
     done_rx: Receiver<Done>,
     pool: WorkerPool,
+    /// Direct transfers of blockio LUNs; `None`: off or unavailable, workers do them.
+    /// Declared before `devices`: dropping it waits for every transfer still in flight.
+    uring: Option<Uring>,
     devices: HashMap<usize, Device>,
     next_dev: usize,
     listener: Option<mio::net::UnixListener>,
@@ -204,6 +221,13 @@ pub struct EventLoop {
     busy_conns: HashMap<usize, VecDeque<Incoming>>,
     /// Where latched store errors are recorded ([`crate::latch`]); none: kept in memory.
     latch_dir: Option<PathBuf>,
+    /// Durable direct writes done, waiting for the durable operations beside them
+    /// (`Lun::direct_waited`); re-checked every turn of the loop.
+    gated: Vec<(InFlight, DirectWait)>,
+    /// Commands handed to workers since the loop started.
+    worker_jobs: u64,
+    /// A failed io_uring submission was logged (again only after one succeeded).
+    submit_failed: bool,
     log: Logger,
 }
 
@@ -222,6 +246,11 @@ impl EventLoop {
         )
         .map_err(io_err("worker threads"))?;
         let (opened_tx, opened_rx) = channel();
+        let uring = if cfg.uring {
+            Self::setup_uring(&poll, &log)
+        } else {
+            None
+        };
         Ok(EventLoop {
             poll,
             waker,
@@ -248,8 +277,54 @@ impl EventLoop {
             open_wait_max: OPEN_WAIT_MAX,
             busy_conns: HashMap::new(),
             latch_dir: None,
+            uring,
+            gated: Vec::new(),
+            worker_jobs: 0,
+            submit_failed: false,
             log,
         })
+    }
+
+    /// The io_uring for direct transfers, or `None` (said once) where it cannot be had:
+    /// then every command goes to the workers, as without it.
+    fn setup_uring(poll: &Poll, log: &Logger) -> Option<Uring> {
+        let u = match Uring::new(URING_ENTRIES) {
+            Ok(u) => u,
+            Err(e) => {
+                warn!(log, "io_uring unavailable: blockio reads and writes run on workers";
+                      "error" => %e);
+                return None;
+            }
+        };
+        if let Err(e) =
+            poll.registry()
+                .register(&mut SourceFd(&u.eventfd()), URING, Interest::READABLE)
+        {
+            warn!(log, "io_uring unavailable: blockio reads and writes run on workers";
+                  "error" => %e);
+            return None;
+        }
+        info!(log, "io_uring set up: blockio reads and writes run on the event loop";
+              "entries" => URING_ENTRIES);
+        Some(u)
+    }
+
+    /// Direct transfers submitted through the io_uring since the loop started; `None`
+    /// when the loop has no io_uring (switched off, or unavailable).
+    pub fn uring_transfers(&self) -> Option<u64> {
+        self.uring.as_ref().map(Uring::submitted)
+    }
+
+    /// Commands handed to workers since the loop started.
+    pub fn worker_jobs(&self) -> u64 {
+        self.worker_jobs
+    }
+
+    /// Commands of device `key` not back yet: at workers or in the io_uring.
+    fn outstanding(&self, key: usize) -> usize {
+        let uring = self.uring.as_ref().map_or(0, |u| u.in_flight(key))
+            + self.gated.iter().filter(|(f, _)| f.dev == key).count();
+        self.devices.get(&key).map_or(0, |d| d.at_workers) + uring
     }
 
     /// Replaces how attach requests are opened (tests: an open that hangs).
@@ -428,7 +503,8 @@ impl EventLoop {
             if self.stop_flag.load(Ordering::SeqCst) && !self.stopping {
                 self.begin_stop();
             }
-            if self.stopping && self.devices.values().all(|d| d.at_workers == 0) {
+            self.submit_uring();
+            if self.stopping && self.devices.keys().all(|&k| self.outstanding(k) == 0) {
                 self.flush_notifies();
                 info!(self.log, "stopped");
                 return Ok(());
@@ -449,6 +525,14 @@ impl EventLoop {
                     .any(|d| d.at_workers > 0)
                     .then_some(QUICK_TELL_MAX)
             });
+            // Transfers the kernel did not take yet (EAGAIN) are offered again soon, and
+            // durable writes waiting for workers' ones beside them are looked at again.
+            let tick = match !self.gated.is_empty()
+                || self.uring.as_mut().is_some_and(Uring::has_queued)
+            {
+                true => Some(std::time::Duration::from_millis(1)),
+                false => tick,
+            };
             match self.poll.poll(&mut events, tick) {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -462,7 +546,7 @@ impl EventLoop {
             self.collect_done();
             for ev in events.iter() {
                 match ev.token() {
-                    WAKER => {}
+                    WAKER | URING => {}
                     SIGNALS => self.on_signals(),
                     LISTENER => self.accept(),
                     Token(t) if t >= DEV_BASE => {
@@ -479,6 +563,8 @@ impl EventLoop {
             // Workers wake the loop only for a watched device: whatever they finished
             // meanwhile is counted here, on any wakeup (and before stats are answered).
             self.collect_done();
+            self.collect_uring();
+            self.collect_gated();
             self.collect_opened();
             self.give_up_opens();
             self.reap_closed();
@@ -530,6 +616,7 @@ impl EventLoop {
                 }
             })
         };
+        let use_uring = self.uring.is_some();
         let mut jobs = Vec::new();
         for mut cmd in taken.drain(..) {
             let Some(d) = self.devices.get_mut(&key) else {
@@ -544,30 +631,46 @@ impl EventLoop {
                 continue;
             }
             // Whatever cannot wait runs here (page-cache hits included): no hand-off to
-            // a worker and back, two thread wakeups fewer per command.
+            // a worker and back, two thread wakeups fewer per command. A blockio READ or
+            // WRITE goes to the io_uring, the rest that waits to a worker.
             let (cdb, mut data) = cmd.parts();
             let inline = d.lun.try_execute(cdb, &mut data);
+            let direct = match &inline {
+                Attempt::Worker(parsed) if use_uring => d.lun.direct(parsed, &mut data),
+                _ => None,
+            };
             drop(data);
             match inline {
                 Attempt::Done(resp) => self.finish(key, cmd, resp, started),
                 Attempt::Worker(parsed) => {
-                    d.at_workers += 1;
-                    let quick = d.lun.lands_in_page_cache(&parsed);
-                    jobs.push(Job {
-                        dev: key,
-                        ring: Arc::clone(&d.ring),
-                        lun: Arc::clone(&d.lun),
-                        cmd,
-                        parsed,
-                        started,
-                        execute_before: d.execute_within.map(|w| started + w),
-                        quick,
-                    });
+                    let lun = Arc::clone(&d.lun);
+                    let execute_before = d.execute_within.map(|w| started + w);
+                    match direct {
+                        Some(io) => self.submit_direct(InFlight {
+                            dev: key,
+                            lun,
+                            cmd,
+                            parsed,
+                            started,
+                            execute_before,
+                            io,
+                        }),
+                        None => jobs.push(Job {
+                            dev: key,
+                            ring: Arc::clone(&d.ring),
+                            quick: lun.lands_in_page_cache(&parsed),
+                            lun,
+                            cmd,
+                            parsed,
+                            started,
+                            execute_before,
+                        }),
+                    }
                 }
             }
         }
         self.taken = taken;
-        self.pool.submit_all(jobs);
+        self.hand_to_workers(jobs);
         if let Err(e) = drained {
             let why = e.to_string();
             self.fail_device(key, &why);
@@ -580,6 +683,101 @@ impl EventLoop {
         let aborted = d.ring.lock().take_aborted();
         d.stats.aborted += aborted.len() as u64;
         self.dirty.insert(key);
+    }
+
+    /// Hands commands to the worker pool, under one hold of its lock.
+    fn hand_to_workers(&mut self, jobs: Vec<Job>) {
+        if jobs.is_empty() {
+            return;
+        }
+        for job in &jobs {
+            if let Some(d) = self.devices.get_mut(&job.dev) {
+                d.at_workers += 1;
+            }
+        }
+        self.worker_jobs += jobs.len() as u64;
+        self.pool.submit_all(jobs);
+    }
+
+    /// Runs a command whose direct transfer did not do it on a worker.
+    fn worker_instead(&mut self, f: InFlight) {
+        // A device is kept until its io_uring transfers are back, so it is there; were
+        // it not, the kernel has failed the command, which is then dropped here.
+        let Some(d) = self.devices.get(&f.dev) else {
+            return;
+        };
+        let job = Job {
+            dev: f.dev,
+            ring: Arc::clone(&d.ring),
+            quick: false,
+            lun: f.lun,
+            cmd: f.cmd,
+            parsed: f.parsed,
+            started: f.started,
+            execute_before: f.execute_before,
+        };
+        self.hand_to_workers(vec![job]);
+    }
+
+    /// Queues a direct transfer on the io_uring, or runs the command on a worker when
+    /// the ring is full.
+    fn submit_direct(&mut self, f: InFlight) {
+        let Some(u) = self.uring.as_mut() else {
+            return self.worker_after_direct(f, -libc::EAGAIN);
+        };
+        if let Err(f) = u.push(f) {
+            self.worker_after_direct(f, -libc::EAGAIN);
+        }
+    }
+
+    /// Hands the io_uring what the loop queued, without waiting for any of it.
+    fn submit_uring(&mut self) {
+        let Some(u) = self.uring.as_mut() else {
+            return;
+        };
+        match u.submit() {
+            Ok(()) => self.submit_failed = false,
+            Err(e) if !self.submit_failed => {
+                self.submit_failed = true;
+                error!(self.log, "io_uring submission failed; retrying"; "error" => %e);
+            }
+            Err(_) => {}
+        }
+    }
+
+    /// Answers the finished direct transfers; a short or failed one runs again on a
+    /// worker, which reports what the store says.
+    fn collect_uring(&mut self) {
+        let Some(u) = self.uring.as_mut() else {
+            return;
+        };
+        for (mut f, result) in u.reap() {
+            match f.lun.direct_done(&f.parsed, &mut f.io, result) {
+                DirectDone::Answered(resp) => self.finish(f.dev, f.cmd, resp, f.started),
+                DirectDone::Worker => self.worker_instead(f),
+                DirectDone::Waiting(w) => self.gated.push((f, w)),
+            }
+        }
+    }
+
+    /// Answers the durable direct writes whose neighbours in the sync gate have left.
+    fn collect_gated(&mut self) {
+        if self.gated.is_empty() {
+            return;
+        }
+        for (f, w) in std::mem::take(&mut self.gated) {
+            match f.lun.direct_waited(&f.parsed, &w) {
+                Some(resp) => self.finish(f.dev, f.cmd, resp, f.started),
+                None => self.gated.push((f, w)),
+            }
+        }
+    }
+
+    /// A direct transfer that was not submitted: released, and run on a worker.
+    fn worker_after_direct(&mut self, mut f: InFlight, errno: i32) {
+        let answered = f.lun.direct_done(&f.parsed, &mut f.io, errno);
+        debug_assert!(matches!(answered, DirectDone::Worker));
+        self.worker_instead(f);
     }
 
     /// Completes a command the loop answered to its ring, and counts it.
@@ -677,13 +875,15 @@ impl EventLoop {
     }
 
     fn close_device(&mut self, key: usize, why: &str) {
+        let uring = self.uring.as_ref().map_or(0, |u| u.in_flight(key));
         let Some(d) = self.devices.get_mut(&key) else {
             return;
         };
         d.ring.watch();
         if !d.closing {
             d.closing = true;
-            info!(d.log, "closing device"; "reason" => why, "at_workers" => d.at_workers);
+            info!(d.log, "closing device"; "reason" => why, "at_workers" => d.at_workers,
+                  "at_uring" => uring);
             let _ = self
                 .poll
                 .registry()
@@ -700,7 +900,7 @@ impl EventLoop {
         let gone: Vec<usize> = self
             .devices
             .iter()
-            .filter(|(_, d)| d.closing && d.at_workers == 0)
+            .filter(|&(&k, d)| d.closing && self.outstanding(k) == 0)
             .map(|(k, _)| *k)
             .collect();
         for key in gone {
@@ -730,9 +930,10 @@ impl EventLoop {
             .map(|(k, _)| *k)
             .collect();
         for key in overdue {
+            let outstanding = self.outstanding(key);
             if let Some(d) = self.devices.get_mut(&key) {
                 warn!(d.log, "detach answered before the device drained: commands are stuck in the store";
-                      "at_workers" => d.at_workers);
+                      "at_workers" => d.at_workers, "at_uring" => outstanding - d.at_workers);
                 d.detach_asked = None;
                 let waiters = std::mem::take(&mut d.detach_waiters);
                 self.answer_detach(waiters);

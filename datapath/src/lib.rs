@@ -7,4 +7,5 @@ pub mod latch;
 pub mod log;
 pub mod ring;
 pub mod scsi;
+pub mod uring;
 pub mod worker;

@@ -88,6 +88,7 @@ fn new_loop(workers: usize) -> EventLoop {
         LoopConfig {
             workers,
             per_lun_max: workers.div_ceil(2),
+            uring: true,
         },
         discard_log(),
     )
@@ -402,6 +403,7 @@ fn cache_hits_are_answered_while_every_worker_is_busy() {
         LoopConfig {
             workers: 1,
             per_lun_max: 1,
+            uring: true,
         },
         discard_log(),
     )
@@ -497,6 +499,7 @@ fn a_command_that_may_have_expired_is_not_executed_over_newer_data() {
             LoopConfig {
                 workers: 1,
                 per_lun_max: 1,
+                uring: true,
             },
             discard_log(),
         )

@@ -106,8 +106,9 @@ pub struct StoreStats {
 /// descriptor is `O_DIRECT`, so a transfer on it touches no page cache and is the same
 /// transfer [`BackingStore::read_at`] / [`BackingStore::write_at`] would make. The caller
 /// owns range, `ro` and durability: a durable (`wt`, FUA) write is `RWF_DSYNC`, as
-/// `write_at` does it; a short or failed transfer is redone with `read_at`/`write_at`,
-/// which report it properly (and bounce what the kernel refused as misaligned).
+/// `write_at` does it; a short transfer, or one refused before it started (EAGAIN,
+/// EINVAL), is redone with `read_at`/`write_at`, which report it properly (and bounce
+/// what the kernel refused as misaligned).
 #[derive(Debug, Clone, Copy)]
 pub struct DirectTarget<'a> {
     pub fd: BorrowedFd<'a>,
@@ -119,6 +120,12 @@ impl DirectTarget<'_> {
     /// aligned as blockio's own direct path requires); otherwise use `read_at`/`write_at`.
     pub fn ready(&self, segments: impl IntoIterator<Item = (*const u8, usize)>) -> bool {
         blockio::is_direct_ready(segments, self.align)
+    }
+
+    /// What a direct write that failed with `errno` at `offset` means, as `write_at`
+    /// would report it.
+    pub fn write_error(&self, offset: u64, errno: nix::errno::Errno) -> IoError {
+        backing::write_error(sys::Failure { offset, errno })
     }
 }
 

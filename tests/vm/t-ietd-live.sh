@@ -35,6 +35,8 @@ head -c 2M /dev/urandom > /tmp/pb
 check "blockio write" dd if=/tmp/pb of="$d1" bs=128k seek=10 oflag=direct status=none
 check "blockio read back" cmp /tmp/pb <(dd if="$d1" bs=128k skip=10 count=16 iflag=direct status=none)
 check "data is on /dev/vda" cmp /tmp/pb <(dd if=/dev/vda bs=128k skip=10 count=16 iflag=direct status=none)
+# Those reads and writes were io_uring transfers of the datapath's event loop, not worker jobs.
+check_grep "the datapath set up its io_uring for blockio" "io_uring set up" "$(cat /tmp/ietd.log)"
 # excl_open DEV: open DEV with O_EXCL (fails with EBUSY while someone claims it)
 excl_open() { python3 -c 'import os,sys; os.close(os.open(sys.argv[1], os.O_RDONLY | os.O_EXCL))' "$1"; }
 check_fails "the device is claimed exclusively while exported" excl_open /dev/vda

@@ -4,7 +4,10 @@
 //! the kernel and is reported apart), and their context switches per command.
 //!
 //! Run: `cargo run --release -p loop-sim -- [--qd N] [--secs S] [--workers N]
-//! [--write] [--bs BYTES] [--file PATH]`. Profile with
+//! [--write] [--bs BYTES] [--file PATH] [--blockio] [--no-uring] [--wt]`. `--blockio`
+//! serves the file as blockio (O_DIRECT: not on tmpfs), whose READ and WRITE go through
+//! the loop's io_uring unless `--no-uring` sends them to workers; `--wt` makes the store
+//! write-through (every write durable), `wb` otherwise. Profile with
 //! `valgrind --tool=callgrind target/release/loop-sim --secs 2` or `strace -c -f`.
 
 use std::collections::BTreeMap;
@@ -35,6 +38,9 @@ struct Opts {
     bs: usize,
     file: PathBuf,
     size_mb: u64,
+    blockio: bool,
+    uring: bool,
+    wt: bool,
 }
 
 fn parse() -> Result<Opts, String> {
@@ -46,6 +52,9 @@ fn parse() -> Result<Opts, String> {
         bs: 4096,
         file: PathBuf::from("/dev/shm/loop-sim.img"),
         size_mb: 64,
+        blockio: false,
+        uring: true,
+        wt: false,
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -64,10 +73,13 @@ fn parse() -> Result<Opts, String> {
             "--bs" => o.bs = num("--bs", val("--bs")?)? as usize,
             "--file" => o.file = PathBuf::from(val("--file")?),
             "--size-mb" => o.size_mb = num("--size-mb", val("--size-mb")?)?,
+            "--blockio" => o.blockio = true,
+            "--no-uring" => o.uring = false,
+            "--wt" => o.wt = true,
             "-h" | "--help" => {
                 return Err(
                     "usage: loop-sim [--qd N] [--secs S] [--workers N] [--write] \
-                            [--bs BYTES] [--file PATH] [--size-mb MB]"
+                            [--bs BYTES] [--file PATH] [--size-mb MB] [--blockio] [--no-uring] [--wt]"
                         .into(),
                 )
             }
@@ -166,8 +178,12 @@ fn run(o: &Opts) -> Result<(), String> {
     }
     let store = iomodes::open(&StoreSpec {
         path: o.file.clone(),
-        io_type: IoType::FileIo,
-        io_mode: IoMode::Wb,
+        io_type: if o.blockio {
+            IoType::BlockIo
+        } else {
+            IoType::FileIo
+        },
+        io_mode: if o.wt { IoMode::Wt } else { IoMode::Wb },
         block_size: Some(LBS as u32),
         blocks: None,
     })
@@ -193,7 +209,10 @@ fn run(o: &Opts) -> Result<(), String> {
         .map_err(|e| e.to_string())?
         .into_ring()
         .map_err(|e| e.to_string())?;
-    let mut cfg = LoopConfig::default();
+    let mut cfg = LoopConfig {
+        uring: o.uring,
+        ..LoopConfig::default()
+    };
     if let Some(w) = o.workers {
         cfg.workers = w;
         cfg.per_lun_max = w.div_ceil(2);

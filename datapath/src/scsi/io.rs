@@ -8,19 +8,28 @@
 //!
 //! COMPARE AND WRITE is atomic against every other modifying command of the LUN: those
 //! hold `write_order` shared while they touch the store, CAW holds it exclusively from
-//! its read to its write. Plain reads take no lock (SBC does not order them against CAW).
+//! its read to its write. A direct write the event loop submits cannot hold a guard until
+//! its completion: it counts itself in `direct_writes` under the shared order instead,
+//! and CAW waits for that count to drop to zero. Plain reads take no lock (SBC does not
+//! order them against CAW).
 
 use std::io::{IoSlice, IoSliceMut};
+use std::os::fd::AsRawFd;
+use std::sync::atomic::Ordering;
 
 use iomodes::IoError;
 
 use super::cdb::ByteCheck;
 use super::sense::{Completion, Failure, FieldPointer};
-use super::{Lun, INLINE_MAX_BYTES};
+use super::sync_gate::Pass;
+use super::{DirectIo, Lun, INLINE_MAX_BYTES};
 use crate::ring::DataIov;
 
 /// Largest bounce buffer a compare or WRITE SAME allocates.
 const CHUNK_BYTES: usize = 1 << 20;
+
+/// Most runs one direct transfer may have (the kernel's UIO_MAXIOV); more go to a worker.
+const DIRECT_MAX_RUNS: usize = 1024;
 
 /// How much of the medium one GET LBA STATUS reads to classify blocks. Each command
 /// pays for the whole window when the range is uniform (a fresh, all-zero LUN), and
@@ -155,18 +164,28 @@ impl Lun {
         }
         let pass = self.sync_gate.enter();
         match op() {
-            Err(e) => {
-                let f = self.store_err(e, true);
-                self.sync_gate.failed(pass);
-                Err(f)
-            }
+            Err(e) => Err(self.gate_failed(pass, e)),
             Ok(v) => {
                 self.sync_gate.succeeded(pass);
-                match self.store_error() {
-                    Some(_) => Err(Failure::StoreFailed),
-                    None => Ok(v),
-                }
+                self.gate_passed().map(|()| v)
             }
+        }
+    }
+
+    /// A durable operation inside the gate failed: latch, then leave (so the successes
+    /// beside it that wait for it see the latch).
+    pub(super) fn gate_failed(&self, pass: Pass, e: IoError) -> Failure {
+        let f = self.store_err(e, true);
+        self.sync_gate.failed(pass);
+        f
+    }
+
+    /// A durable operation succeeded and every one beside it has left the gate: it is
+    /// refused if one of them latched the store error.
+    pub(super) fn gate_passed(&self) -> Result<(), Failure> {
+        match self.store_error() {
+            Some(_) => Err(Failure::StoreFailed),
+            None => Ok(()),
         }
     }
 
@@ -236,22 +255,136 @@ impl Lun {
         let n = want.min(data.len() as u64);
         let whole = n - n % bs;
         let offset = lba * bs;
+        let mut r = Ok(());
         if whole > 0 {
             let mut runs = data.slices_mut();
             let mut p = prefix_mut(&mut runs, whole as usize);
-            self.store
-                .read_at(&mut p, offset)
-                .map_err(|e| self.io_err(e))?;
+            r = self.store.read_at(&mut p, offset);
         }
         let tail = (n - whole) as usize;
-        if tail > 0 {
+        if tail > 0 && r.is_ok() {
             let mut block = vec![0u8; bs as usize];
-            self.store
-                .read_at(&mut [IoSliceMut::new(&mut block)], offset + whole)
-                .map_err(|e| self.io_err(e))?;
-            copy_in(data, whole as usize, &block[..tail]);
+            r = self
+                .store
+                .read_at(&mut [IoSliceMut::new(&mut block)], offset + whole);
+            if r.is_ok() {
+                copy_in(data, whole as usize, &block[..tail]);
+            }
         }
-        Ok(Completion::data_in(n as usize))
+        self.read_outcome(n as usize, r)
+    }
+
+    /// What a READ answers once the transfer of its `n` bytes returned `r`: the one rule
+    /// for a worker's [`read`](Self::read) and the event loop's direct transfer
+    /// ([`Lun::direct_done`]).
+    pub(super) fn read_outcome(
+        &self,
+        n: usize,
+        r: Result<(), IoError>,
+    ) -> Result<Completion, Failure> {
+        r.map(|()| Completion::data_in(n))
+            .map_err(|e| self.io_err(e))
+    }
+
+    /// What a WRITE answers once `transfer` ran: a durable one passes the sync gate and
+    /// latches a failure ([`store_op`](Self::store_op)). The one rule for a worker's
+    /// [`write`](Self::write) and the event loop's direct transfer ([`Lun::direct_done`]).
+    pub(super) fn write_outcome(
+        &self,
+        durable: bool,
+        transfer: impl FnOnce() -> Result<(), IoError>,
+    ) -> Result<Completion, Failure> {
+        self.store_op(durable, transfer)
+            .map(|()| Completion::no_data())
+    }
+
+    /// A READ as one direct transfer the caller makes itself (see [`Lun::direct`]):
+    /// the whole transfer into the start of `data`, on direct-ready buffers.
+    pub(super) fn direct_read(
+        &self,
+        lba: u64,
+        blocks: u32,
+        data: &mut DataIov<'_>,
+    ) -> Option<DirectIo> {
+        self.check_range(lba, u64::from(blocks)).ok()?;
+        let n = usize::try_from(u64::from(blocks) * self.bs()).ok()?;
+        if n == 0 || n > data.len() {
+            return None;
+        }
+        let mut runs = data.slices_mut();
+        let p = prefix_mut(&mut runs, n);
+        let iovecs = p.iter().map(|s| (s.as_ptr().cast_mut(), s.len())).collect();
+        self.direct_io(false, lba, n, iovecs)
+    }
+
+    /// A WRITE as one direct transfer, on the terms of [`direct_read`](Self::direct_read).
+    /// A durable one (FUA, `wt`) is `RWF_DSYNC`, as the store's `write_at` makes it, and
+    /// enters the sync gate before it starts, as `store_op` does. It holds the LUN's
+    /// write order (shared) until [`Lun::direct_done`].
+    pub(super) fn direct_write(
+        &self,
+        lba: u64,
+        blocks: u32,
+        fua: bool,
+        data: &DataIov<'_>,
+    ) -> Option<DirectIo> {
+        let n = self.write_len(lba, blocks, data).ok()?;
+        if n == 0 {
+            return None;
+        }
+        let runs = data.slices();
+        let iovecs = prefix(&runs, n)
+            .iter()
+            .map(|s| (s.as_ptr().cast_mut(), s.len()))
+            .collect();
+        // A COMPARE AND WRITE holding the order exclusively: the write goes to a worker.
+        let _order = self.write_order.try_read().ok()?;
+        let mut io = self.direct_io(true, lba, n, iovecs)?;
+        if self.durable(fua) {
+            io.rw_flags = libc::RWF_DSYNC;
+            io.gate = Some(self.sync_gate.enter());
+        }
+        self.direct_writes.fetch_add(1, Ordering::AcqRel);
+        Some(io)
+    }
+
+    fn direct_io(
+        &self,
+        write: bool,
+        lba: u64,
+        len: usize,
+        runs: Vec<(*mut u8, usize)>,
+    ) -> Option<DirectIo> {
+        let target = self.store.direct()?;
+        if runs.len() > DIRECT_MAX_RUNS
+            || !target.ready(runs.iter().map(|&(p, l)| (p.cast_const(), l)))
+        {
+            return None;
+        }
+        Some(DirectIo {
+            fd: target.fd.as_raw_fd(),
+            write,
+            offset: lba * self.bs(),
+            len,
+            iovecs: runs
+                .into_iter()
+                .map(|(p, l)| libc::iovec {
+                    iov_base: p.cast(),
+                    iov_len: l,
+                })
+                .collect(),
+            rw_flags: 0,
+            gate: None,
+        })
+    }
+
+    /// Waits until no direct write holds the write order (COMPARE AND WRITE, which holds
+    /// it exclusively, so no new one starts). Polls: CAW is rare, and the writes it waits
+    /// for finish on the event loop, which must not pay for a wakeup per write.
+    fn wait_direct_writes(&self) {
+        while self.direct_writes.load(Ordering::Acquire) > 0 {
+            std::thread::sleep(std::time::Duration::from_micros(100));
+        }
     }
 
     /// The Data-Out bytes a command needs. LIO does not compare the initiator's expected
@@ -338,10 +471,9 @@ impl Lun {
         let runs = data.slices();
         let p = prefix(&runs, n);
         let _order = self.shared_write();
-        self.store_op(self.durable(fua), || {
+        self.write_outcome(self.durable(fua), || {
             self.store.write_at(&p, lba * self.bs(), fua)
-        })?;
-        Ok(Completion::no_data())
+        })
     }
 
     /// WRITE AND VERIFY(10/16): a durable write, then a read-back; with BYTCHK the
@@ -571,6 +703,7 @@ impl Lun {
         let (expect, new) = both.split_at(n);
         let offset = lba * self.bs();
         let _order = self.exclusive_write();
+        self.wait_direct_writes();
         let mut current = vec![0u8; n];
         self.store
             .read_at(&mut [IoSliceMut::new(&mut current)], offset)

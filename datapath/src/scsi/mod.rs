@@ -8,6 +8,8 @@
 //!   the parsed [`cdb::Command`] ([`Attempt::Worker`]), which a worker runs with
 //!   [`Lun::execute_parsed`]; whether a command waits for the store is
 //!   [`cdb::Command::needs_io`];
+//! - a blockio READ/WRITE the event loop moves itself (io_uring): [`Lun::direct`] makes
+//!   the transfer, [`Lun::direct_done`] answers it with the same rules as a worker's;
 //! - dispatch from a typed [`cdb::Command`] to a handler: [`Lun::run`] below;
 //! - READ/WRITE/VERIFY/WRITE SAME/UNMAP/COMPARE AND WRITE/SYNC CACHE: [`io`];
 //! - INQUIRY and VPD: [`inquiry`]; MODE SENSE/SELECT: [`mode`]; REPORT SUPPORTED
@@ -28,7 +30,7 @@ mod sync_gate;
 #[cfg(feature = "testing")]
 pub mod testing;
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock, RwLock};
 
 use iomodes::{BackingStore, Capabilities, Geometry};
@@ -165,6 +167,9 @@ pub struct Lun {
     store_error_record: OnceLock<LatchRecord>,
     /// Durable operations in flight together (see `sync_gate`).
     sync_gate: sync_gate::SyncGate,
+    /// Direct writes submitted and not yet done ([`Lun::direct`]): they hold the write
+    /// order without a guard, and COMPARE AND WRITE waits for them.
+    direct_writes: AtomicUsize,
     counters: Counters,
 }
 
@@ -182,6 +187,48 @@ pub enum Attempt {
     /// [`Lun::execute_parsed`]. Nothing was counted or answered.
     Worker(Command),
 }
+
+/// A READ or WRITE its caller moves itself, as one direct transfer on the store's
+/// descriptor (the event loop's io_uring), made by [`Lun::direct`] and answered by
+/// [`Lun::direct_done`]. The runs point into the command's buffer: the caller keeps the
+/// command (and the LUN, which keeps `fd` open) until the transfer is done.
+#[derive(Debug)]
+pub struct DirectIo {
+    pub fd: std::os::fd::RawFd,
+    pub write: bool,
+    pub offset: u64,
+    /// Bytes to move: the command's whole transfer.
+    pub len: usize,
+    /// The runs, each ready for direct I/O, `len` bytes in all.
+    pub iovecs: Vec<libc::iovec>,
+    /// `RWF_*` flags of the transfer: `RWF_DSYNC` for a durable write.
+    pub rw_flags: i32,
+    /// A durable write's place in the sync gate, from before it starts.
+    gate: Option<sync_gate::Pass>,
+}
+
+/// What became of a [`Lun::direct`] transfer ([`Lun::direct_done`]).
+#[derive(Debug)]
+pub enum DirectDone {
+    /// Answered and counted.
+    Answered(Response),
+    /// Cut short, or refused before it started: run the command on a worker, which
+    /// does it again and reports whatever the store says.
+    Worker,
+    /// A durable write that succeeded, waiting for the durable operations that ran
+    /// beside it (see `sync_gate`): ask [`Lun::direct_waited`] again after any of them
+    /// may have finished.
+    Waiting(DirectWait),
+}
+
+/// A durable direct write's wait for the durable operations beside it.
+#[derive(Debug)]
+pub struct DirectWait(sync_gate::Beside);
+
+// SAFETY: the iovecs only describe runs of the command the transfer belongs to, which
+// is `Send` (its exclusive ownership of the runs moves with it); nothing here reads or
+// writes through them, the kernel does while the caller keeps both together.
+unsafe impl Send for DirectIo {}
 
 /// Copies in-memory Data-In (INQUIRY, MODE SENSE, ...) into the buffer, honouring the
 /// allocation length, and zeroes whatever follows so no stale bytes of a reused data
@@ -207,6 +254,7 @@ impl Lun {
             store_error: OnceLock::new(),
             store_error_record: OnceLock::new(),
             sync_gate: sync_gate::SyncGate::default(),
+            direct_writes: AtomicUsize::new(0),
             counters: Counters::default(),
         }
     }
@@ -409,6 +457,83 @@ impl Lun {
             Some(outcome) => Attempt::Done(self.respond(Some(&cmd), outcome)),
             None => Attempt::Worker(cmd),
         }
+    }
+
+    /// A READ or WRITE that [`try_execute`](Self::try_execute) handed back, as one direct
+    /// transfer its caller may submit itself instead of running it on a worker: only
+    /// on a store with a direct descriptor (blockio), for the whole transfer on
+    /// direct-ready buffers. `None`: run it on a worker as before. Every `Some` must
+    /// end in [`direct_done`](Self::direct_done).
+    pub fn direct(&self, cmd: &Command, data: &mut DataIov<'_>) -> Option<DirectIo> {
+        self.check_store(cmd).ok()?;
+        match *cmd {
+            Command::Read { lba, blocks, .. } => self.direct_read(lba, blocks, data),
+            Command::Write { lba, blocks, fua } => self.direct_write(lba, blocks, fua, data),
+            _ => None,
+        }
+    }
+
+    /// Answers (and counts) a [`direct`](Self::direct) transfer that returned `result`
+    /// (bytes moved, or a negative errno; pass `-EAGAIN` for one never submitted), by
+    /// the rules a worker's READ or WRITE answers with (`read_outcome`,
+    /// `write_outcome`, the sync gate's). Never waits.
+    pub fn direct_done(&self, cmd: &Command, io: &mut DirectIo, result: i32) -> DirectDone {
+        if io.write {
+            self.direct_writes.fetch_sub(1, Ordering::AcqRel);
+        }
+        let whole = usize::try_from(result).ok() == Some(io.len);
+        let Some(pass) = io.gate.take() else {
+            if !whole {
+                return DirectDone::Worker;
+            }
+            let outcome = if io.write {
+                self.write_outcome(false, || Ok(()))
+            } else {
+                self.read_outcome(io.len, Ok(()))
+            };
+            return DirectDone::Answered(self.respond(Some(cmd), outcome));
+        };
+        if whole {
+            let wait = DirectWait(self.sync_gate.left(pass));
+            return match self.direct_waited(cmd, &wait) {
+                Some(resp) => DirectDone::Answered(resp),
+                None => DirectDone::Waiting(wait),
+            };
+        }
+        // A durable write that moved some bytes had them synced (the sync's error would
+        // be the result); one refused before it started synced nothing. Neither can have
+        // taken a write-back error report a redo could miss: a worker redoes them.
+        let errno = nix::errno::Errno::from_raw(-result);
+        let redo = result >= 0
+            || matches!(
+                errno,
+                nix::errno::Errno::EAGAIN
+                    | nix::errno::Errno::EINVAL
+                    | nix::errno::Errno::EINTR
+                    | nix::errno::Errno::ECANCELED
+                    | nix::errno::Errno::EOPNOTSUPP
+            );
+        match self.store.direct() {
+            Some(target) if !redo => {
+                let e = target.write_error(io.offset, errno);
+                let f = self.gate_failed(pass, e);
+                DirectDone::Answered(self.respond(Some(cmd), Err(f)))
+            }
+            _ => {
+                self.sync_gate.failed(pass);
+                DirectDone::Worker
+            }
+        }
+    }
+
+    /// The answer of a durable direct write once every durable operation beside it has
+    /// left the gate; `None` while one is still running.
+    pub fn direct_waited(&self, cmd: &Command, wait: &DirectWait) -> Option<Response> {
+        if !wait.0.gone_from(&self.sync_gate) {
+            return None;
+        }
+        let outcome = self.gate_passed().map(|()| Completion::no_data());
+        Some(self.respond(Some(cmd), outcome))
     }
 
     /// Dispatch: one arm per command, naming its handler.

@@ -22,7 +22,8 @@ struct Running {
 }
 
 /// One durable operation inside the gate.
-#[must_use = "leave the gate with `failed` or `succeeded`"]
+#[derive(Debug)]
+#[must_use = "leave the gate with `failed`, `succeeded` or `left`"]
 pub(crate) struct Pass(u64);
 
 impl SyncGate {
@@ -39,7 +40,8 @@ impl SyncGate {
         Pass(id)
     }
 
-    /// Leaves after a failure, which the caller has latched already.
+    /// Leaves after a failure, which the caller has latched already, or without having
+    /// run (nothing to latch: a transfer refused before it started).
     pub(crate) fn failed(&self, pass: Pass) {
         self.lock().ids.remove(&pass.0);
         self.left.notify_all();
@@ -47,13 +49,36 @@ impl SyncGate {
 
     /// Leaves after a success: returns once every operation running now has left.
     pub(crate) fn succeeded(&self, pass: Pass) {
+        let beside = self.left(pass);
+        let mut r = self.lock();
+        while !beside.gone(&r) {
+            r = self.left.wait(r).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+
+    /// Leaves after a success without waiting (the event loop, which may not): the
+    /// operations running now, which the success waits for by [`Beside::gone_from`]
+    /// instead of blocking.
+    pub(crate) fn left(&self, pass: Pass) -> Beside {
         let mut r = self.lock();
         r.ids.remove(&pass.0);
         self.left.notify_all();
-        let beside: Vec<u64> = r.ids.iter().copied().collect();
-        while beside.iter().any(|id| r.ids.contains(id)) {
-            r = self.left.wait(r).unwrap_or_else(|e| e.into_inner());
-        }
+        Beside(r.ids.iter().copied().collect())
+    }
+}
+
+/// The durable operations that were running when a success left the gate.
+#[derive(Debug)]
+pub(crate) struct Beside(Vec<u64>);
+
+impl Beside {
+    fn gone(&self, r: &Running) -> bool {
+        !self.0.iter().any(|id| r.ids.contains(id))
+    }
+
+    /// Whether every one of them has left `gate`.
+    pub(crate) fn gone_from(&self, gate: &SyncGate) -> bool {
+        self.0.is_empty() || self.gone(&gate.lock())
     }
 }
 
@@ -77,6 +102,22 @@ mod tests {
         gate.failed(slow);
         waiter.join().unwrap();
         gate.succeeded(later);
+    }
+
+    #[test]
+    fn a_success_that_may_not_wait_learns_when_the_others_left() {
+        let gate = SyncGate::default();
+        let slow = gate.enter();
+        let fast = gate.enter();
+        let beside = gate.left(fast);
+        let later = gate.enter();
+        assert!(!beside.gone_from(&gate));
+        gate.failed(slow);
+        assert!(
+            beside.gone_from(&gate),
+            "not waiting for one that came later"
+        );
+        assert!(gate.left(later).gone_from(&gate));
     }
 
     #[test]
