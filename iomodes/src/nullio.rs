@@ -27,6 +27,10 @@ impl Engine for NullIo {
         true
     }
 
+    fn durable_at_once(&self) -> bool {
+        true
+    }
+
     fn flush(&self) -> Result<(), IoError> {
         Ok(())
     }

@@ -24,6 +24,11 @@ pub(crate) trait Engine: Send + Sync {
     fn try_write(&self, _bufs: &[IoSlice<'_>], _offset: u64) -> bool {
         false
     }
+    /// A write is as durable as it will ever be when `write` returns, so a durable one
+    /// may take the non-durable way (nullio: it keeps nothing).
+    fn durable_at_once(&self) -> bool {
+        false
+    }
     fn flush(&self) -> Result<(), IoError>;
     fn discard(&self, offset: u64, len: u64, durable: bool) -> Result<(), IoError>;
     fn write_zeroes(
@@ -168,7 +173,7 @@ impl<E: Engine> BackingStore for Store<E> {
         if len == 0 {
             return Some(Ok(()));
         }
-        if fua || self.write_through() {
+        if (fua || self.write_through()) && !self.engine.durable_at_once() {
             return None;
         }
         self.engine.try_write(bufs, offset).then_some(Ok(()))
