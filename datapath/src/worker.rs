@@ -304,7 +304,7 @@ fn worker(shared: &Shared, done: &Sender<Done>, wake: &dyn Wake, pending: &Atomi
         // its command-ring lock and queues completion work per notification). Their
         // reports wait for it too, so the loop never drops a device (and its uio fd)
         // before this worker has notified.
-        let mut told_at_end: Option<(Arc<DevRing>, Vec<Done>)> = None;
+        let mut told_at_end: Option<(Arc<DevRing>, Vec<Held>)> = None;
         let last = batch.len() - 1;
         for (i, job) in batch.into_iter().enumerate() {
             let Job {
@@ -323,78 +323,48 @@ fn worker(shared: &Shared, done: &Sender<Done>, wake: &dyn Wake, pending: &Atomi
                 let (_, mut data) = cmd.parts();
                 lun.execute_parsed(&parsed, &mut data)
             };
-            if resp.data_in_len.unwrap_or(0) > WORKER_DATA_IN_MAX {
-                let outcome = Outcome::ToComplete { cmd, resp };
-                report(
-                    done,
-                    wake,
-                    pending,
-                    Done {
-                        dev,
-                        started,
-                        outcome,
-                    },
-                    true,
-                );
-                continue;
-            }
             let status = resp.status;
-            if quick && i < last {
+            let (outcome, wake_loop) = if resp.data_in_len.unwrap_or(0) > WORKER_DATA_IN_MAX {
+                (Outcome::ToComplete { cmd, resp }, true)
+            } else if quick && i < last {
                 let failed = ring.lock().complete(cmd, &resp).err();
-                let d = Done {
-                    dev,
-                    started,
-                    outcome: Outcome::Completed { status, failed },
-                };
                 told_at_end
                     .get_or_insert_with(|| (ring, Vec::new()))
                     .1
-                    .push(d);
+                    .push((dev, started, status, failed));
                 continue;
-            }
-            let failed = complete(&ring, cmd, &resp).err();
-            let wake_loop = failed.is_some() || ring.watched();
+            } else {
+                let failed = complete(&ring, cmd, &resp).err();
+                let wake_loop = failed.is_some() || ring.watched();
+                (Outcome::Completed { status, failed }, wake_loop)
+            };
             // Before the loop hears of it: once its last command is counted, the loop
             // drops the device, and the ring (its uio fd) must go with it, not later.
             drop(ring);
-            let outcome = Outcome::Completed { status, failed };
-            report(
-                done,
-                wake,
-                pending,
-                Done {
-                    dev,
-                    started,
-                    outcome,
-                },
-                wake_loop,
-            );
+            let d = Done {
+                dev,
+                started,
+                outcome,
+            };
+            report(done, wake, pending, d, wake_loop);
         }
         if let Some((ring, held)) = told_at_end {
             // The last job's notification told these too (then this one is a no-op).
-            let failed = ring.lock().notify().err();
-            let wake_loop = failed.is_some() || ring.watched();
+            let mut notify_failed = ring.lock().notify().err();
+            let watched = ring.watched();
             drop(ring);
-            let mut failed = failed;
-            for mut d in held {
-                if let (
-                    Outcome::Completed {
-                        failed: f @ None, ..
-                    },
-                    Some(e),
-                ) = (&mut d.outcome, failed.take())
-                {
-                    *f = Some(e);
+            for (dev, started, status, mut failed) in held {
+                if failed.is_none() {
+                    failed = notify_failed.take();
                 }
-                let w = wake_loop
-                    || matches!(
-                        d.outcome,
-                        Outcome::Completed {
-                            failed: Some(_),
-                            ..
-                        }
-                    );
-                report(done, wake, pending, d, w);
+                let wake_loop = watched || failed.is_some();
+                let outcome = Outcome::Completed { status, failed };
+                let d = Done {
+                    dev,
+                    started,
+                    outcome,
+                };
+                report(done, wake, pending, d, wake_loop);
             }
         }
 
@@ -428,6 +398,10 @@ fn worker(shared: &Shared, done: &Sender<Done>, wake: &dyn Wake, pending: &Atomi
         }
     }
 }
+
+/// A job of a quick batch completed to the ring but not told yet: device, when it was
+/// taken, status, and whether the ring refused it.
+type Held = (usize, Instant, u8, Option<RingError>);
 
 /// Tells the loop of a finished job, waking it if `wake_loop` (and it is not woken yet).
 fn report(done: &Sender<Done>, wake: &dyn Wake, pending: &AtomicBool, d: Done, wake_loop: bool) {
@@ -498,6 +472,13 @@ mod tests {
             self.parsed(&cdb10(0x2A, 0, 3, 1), &[0x5A; 512], 0)
         }
 
+        /// What the kernel reaps after one notification.
+        fn told(&mut self) -> Vec<crate::ring::sim::Completed> {
+            assert!(self.sim.wait_notification(1000));
+            assert_eq!(self.sim.take_notifications().unwrap(), 1);
+            self.sim.reap()
+        }
+
         /// A command the loop hands to a worker.
         fn parsed(&mut self, cdb: &[u8], data_out: &[u8], data_in_len: usize) -> Job {
             self.sim.submit(cdb, data_out, data_in_len).unwrap();
@@ -520,6 +501,16 @@ mod tests {
         }
     }
 
+    fn assert_completed_good(done: &Done) {
+        assert!(matches!(
+            done.outcome,
+            Outcome::Completed {
+                status: status::GOOD,
+                failed: None
+            }
+        ));
+    }
+
     fn run_one(job: Job) -> Done {
         let (tx, rx) = channel();
         let pool = WorkerPool::new(1, 1, tx, Arc::new(NoWake), Arc::default()).unwrap();
@@ -532,17 +523,9 @@ mod tests {
         let mut f = Fixture::new();
         let done = run_one(f.parsed_write());
         assert_eq!(done.dev, 7);
-        assert!(matches!(
-            done.outcome,
-            Outcome::Completed {
-                status: status::GOOD,
-                failed: None
-            }
-        ));
+        assert_completed_good(&done);
         // On the ring and notified by the worker: no event loop runs here.
-        assert!(f.sim.wait_notification(1000));
-        assert_eq!(f.sim.take_notifications().unwrap(), 1);
-        let got = f.sim.reap();
+        let got = f.told();
         assert_eq!(got.len(), 1);
         assert_eq!(got[0].status, status::GOOD);
         assert_eq!(f.store.calls().writes, 1);
@@ -554,16 +537,8 @@ mod tests {
     fn a_small_read_is_completed_by_the_worker_and_a_large_one_by_the_loop() {
         let mut f = Fixture::new();
         let small = run_one(f.parsed(&cdb10(0x28, 0, 0, 8), &[], 8 * 512));
-        assert!(matches!(
-            small.outcome,
-            Outcome::Completed {
-                status: status::GOOD,
-                failed: None
-            }
-        ));
-        assert!(f.sim.wait_notification(1000));
-        assert_eq!(f.sim.take_notifications().unwrap(), 1);
-        assert_eq!(f.sim.reap().len(), 1);
+        assert_completed_good(&small);
+        assert_eq!(f.told().len(), 1);
 
         // Past WORKER_DATA_IN_MAX: the kernel's copy-out must not run under the lock.
         let blocks = WORKER_DATA_IN_MAX / 512 + 8;

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use datapath::control::proto::{Attach, Reply, Request};
 use datapath::control::{Client, OpenedDevice};
-use datapath::eventloop::{EventLoop, LoopConfig, StopHandle};
+use datapath::eventloop::{EventLoop, LoopConfig};
 use datapath::ring::sim::{Completed, SimConfig, SimRing};
 use datapath::ring::{status, Ring};
 use datapath::scsi::testing::MemStore;
@@ -19,6 +19,9 @@ use datapath::scsi::{Identity, Lun};
 use iomodes::{BackingStore, Capabilities, Geometry, IoError, StoreSpec};
 use test_support::cdb::{read10, write10};
 use test_support::discard_log;
+
+mod common;
+use common::{start, wait_for, Running};
 
 const BS: u32 = 512;
 const BLOCKS: u64 = 2048;
@@ -62,27 +65,6 @@ fn device_with_timeout(ring: Ring, lun: Arc<Lun>, cmd_time_out: Duration) -> Ope
     }
 }
 
-struct Running {
-    stop: StopHandle,
-    thread: thread::JoinHandle<EventLoop>,
-}
-
-fn start(mut ev: EventLoop) -> Running {
-    let stop = ev.stop_handle();
-    let thread = thread::spawn(move || {
-        ev.run().unwrap();
-        ev
-    });
-    Running { stop, thread }
-}
-
-impl Running {
-    fn stop(self) -> EventLoop {
-        self.stop.stop();
-        self.thread.join().unwrap()
-    }
-}
-
 fn new_loop(workers: usize) -> EventLoop {
     EventLoop::new(
         LoopConfig {
@@ -101,24 +83,6 @@ fn attach_sim(ev: &mut EventLoop, cfg: SimConfig, uio: &str, lun: Arc<Lun>) -> S
     ev.attach(device(uio, sim.attach().unwrap().into_ring().unwrap(), lun))
         .unwrap();
     sim
-}
-
-/// Reaps until `n` completions arrived (or a generous timeout).
-fn wait_for(sim: &mut SimRing, n: usize) -> Vec<Completed> {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let mut got = Vec::new();
-    while got.len() < n {
-        assert!(
-            Instant::now() < deadline,
-            "only {} of {n} completions",
-            got.len()
-        );
-        sim.wait_notification(50);
-        let _ = sim.take_notifications();
-        got.extend(sim.reap());
-        assert_eq!(sim.broken(), None);
-    }
-    got
 }
 
 fn nullio() -> lunspec::LunParams {

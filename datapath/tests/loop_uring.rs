@@ -9,16 +9,19 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use datapath::control::OpenedDevice;
-use datapath::eventloop::{EventLoop, LoopConfig, StopHandle};
+use datapath::eventloop::{EventLoop, LoopConfig};
 use datapath::ring::sim::{Completed, SimConfig, SimRing};
 use datapath::ring::status;
 use datapath::scsi::{Identity, Lun};
 use iomodes::{BackingStore, IoError, IoMode, IoType, StoreSpec};
 use test_support::cdb::{cdb10, read10, write10};
 use test_support::discard_log;
+
+mod common;
+use common::start;
 
 const BS: usize = 512;
 const FILE_BYTES: usize = 4 << 20;
@@ -95,43 +98,12 @@ fn attach_as(ev: &mut EventLoop, uio: &str, lun: Arc<Lun>) -> SimRing {
     sim
 }
 
-struct Running {
-    stop: StopHandle,
-    thread: thread::JoinHandle<EventLoop>,
-}
-
-fn start(mut ev: EventLoop) -> Running {
-    let stop = ev.stop_handle();
-    let thread = thread::spawn(move || {
-        ev.run().unwrap();
-        ev
-    });
-    Running { stop, thread }
-}
-
-impl Running {
-    fn stop(self) -> EventLoop {
-        self.stop.stop();
-        self.thread.join().unwrap()
-    }
-}
-
 /// Reaps until `n` completions arrived, by command id.
 fn wait_for(sim: &mut SimRing, n: usize) -> std::collections::HashMap<u16, Completed> {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let mut got = std::collections::HashMap::new();
-    while got.len() < n {
-        assert!(
-            Instant::now() < deadline,
-            "only {} of {n} completions",
-            got.len()
-        );
-        sim.wait_notification(50);
-        let _ = sim.take_notifications();
-        got.extend(sim.reap().into_iter().map(|c| (c.id, c)));
-        assert_eq!(sim.broken(), None);
-    }
-    got
+    common::wait_for(sim, n)
+        .into_iter()
+        .map(|c| (c.id, c))
+        .collect()
 }
 
 fn good(c: &Completed) {
