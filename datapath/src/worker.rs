@@ -316,74 +316,7 @@ fn worker(shared: &Shared, done: &Sender<Done>, wake: &dyn Wake, pending: &Atomi
         }
         drop(s);
 
-        // A quick batch's completions are told to the kernel once, at its end: a
-        // notification per command cost more than the copy in the VM (the kernel takes
-        // its command-ring lock and queues completion work per notification). Their
-        // reports wait for it too, so the loop never drops a device (and its uio fd)
-        // before this worker has notified.
-        let mut told_at_end: Option<(Arc<DevRing>, Vec<Held>)> = None;
-        let last = batch.len() - 1;
-        for (i, job) in batch.into_iter().enumerate() {
-            let Job {
-                dev,
-                ring,
-                lun,
-                mut cmd,
-                parsed,
-                started,
-                execute_before,
-                quick,
-            } = job;
-            let resp = if execute_before.is_some_and(|t| Instant::now() >= t) {
-                Response::busy()
-            } else {
-                let (_, mut data) = cmd.parts();
-                lun.execute_parsed(&parsed, &mut data)
-            };
-            let status = resp.status;
-            let (outcome, wake_loop) = if resp.data_in_len.unwrap_or(0) > WORKER_DATA_IN_MAX {
-                (Outcome::ToComplete { cmd, resp }, true)
-            } else if quick && i < last {
-                let failed = ring.lock().complete(cmd, &resp).err();
-                told_at_end
-                    .get_or_insert_with(|| (ring, Vec::new()))
-                    .1
-                    .push((dev, started, status, failed));
-                continue;
-            } else {
-                let failed = complete(&ring, cmd, &resp).err();
-                let wake_loop = failed.is_some() || ring.watched();
-                (Outcome::Completed { status, failed }, wake_loop)
-            };
-            // Before the loop hears of it: once its last command is counted, the loop
-            // drops the device, and the ring (its uio fd) must go with it, not later.
-            drop(ring);
-            let d = Done {
-                dev,
-                started,
-                outcome,
-            };
-            report(done, wake, pending, d, wake_loop);
-        }
-        if let Some((ring, held)) = told_at_end {
-            // The last job's notification told these too (then this one is a no-op).
-            let mut notify_failed = ring.lock().notify().err();
-            let watched = ring.watched();
-            drop(ring);
-            for (dev, started, status, mut failed) in held {
-                if failed.is_none() {
-                    failed = notify_failed.take();
-                }
-                let wake_loop = watched || failed.is_some();
-                let outcome = Outcome::Completed { status, failed };
-                let d = Done {
-                    dev,
-                    started,
-                    outcome,
-                };
-                report(done, wake, pending, d, wake_loop);
-            }
-        }
+        run_batch(batch, done, wake, pending);
 
         s = shared.lock();
         if let Some(b) = s.busy.get_mut(&dev) {
@@ -417,6 +350,79 @@ fn worker(shared: &Shared, done: &Sender<Done>, wake: &dyn Wake, pending: &Atomi
             } else {
                 shared.make_ready(&mut s, dev);
             }
+        }
+    }
+}
+
+/// Runs a worker's batch: executes each job, completes it to its ring (or hands a large
+/// read back to the loop) and reports it.
+fn run_batch(batch: Vec<Job>, done: &Sender<Done>, wake: &dyn Wake, pending: &AtomicBool) {
+    // A quick batch's completions are told to the kernel once, at its end: a
+    // notification per command cost more than the copy in the VM (the kernel takes
+    // its command-ring lock and queues completion work per notification). Their
+    // reports wait for it too, so the loop never drops a device (and its uio fd)
+    // before this worker has notified.
+    let mut told_at_end: Option<(Arc<DevRing>, Vec<Held>)> = None;
+    let last = batch.len() - 1;
+    for (i, job) in batch.into_iter().enumerate() {
+        let Job {
+            dev,
+            ring,
+            lun,
+            mut cmd,
+            parsed,
+            started,
+            execute_before,
+            quick,
+        } = job;
+        let resp = if execute_before.is_some_and(|t| Instant::now() >= t) {
+            Response::busy()
+        } else {
+            let (_, mut data) = cmd.parts();
+            lun.execute_parsed(&parsed, &mut data)
+        };
+        let status = resp.status;
+        let (outcome, wake_loop) = if resp.data_in_len.unwrap_or(0) > WORKER_DATA_IN_MAX {
+            (Outcome::ToComplete { cmd, resp }, true)
+        } else if quick && i < last {
+            let failed = ring.lock().complete(cmd, &resp).err();
+            told_at_end
+                .get_or_insert_with(|| (ring, Vec::new()))
+                .1
+                .push((dev, started, status, failed));
+            continue;
+        } else {
+            let failed = complete(&ring, cmd, &resp).err();
+            let wake_loop = failed.is_some() || ring.watched();
+            (Outcome::Completed { status, failed }, wake_loop)
+        };
+        // Before the loop hears of it: once its last command is counted, the loop
+        // drops the device, and the ring (its uio fd) must go with it, not later.
+        drop(ring);
+        let d = Done {
+            dev,
+            started,
+            outcome,
+        };
+        report(done, wake, pending, d, wake_loop);
+    }
+    if let Some((ring, held)) = told_at_end {
+        // The last job's notification told these too (then this one is a no-op).
+        let mut notify_failed = ring.lock().notify().err();
+        let watched = ring.watched();
+        drop(ring);
+        for (dev, started, status, mut failed) in held {
+            if failed.is_none() {
+                failed = notify_failed.take();
+            }
+            let wake_loop = watched || failed.is_some();
+            let outcome = Outcome::Completed { status, failed };
+            let d = Done {
+                dev,
+                started,
+                outcome,
+            };
+            report(done, wake, pending, d, wake_loop);
         }
     }
 }
