@@ -4,7 +4,7 @@
 //! blockio READ and WRITE transfers to its io_uring ([`crate::uring`]) and hands the rest
 //! to the worker pool (which completes those to the ring itself); completes what it
 //! answered with one notification per device per wakeup; and counts per-LUN statistics
-//! where every command finishes ([`EventLoop::count`]).
+//! where every command finishes (`Device::count`).
 //! Nothing here waits on a store: commands that may block go to workers or to the
 //! io_uring (which runs what cannot start at once in its own threads), and an attach
 //! is opened on a thread of its own ([`DeviceOpener`]), so a hung path holds up only
@@ -155,6 +155,30 @@ struct Device {
     detach_waiters: Vec<usize>,
     detach_asked: Option<Instant>,
     log: Logger,
+}
+
+impl Device {
+    /// The one place every command is counted, the loop's and the workers' alike.
+    fn count(&mut self, status: u8, started: Instant) {
+        let us = started.elapsed().as_micros() as u64;
+        let s = &mut self.stats;
+        s.commands += 1;
+        if status != status::GOOD {
+            s.errors += 1;
+        }
+        s.latency_sum_us += us;
+        s.latency_max_us = s.latency_max_us.max(us);
+        let bucket = (u64::BITS - us.leading_zeros()) as usize;
+        s.hist[bucket.min(HIST_BUCKETS - 1)] += 1;
+        if !self.store_error_logged {
+            if let Some(why) = self.lun.store_error() {
+                self.store_error_logged = true;
+                error!(self.log, "backing store failed a flush or durable write: acknowledged \
+                    data may be lost; writes and flushes fail until the LUN is removed";
+                    "error" => why);
+            }
+        }
+    }
 }
 
 /// Opens the store and ring of an attach request, given the fds that came with it. Runs
@@ -796,26 +820,17 @@ impl EventLoop {
             answered.clear();
             return;
         };
-        let mut counted = Vec::with_capacity(answered.len());
+        let ring = Arc::clone(&d.ring);
+        let mut ring = ring.lock();
         let mut failed = None;
-        {
-            let mut ring = d.ring.lock();
-            for (cmd, resp, started) in answered.drain(..) {
-                if failed.is_none() {
-                    failed = ring.complete(cmd, &resp).err();
-                }
-                counted.push((resp.status, started));
+        for (cmd, resp, started) in answered.drain(..) {
+            if failed.is_none() {
+                failed = ring.complete(cmd, &resp).err();
             }
+            d.count(resp.status, started);
         }
-        for (status, started) in counted {
-            self.count(key, status, started);
-        }
-        match failed {
-            Some(e) => self.fail_device(key, &e.to_string()),
-            None => {
-                self.dirty.insert(key);
-            }
-        }
+        drop(ring);
+        self.completed(key, failed);
     }
 
     /// Completes a command the loop answered to its ring, and counts it.
@@ -825,37 +840,17 @@ impl EventLoop {
             // it is dropped here, and the kernel has already failed it.
             return;
         };
-        let completed = d.ring.lock().complete(cmd, &resp);
-        self.count(key, resp.status, started);
-        if let Err(e) = completed {
-            let why = e.to_string();
-            self.fail_device(key, &why);
-            return;
-        }
-        self.dirty.insert(key);
+        let failed = d.ring.lock().complete(cmd, &resp).err();
+        d.count(resp.status, started);
+        self.completed(key, failed);
     }
 
-    /// The one place every command is counted, the loop's and the workers' alike.
-    fn count(&mut self, key: usize, status: u8, started: Instant) {
-        let Some(d) = self.devices.get_mut(&key) else {
-            return;
-        };
-        let us = started.elapsed().as_micros() as u64;
-        let s = &mut d.stats;
-        s.commands += 1;
-        if status != status::GOOD {
-            s.errors += 1;
-        }
-        s.latency_sum_us += us;
-        s.latency_max_us = s.latency_max_us.max(us);
-        let bucket = (u64::BITS - us.leading_zeros()) as usize;
-        s.hist[bucket.min(HIST_BUCKETS - 1)] += 1;
-        if !d.store_error_logged {
-            if let Some(why) = d.lun.store_error() {
-                d.store_error_logged = true;
-                error!(d.log, "backing store failed a flush or durable write: acknowledged \
-                    data may be lost; writes and flushes fail until the LUN is removed";
-                    "error" => why);
+    /// After the loop completed to `key`'s ring: notify it, or give it up.
+    fn completed(&mut self, key: usize, failed: Option<RingError>) {
+        match failed {
+            Some(e) => self.fail_device(key, &e.to_string()),
+            None => {
+                self.dirty.insert(key);
             }
         }
     }
@@ -864,12 +859,13 @@ impl EventLoop {
     fn collect_done(&mut self) {
         self.pending.store(false, Ordering::SeqCst);
         while let Ok(done) = self.done_rx.try_recv() {
-            if let Some(d) = self.devices.get_mut(&done.dev) {
-                d.at_workers -= 1;
-            }
+            let Some(d) = self.devices.get_mut(&done.dev) else {
+                continue;
+            };
+            d.at_workers -= 1;
             match done.outcome {
                 Outcome::Completed { status, failed } => {
-                    self.count(done.dev, status, done.started);
+                    d.count(status, done.started);
                     if let Some(e) = failed {
                         self.fail_device(done.dev, &e.to_string());
                     }
@@ -886,8 +882,7 @@ impl EventLoop {
             .devices
             .iter()
             .filter(|(_, d)| d.at_workers > 0 && !d.closing);
-        self.dirty
-            .extend(at_workers.map(|(k, _)| *k).collect::<Vec<_>>());
+        self.dirty.extend(at_workers.map(|(k, _)| *k));
         for key in std::mem::take(&mut self.dirty) {
             let Some(d) = self.devices.get_mut(&key) else {
                 continue;
